@@ -1,1 +1,17 @@
-//! placeholder
+//! tidemark-archiver: the archiving jobs — `init`, `stream` (replication -> spool ->
+//! compress -> upload -> catalog -> slot feedback) and `status`.
+//!
+//! Architecture invariant: the archiver never imports the restorer; it reaches the
+//! repository only through `tidemark-store` and PostgreSQL only through
+//! `tidemark-protocol`.
+
+mod acks;
+pub mod cluster;
+pub mod error;
+pub mod init;
+pub mod spool;
+pub mod status;
+pub mod stream;
+mod uploads;
+
+pub use error::ArchiverError;

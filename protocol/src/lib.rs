@@ -4,10 +4,19 @@
 //! physical replication client. Architecture invariant: this crate knows
 //! nothing of S3, SQLite or tidemark's policies; it speaks PostgreSQL only.
 
+pub mod conninfo;
+pub mod history;
 pub mod lsn;
+pub mod replication;
 pub mod segment;
 pub mod timeline;
 
+pub use conninfo::{ConnInfo, ConnInfoError, Host, RootCert, SslMode};
+pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use lsn::Lsn;
+pub use replication::{
+    ReplicationClient, ReplicationError, ReplicationStream, ServerError, SlotInfo, StartOutcome,
+    StreamMessage, SystemIdentity,
+};
 pub use segment::{SegmentName, WalSegmentSize};
 pub use timeline::TimelineId;

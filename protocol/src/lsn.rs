@@ -91,7 +91,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "0", "/0", "0/", "1/2/3", "G/0", "123456789/0", "0/-1", " 0/1"] {
+        for bad in [
+            "",
+            "0",
+            "/0",
+            "0/",
+            "1/2/3",
+            "G/0",
+            "123456789/0",
+            "0/-1",
+            " 0/1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }
     }

@@ -106,7 +106,8 @@ impl SegmentName {
         if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
-        let field = |r: std::ops::Range<usize>| u32::from_str_radix(&name[r], 16).map_err(|_| bad());
+        let field =
+            |r: std::ops::Range<usize>| u32::from_str_radix(&name[r], 16).map_err(|_| bad());
         let tli = field(0..8)?;
         let hi = u64::from(field(8..16)?);
         let lo = u64::from(field(16..24)?);
@@ -160,7 +161,13 @@ mod tests {
     #[test]
     fn rejects_bad_names_and_sizes() {
         let seg = size(16);
-        for bad in ["", "00000001000000000000000", "0000000100000000000000GG", "000000000000000000000001", "000000010000000000000100"] {
+        for bad in [
+            "",
+            "00000001000000000000000",
+            "0000000100000000000000GG",
+            "000000000000000000000001",
+            "000000010000000000000100",
+        ] {
             assert!(SegmentName::parse(bad, seg).is_err(), "{bad}");
         }
         for bad in [0, 1 << 19, 3 << 20, 1 << 31] {
@@ -170,10 +177,22 @@ mod tests {
 
     #[test]
     fn parses_show_output() {
-        assert_eq!(WalSegmentSize::parse_setting("16MB").unwrap().bytes(), 16 << 20);
-        assert_eq!(WalSegmentSize::parse_setting("1GB").unwrap().bytes(), 1 << 30);
-        assert_eq!(WalSegmentSize::parse_setting("1024kB").unwrap().bytes(), 1 << 20);
-        assert_eq!(WalSegmentSize::parse_setting("1048576").unwrap().bytes(), 1 << 20);
+        assert_eq!(
+            WalSegmentSize::parse_setting("16MB").unwrap().bytes(),
+            16 << 20
+        );
+        assert_eq!(
+            WalSegmentSize::parse_setting("1GB").unwrap().bytes(),
+            1 << 30
+        );
+        assert_eq!(
+            WalSegmentSize::parse_setting("1024kB").unwrap().bytes(),
+            1 << 20
+        );
+        assert_eq!(
+            WalSegmentSize::parse_setting("1048576").unwrap().bytes(),
+            1 << 20
+        );
         assert!(WalSegmentSize::parse_setting("3MB").is_err());
         assert!(WalSegmentSize::parse_setting("abc").is_err());
     }

@@ -2,3 +2,20 @@
 //! local SQLite catalog. Architecture invariant: knows nothing of replication.
 
 pub mod catalog;
+pub mod crashsafe;
+pub mod envelope;
+pub mod identity;
+pub mod layout;
+pub mod meta;
+pub mod repository;
+pub mod storage;
+mod sync_bridge;
+pub mod url;
+
+pub use envelope::{EnvelopeError, Sealed};
+pub use identity::RepoIdentity;
+pub use repository::{ArchiveOutcome, ArchivedObject, RepoError, Repository};
+pub use storage::{
+    Body, GetObject, Metadata, ObjectHead, ObjectInfo, PutOutcome, Storage, StorageError,
+};
+pub use url::RepoUrl;

@@ -1,1 +1,145 @@
 //! The local SQLite catalog: a derived index of the repository (DESIGN §4).
+//!
+//! Everything here can be rebuilt from the repository alone; the catalog only makes
+//! questions cheap ("what is archived, up to where, since when") without listing the
+//! bucket. One writer (the archiver), WAL journal mode, schema versioned by
+//! `PRAGMA user_version` with forward-only migrations in [`schema`].
+
+mod schema;
+mod segments;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension};
+
+pub use segments::SegmentRecord;
+
+/// What can go wrong with the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The catalog file or its directory could not be opened or created.
+    #[error("cannot open catalog {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The catalog's directory could not be created.
+    #[error("cannot create catalog directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The catalog was written by a newer tidemark.
+    #[error("catalog {path} has schema version {found}, newer than this tidemark supports ({supported}); HINT: upgrade tidemark or use another --catalog")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// The catalog indexes another repository or cluster.
+    #[error("catalog {path} indexes {bound}, not {wanted}; HINT: use a separate --catalog per repository")]
+    OtherRepository {
+        path: PathBuf,
+        bound: String,
+        wanted: String,
+    },
+    /// A query failed.
+    #[error("catalog query failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value could not be decoded (a damaged catalog).
+    #[error("catalog holds an invalid value: {0}; HINT: rebuild it from the repository")]
+    Invalid(String),
+}
+
+/// An open catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Open (creating if needed) the catalog at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| CatalogError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| CatalogError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        schema::migrate(&mut conn, path)?;
+        Ok(Catalog {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Tie this catalog to one repository identity (`url` plus system identifier).
+    /// The first call records it; later calls with anything else are refused, so one
+    /// catalog never mixes two repositories.
+    pub fn bind(&self, url: &str, system_identifier: u64) -> Result<(), CatalogError> {
+        let wanted = format!("{url} (system identifier {system_identifier})");
+        let bound: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'repository'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match bound {
+            Some(bound) if bound == wanted => Ok(()),
+            Some(bound) => Err(CatalogError::OtherRepository {
+                path: self.path.clone(),
+                bound,
+                wanted,
+            }),
+            None => {
+                self.conn.execute(
+                    "INSERT INTO meta (name, value) VALUES ('repository', ?1)",
+                    [&wanted],
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_once_and_refuses_another_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/catalog.db");
+        let cat = Catalog::open(&path).unwrap();
+        cat.bind("file:///r", 42).unwrap();
+        cat.bind("file:///r", 42).unwrap();
+        let err = cat.bind("file:///r", 43).unwrap_err();
+        assert!(matches!(err, CatalogError::OtherRepository { .. }), "{err}");
+        drop(cat);
+        // Reopening keeps the binding and does not re-run migrations destructively.
+        let cat = Catalog::open(&path).unwrap();
+        assert!(cat.bind("s3://b/p", 42).is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! The archiver's errors. Callers at the binary's edge turn them into one-line messages
+//! and exit codes.
+
+use tidemark_protocol::replication::ReplicationError;
+use tidemark_store::catalog::CatalogError;
+use tidemark_store::repository::RepoError;
+
+use crate::spool::{AppendError, SpoolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiverError {
+    /// Talking to PostgreSQL failed.
+    #[error(transparent)]
+    Postgres(#[from] ReplicationError),
+    /// The repository refused or failed an operation.
+    #[error(transparent)]
+    Repository(#[from] RepoError),
+    /// The local catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The local spool failed (disk full, permissions...).
+    #[error("{0}; HINT: check the spool directory's disk space and permissions (--spool)")]
+    Spool(#[from] SpoolError),
+    /// Received WAL did not continue what was stored.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// `stream` was pointed at a repository that `init` never prepared.
+    #[error("repository {url} is not initialised; HINT: run `tidemark init` with the same --repo and --pg first")]
+    NotInitialised { url: String },
+    /// A second signal arrived while uploads were still finishing.
+    #[error("interrupted again while finishing uploads; {pending} segment(s) stay in the spool and are uploaded on the next start")]
+    Interrupted { pending: usize },
+    /// A background task died (a bug).
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl ArchiverError {
+    /// Failures that a reconnect may cure: the connection to PostgreSQL dropped or could
+    /// not be made for network reasons.
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(self, ArchiverError::Postgres(e) if e.is_connection_failure())
+    }
+}

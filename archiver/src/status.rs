@@ -1,0 +1,133 @@
+//! `tidemark status`: how far archiving has got and how far behind the server it is.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tidemark_protocol::conninfo::ConnInfo;
+use tidemark_protocol::replication::ReplicationClient;
+use tidemark_store::catalog::Catalog;
+
+use crate::error::ArchiverError;
+
+/// What `status` reports.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub repository: String,
+    pub catalog: String,
+    /// Newest WAL stored in the repository (a partial segment counts).
+    pub archived: Option<ArchivedPoint>,
+    /// The server's position, when it could be asked.
+    pub server: Option<ServerPoint>,
+    /// Why the server could not be asked.
+    pub server_error: Option<String>,
+    /// WAL the server has that the repository does not.
+    pub lag_bytes: Option<u64>,
+    /// Age of the newest archived WAL while the server has more; 0 when caught up.
+    pub lag_seconds: Option<f64>,
+    /// Data that would be lost if the server vanished now, in seconds: the lag, since
+    /// WAL beyond the archived point may have been written any time after it was stored.
+    pub rpo_estimate_seconds: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArchivedPoint {
+    pub timeline: u32,
+    pub lsn: String,
+    pub segment_key: String,
+    pub partial: bool,
+    pub archived_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerPoint {
+    pub timeline: u32,
+    pub flush_lsn: String,
+    pub system_identifier: String,
+}
+
+/// Build the report from the catalog and, if `conninfo` is given, the server.
+pub async fn status(
+    repository: &str,
+    catalog: &Catalog,
+    conninfo: Option<&ConnInfo>,
+) -> Result<StatusReport, ArchiverError> {
+    let newest = catalog.newest()?;
+    let mut report = StatusReport {
+        repository: repository.to_string(),
+        catalog: catalog.path().display().to_string(),
+        archived: newest.as_ref().map(|r| ArchivedPoint {
+            timeline: r.name.timeline.0,
+            lsn: r.end_lsn.to_string(),
+            segment_key: r.key.clone(),
+            partial: r.partial,
+            archived_at: r.archived_at,
+        }),
+        server: None,
+        server_error: None,
+        lag_bytes: None,
+        lag_seconds: None,
+        rpo_estimate_seconds: None,
+    };
+    let Some(conninfo) = conninfo else {
+        return Ok(report);
+    };
+    let system = match ReplicationClient::connect(conninfo).await {
+        Ok(mut client) => client.identify_system().await,
+        Err(e) => Err(e),
+    };
+    match system {
+        Ok(system) => {
+            report.server = Some(ServerPoint {
+                timeline: system.timeline.0,
+                flush_lsn: system.xlogpos.to_string(),
+                system_identifier: system.system_id.to_string(),
+            });
+            if let Some(newest) = &newest {
+                let lag = system.xlogpos.bytes_since(newest.end_lsn);
+                let age =
+                    (Utc::now() - newest.archived_at).num_milliseconds().max(0) as f64 / 1000.0;
+                let seconds = if lag == 0 { 0.0 } else { age };
+                report.lag_bytes = Some(lag);
+                report.lag_seconds = Some(seconds);
+                report.rpo_estimate_seconds = Some(seconds);
+            }
+        }
+        Err(e) => report.server_error = Some(e.to_string()),
+    }
+    Ok(report)
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "repository:     {}", self.repository)?;
+        writeln!(f, "catalog:        {}", self.catalog)?;
+        match &self.archived {
+            Some(a) => writeln!(
+                f,
+                "archived up to: {} on timeline {} ({}{}), stored {}",
+                a.lsn,
+                a.timeline,
+                a.segment_key,
+                if a.partial { ", partial" } else { "" },
+                a.archived_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )?,
+            None => writeln!(f, "archived up to: nothing archived yet")?,
+        }
+        match (&self.server, &self.server_error) {
+            (Some(s), _) => writeln!(
+                f,
+                "server at:      {} on timeline {}",
+                s.flush_lsn, s.timeline
+            )?,
+            (None, Some(e)) => writeln!(f, "server:         unreachable ({e})")?,
+            (None, None) => writeln!(f, "server:         not asked (no --pg)")?,
+        }
+        if let (Some(bytes), Some(secs), Some(rpo)) =
+            (self.lag_bytes, self.lag_seconds, self.rpo_estimate_seconds)
+        {
+            writeln!(f, "lag:            {bytes} bytes, {secs:.1} s")?;
+            writeln!(f, "RPO estimate:   {rpo:.1} s")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,469 @@
+//! `tidemark stream`: continuous WAL archiving over the physical replication protocol.
+//!
+//! replication -> spool -> compress -> upload -> catalog -> slot feedback. The flush
+//! position reported to the server (and so the slot's `restart_lsn`) only ever covers
+//! WAL that is stored in the repository and recorded in the catalog (invariant 1).
+//! The received prefix of the current segment is uploaded as a partial segment every
+//! `partial_interval` while WAL flows, which bounds the RPO.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tidemark_protocol::conninfo::ConnInfo;
+use tidemark_protocol::replication::{
+    ReplicationClient, ReplicationError, ReplicationStream, StartOutcome, StreamMessage,
+};
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+use tidemark_store::catalog::{Catalog, SegmentRecord};
+use tidemark_store::repository::{ArchivedObject, Repository};
+use tokio::sync::watch;
+use tokio::time::{interval, Instant, MissedTickBehavior};
+
+use crate::acks::AckTracker;
+use crate::cluster::Cluster;
+use crate::error::ArchiverError;
+use crate::spool::Spool;
+use crate::uploads::{Done, Uploads};
+
+/// How `stream` behaves. Defaults match the CLI's.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Physical replication slot to create (if missing) and advance.
+    pub slot: String,
+    /// Where received WAL is kept until it is stored.
+    pub spool_dir: PathBuf,
+    /// How often the received prefix of the current segment is uploaded.
+    pub partial_interval: Duration,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Uploads running at once.
+    pub upload_concurrency: usize,
+    /// How often a standby status update is sent when nothing else prompts one.
+    pub status_interval: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl StreamConfig {
+    pub fn new(spool_dir: PathBuf) -> Self {
+        StreamConfig {
+            slot: "tidemark".into(),
+            spool_dir,
+            partial_interval: Duration::from_secs(5),
+            compression_level: 3,
+            upload_concurrency: 4,
+            status_interval: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shutdown requests: the count of signals received. One finishes in-flight uploads and
+/// returns; two abandon them (they stay in the spool for the next start).
+pub type Shutdown = watch::Receiver<u32>;
+
+/// Archive WAL from `conninfo` into `repo` until `shutdown` fires.
+pub async fn stream(
+    conninfo: &ConnInfo,
+    repo: Repository,
+    catalog: &Path,
+    config: StreamConfig,
+    shutdown: Shutdown,
+) -> Result<(), ArchiverError> {
+    let mut cluster = Cluster::connect(conninfo).await?;
+    let identity = cluster.check_repository(&repo, false).await?;
+    // Only now, with the cluster and repository agreeing, is anything local created.
+    let catalog = Catalog::open(catalog)?;
+    catalog.bind(&repo.url.to_string(), identity.system_identifier)?;
+    let seg = cluster.seg;
+    let repo = Arc::new(repo);
+    let (spool, leftovers) = Spool::open(&config.spool_dir, seg)?;
+
+    let mut archiver = Archiver {
+        uploads: Uploads::new(
+            repo.clone(),
+            seg,
+            config.compression_level,
+            config.upload_concurrency,
+        ),
+        repo,
+        catalog,
+        seg,
+        spool,
+        acks: AckTracker::new(Lsn::INVALID),
+        last_partial: Lsn::INVALID,
+        partial_running: false,
+        config,
+        shutdown,
+    };
+    // Segments completed by an earlier run are stored before anything else, so that the
+    // resume point below never skips them.
+    if !leftovers.is_empty() {
+        tracing::info!(
+            count = leftovers.len(),
+            "uploading segments left in the spool by an earlier run"
+        );
+        for segment in leftovers {
+            archiver.uploads.segment(segment);
+        }
+        archiver.drain(false).await?;
+    }
+
+    if cluster
+        .client
+        .create_physical_slot(&archiver.config.slot)
+        .await?
+    {
+        tracing::info!(slot = %archiver.config.slot, "created physical replication slot");
+    }
+    let (timeline, start) = archiver.resume_point(&mut cluster).await?;
+    tracing::info!(%timeline, %start, slot = %archiver.config.slot, "streaming");
+    archiver.acks = AckTracker::new(start);
+    archiver.spool.begin(timeline, start)?;
+    archiver.run(conninfo, cluster.client, timeline).await
+}
+
+/// How one replication connection ended.
+enum End {
+    Shutdown,
+    TimelineSwitch {
+        client: ReplicationClient,
+        next: TimelineId,
+        switch: Lsn,
+    },
+}
+
+struct Archiver {
+    repo: Arc<Repository>,
+    catalog: Catalog,
+    seg: WalSegmentSize,
+    spool: Spool,
+    acks: AckTracker,
+    uploads: Uploads,
+    /// End of the newest partial upload started.
+    last_partial: Lsn,
+    partial_running: bool,
+    config: StreamConfig,
+    shutdown: Shutdown,
+}
+
+impl Archiver {
+    /// Where streaming resumes: the first segment, at or after the slot's restart point,
+    /// that the catalog does not hold; on a fresh repository, the slot's restart point or
+    /// the server's current segment.
+    async fn resume_point(
+        &self,
+        cluster: &mut Cluster,
+    ) -> Result<(TimelineId, Lsn), ArchiverError> {
+        let slot = match cluster
+            .client
+            .read_replication_slot(&self.config.slot)
+            .await
+        {
+            Ok(info) => info.and_then(|s| Some((s.restart_timeline?, s.restart_lsn?))),
+            Err(ReplicationError::Unsupported { .. }) => None, // PostgreSQL 14
+            Err(e) => return Err(e.into()),
+        };
+        let timeline = self
+            .catalog
+            .newest_timeline()?
+            .or(slot.map(|s| s.0))
+            .unwrap_or(cluster.system.timeline);
+        let from = slot
+            .filter(|s| s.0 == timeline)
+            .map(|s| s.1.segment_number(self.seg));
+        let segno = match self.catalog.first_missing(timeline, from)? {
+            Some(segno) => segno,
+            None => cluster.system.xlogpos.segment_number(self.seg),
+        };
+        Ok((
+            timeline,
+            SegmentName::new(timeline, segno).start_lsn(self.seg),
+        ))
+    }
+
+    /// Stream, reconnecting with backoff after connection losses, until shutdown.
+    async fn run(
+        mut self,
+        conninfo: &ConnInfo,
+        client: ReplicationClient,
+        mut timeline: TimelineId,
+    ) -> Result<(), ArchiverError> {
+        let mut client = Some(client);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let current = match client.take() {
+                Some(c) => c,
+                None => match self.reconnect(conninfo, &mut backoff).await? {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            match self.stream_timeline(current, timeline).await {
+                Ok(End::Shutdown) => return Ok(()),
+                Ok(End::TimelineSwitch {
+                    client: c,
+                    next,
+                    switch,
+                }) => {
+                    self.switch_timeline(timeline, next, switch)?;
+                    self.archive_history(c, next)
+                        .await
+                        .map(|c| client = Some(c))?;
+                    timeline = next;
+                }
+                Err(e) if e.is_connection_loss() => {
+                    tracing::warn!(error = %e, "replication connection lost; reconnecting");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.drain(true).await
+    }
+
+    /// Wait `backoff`, then connect again. Uploads keep being recorded meanwhile.
+    /// `None` when shutdown was requested first.
+    async fn reconnect(
+        &mut self,
+        conninfo: &ConnInfo,
+        backoff: &mut Duration,
+    ) -> Result<Option<ReplicationClient>, ArchiverError> {
+        loop {
+            let wake = Instant::now() + *backoff;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = self.shutdown.changed() => return Ok(None),
+                    Some(done) = self.uploads.next() => {
+                        self.finished(done?)?;
+                    }
+                }
+            }
+            *backoff = (*backoff * 2).min(self.config.max_backoff);
+            match ReplicationClient::connect(conninfo).await {
+                Ok(client) => {
+                    *backoff = Duration::from_secs(1);
+                    return Ok(Some(client));
+                }
+                Err(e) if e.is_connection_failure() => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reconnect to PostgreSQL");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Stream one timeline on one connection.
+    async fn stream_timeline(
+        &mut self,
+        client: ReplicationClient,
+        timeline: TimelineId,
+    ) -> Result<End, ArchiverError> {
+        let start = self.position()?;
+        let slot = self.config.slot.clone();
+        let mut stream = match client
+            .start_replication(Some(&slot), start, timeline)
+            .await?
+        {
+            StartOutcome::Streaming(s) => s,
+            StartOutcome::TimelineEnded {
+                client,
+                next_timeline,
+                switch_lsn,
+            } => {
+                return Ok(End::TimelineSwitch {
+                    client,
+                    next: next_timeline,
+                    switch: switch_lsn,
+                })
+            }
+        };
+        let mut partial_tick = interval(self.config.partial_interval);
+        partial_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut status_tick = interval(self.config.status_interval);
+        status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next_message() => match msg? {
+                    StreamMessage::XLogData { wal_start, data, .. } => {
+                        for segment in self.spool.append(wal_start, &data)? {
+                            self.uploads.segment(segment);
+                        }
+                    }
+                    StreamMessage::Keepalive { reply_requested, .. } => {
+                        if reply_requested {
+                            self.send_status(&mut stream).await?;
+                        }
+                    }
+                    StreamMessage::EndOfTimeline { next_timeline, switch_lsn } => {
+                        return Ok(End::TimelineSwitch {
+                            client: stream.into_client()?,
+                            next: next_timeline,
+                            switch: switch_lsn,
+                        });
+                    }
+                },
+                Some(done) = self.uploads.next() => {
+                    if self.finished(done?)? {
+                        self.send_status(&mut stream).await?;
+                    }
+                }
+                _ = partial_tick.tick() => self.start_partial()?,
+                _ = status_tick.tick() => self.send_status(&mut stream).await?,
+                _ = self.shutdown.changed() => {
+                    self.drain(true).await?;
+                    // Best effort: the slot learns of the last uploads now rather than at
+                    // the next start; nothing depends on it.
+                    if let Err(e) = self.send_status(&mut stream).await {
+                        tracing::debug!(error = %e, "final status update not sent");
+                    }
+                    return Ok(End::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn position(&self) -> Result<Lsn, ArchiverError> {
+        self.spool
+            .position()
+            .ok_or_else(|| ArchiverError::Task("spool not positioned".into()))
+    }
+
+    async fn send_status(&self, stream: &mut ReplicationStream) -> Result<(), ArchiverError> {
+        let written = self.position()?;
+        let flushed = self.acks.durable();
+        tracing::trace!(%written, %flushed, "status update");
+        stream
+            .send_status(written, flushed, Lsn::INVALID, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Upload the received prefix of the current segment if it grew since the last
+    /// partial upload and no partial upload is running.
+    fn start_partial(&mut self) -> Result<(), ArchiverError> {
+        if self.partial_running || self.position()? <= self.last_partial {
+            return Ok(());
+        }
+        if let Some(snapshot) = self.spool.snapshot()? {
+            self.last_partial = snapshot.name.start_lsn(self.seg) + snapshot.len;
+            self.partial_running = true;
+            self.uploads.partial(snapshot);
+        }
+        Ok(())
+    }
+
+    /// Record a finished job. Returns true when the acknowledged position moved.
+    fn finished(&mut self, done: Done) -> Result<bool, ArchiverError> {
+        match done {
+            Done::Segment { segment, object } => {
+                let start = segment.name.start_lsn(self.seg);
+                let end = segment.name.end_lsn(self.seg);
+                self.record(segment.name, false, start, end, &object)?;
+                Spool::remove(&segment)?;
+                self.remove_stale_partials(segment.name)?;
+                Ok(self.acks.stored(start, end))
+            }
+            Done::Partial {
+                name,
+                end_lsn,
+                object,
+            } => {
+                self.partial_running = false;
+                self.record(name, true, name.start_lsn(self.seg), end_lsn, &object)?;
+                self.remove_stale_partials(name)?;
+                Ok(false)
+            }
+            Done::Removed { name } => {
+                self.catalog.forget_partial(name)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        name: SegmentName,
+        partial: bool,
+        start_lsn: Lsn,
+        end_lsn: Lsn,
+        object: &ArchivedObject,
+    ) -> Result<(), ArchiverError> {
+        tracing::debug!(key = %object.key, partial, %end_lsn, "archived");
+        self.catalog.record_segment(&SegmentRecord {
+            name,
+            partial,
+            start_lsn,
+            end_lsn,
+            raw_size: object.sealed.raw_size,
+            stored_size: object.sealed.stored_size,
+            crc32: object.sealed.crc32,
+            key: object.key.clone(),
+            archived_at: Utc::now(),
+        })?;
+        Ok(())
+    }
+
+    fn remove_stale_partials(&mut self, name: SegmentName) -> Result<(), ArchiverError> {
+        for stale in self.catalog.stale_partials(name)? {
+            self.uploads.remove_partial(stale.name);
+        }
+        Ok(())
+    }
+
+    /// Finish what is in flight: with `final_partial`, first upload what was received of
+    /// the current segment. A second shutdown signal abandons the rest.
+    async fn drain(&mut self, final_partial: bool) -> Result<(), ArchiverError> {
+        if final_partial && !self.partial_running {
+            self.start_partial()?;
+        }
+        let signals = *self.shutdown.borrow();
+        loop {
+            tokio::select! {
+                done = self.uploads.next() => match done {
+                    Some(done) => { self.finished(done?)?; }
+                    None => break,
+                },
+                _ = self.shutdown.changed(), if signals > 0 => {
+                    return Err(ArchiverError::Interrupted { pending: self.uploads.pending() });
+                }
+            }
+            if final_partial && !self.partial_running {
+                // A partial upload that finished late may have left newer bytes behind.
+                self.start_partial()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The server ended `old` at `switch`: the rest of the current segment belongs to
+    /// `next`, which resumes from that segment's start.
+    fn switch_timeline(
+        &mut self,
+        old: TimelineId,
+        next: TimelineId,
+        switch: Lsn,
+    ) -> Result<(), ArchiverError> {
+        tracing::info!(%old, %next, %switch, "timeline switch");
+        self.start_partial()?;
+        self.spool.begin(next, switch.segment_start(self.seg))?;
+        self.last_partial = Lsn::INVALID;
+        Ok(())
+    }
+
+    /// Fetch the new timeline's history file and store it.
+    async fn archive_history(
+        &self,
+        mut client: ReplicationClient,
+        timeline: TimelineId,
+    ) -> Result<ReplicationClient, ArchiverError> {
+        let (_, content) = client.timeline_history(timeline).await?;
+        crate::uploads::with_retry("store timeline history", || {
+            self.repo.archive_history(timeline, &content)
+        })
+        .await?;
+        Ok(client)
+    }
+}

@@ -1,0 +1,149 @@
+//! Concurrent uploads of spooled WAL: complete segments, partial segments and the
+//! removal of superseded partial objects. Transient storage failures are retried with
+//! backoff for as long as they last (the slot keeps the WAL meanwhile); anything else
+//! is returned to the stream loop, which stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemark_protocol::{Lsn, SegmentName, WalSegmentSize};
+use tidemark_store::repository::{ArchivedObject, RepoError, Repository};
+use tidemark_store::storage::Metadata;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::error::ArchiverError;
+use crate::spool::{PartialSnapshot, SpooledSegment};
+
+/// A finished background job.
+#[derive(Debug)]
+pub enum Done {
+    Segment {
+        segment: SpooledSegment,
+        object: ArchivedObject,
+    },
+    Partial {
+        name: SegmentName,
+        end_lsn: Lsn,
+        object: ArchivedObject,
+    },
+    Removed {
+        name: SegmentName,
+    },
+}
+
+/// The pool of upload jobs.
+pub struct Uploads {
+    repo: Arc<Repository>,
+    seg: WalSegmentSize,
+    level: i32,
+    permits: Arc<Semaphore>,
+    jobs: JoinSet<Result<Done, ArchiverError>>,
+}
+
+impl Uploads {
+    pub fn new(repo: Arc<Repository>, seg: WalSegmentSize, level: i32, concurrency: usize) -> Self {
+        Uploads {
+            repo,
+            seg,
+            level,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            jobs: JoinSet::new(),
+        }
+    }
+
+    /// Jobs not yet collected with [`Uploads::next`].
+    pub fn pending(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Compress and store a complete segment.
+    pub fn segment(&mut self, segment: SpooledSegment) {
+        let (repo, seg, level, permits) = self.parts();
+        self.jobs.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let object = with_retry("upload segment", || {
+                repo.archive_segment(segment.name, seg, &segment.path, level, Metadata::new())
+            })
+            .await?;
+            Ok(Done::Segment { segment, object })
+        });
+    }
+
+    /// Compress and store the received prefix of the current segment.
+    pub fn partial(&mut self, snapshot: PartialSnapshot) {
+        let (repo, seg, level, permits) = self.parts();
+        self.jobs.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let end_lsn = snapshot.name.start_lsn(seg) + snapshot.len;
+            let object = with_retry("upload partial segment", || {
+                repo.archive_partial(
+                    snapshot.name,
+                    seg,
+                    &snapshot.file,
+                    &snapshot.path,
+                    snapshot.len,
+                    level,
+                    Metadata::new(),
+                )
+            })
+            .await?;
+            Ok(Done::Partial {
+                name: snapshot.name,
+                end_lsn,
+                object,
+            })
+        });
+    }
+
+    /// Remove a partial object that a newer one supersedes.
+    pub fn remove_partial(&mut self, name: SegmentName) {
+        let (repo, seg, _, permits) = self.parts();
+        self.jobs.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            with_retry("remove superseded partial segment", || {
+                repo.remove_partial(name, seg)
+            })
+            .await?;
+            Ok(Done::Removed { name })
+        });
+    }
+
+    /// The next finished job; `None` when there are none running. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Result<Done, ArchiverError>> {
+        let joined = self.jobs.join_next().await?;
+        Some(joined.unwrap_or_else(|e| Err(ArchiverError::Task(e.to_string()))))
+    }
+
+    fn parts(&self) -> (Arc<Repository>, WalSegmentSize, i32, Arc<Semaphore>) {
+        (
+            self.repo.clone(),
+            self.seg,
+            self.level,
+            self.permits.clone(),
+        )
+    }
+}
+
+/// The one retry policy for repository writes: transient errors are retried with
+/// exponential backoff capped at 30 s, indefinitely; others are returned at once.
+pub async fn with_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, ArchiverError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RepoError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1u32;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, attempt, retry_in = ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Command-line arguments as typed (clap), before they are resolved and validated.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Continuous archiving and point-in-time recovery for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "tidemark", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Repository URL: s3://bucket/prefix or file:///absolute/path
+    #[arg(long, global = true, env = "TIDEMARK_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+
+    /// PostgreSQL connection: libpq key=value string or postgres:// URL (password from
+    /// PGPASSWORD or ~/.pgpass)
+    #[arg(
+        long,
+        global = true,
+        env = "TIDEMARK_PG",
+        value_name = "CONNINFO",
+        hide_env_values = true
+    )]
+    pub pg: Option<String>,
+
+    /// Local catalog file [default: ~/.local/state/tidemark/<repository>.db]
+    #[arg(long, global = true, env = "TIDEMARK_CATALOG", value_name = "PATH")]
+    pub catalog: Option<PathBuf>,
+
+    /// Log filter (tracing syntax), e.g. info or tidemark_archiver=debug
+    #[arg(long, global = true, env = "TIDEMARK_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prepare a repository for the cluster at --pg (writes tidemark.json)
+    Init,
+    /// Stream WAL from --pg into --repo continuously
+    Stream(StreamArgs),
+    /// Show how far archiving has got and the lag behind the server
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List what the repository holds
+    List {
+        #[command(subcommand)]
+        what: ListWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListWhat {
+    /// Archived WAL segments
+    Wal {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// Physical replication slot to use (created if missing)
+    #[arg(long, default_value = "tidemark")]
+    pub slot: String,
+    /// Seconds between uploads of the partial segment while WAL flows (bounds the RPO)
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub partial_interval: f64,
+    /// zstd compression level (1-19)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: i32,
+    /// Uploads running at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upload_concurrency: u16,
+    /// Spool directory for received WAL [default: beside the catalog]
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+}

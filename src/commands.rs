@@ -1,0 +1,175 @@
+//! One function per subcommand: resolve the arguments, call the library, print.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tidemark_archiver::stream::StreamConfig;
+use tidemark_protocol::conninfo::ConnInfo;
+use tidemark_store::catalog::Catalog;
+use tidemark_store::repository::Repository;
+use tidemark_store::storage::S3Options;
+use tidemark_store::url::RepoUrl;
+
+use crate::cli::{Cli, Command, ListWhat, StreamArgs};
+use crate::failure::Usage;
+use crate::paths;
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Init => init(&cli).await,
+        Command::Stream(args) => stream(&cli, args).await,
+        Command::Status { json } => status(&cli, *json).await,
+        Command::List {
+            what: ListWhat::Wal { json },
+        } => list_wal(&cli, *json),
+    }
+}
+
+fn repo_url(cli: &Cli) -> anyhow::Result<RepoUrl> {
+    let raw = cli.repo.as_deref().ok_or(Usage(
+        "no repository given; HINT: pass --repo s3://bucket/prefix or --repo file:///path (or set TIDEMARK_REPO)",
+    ))?;
+    Ok(raw.parse::<RepoUrl>()?)
+}
+
+fn conninfo(cli: &Cli) -> anyhow::Result<ConnInfo> {
+    let raw = cli.pg.as_deref().ok_or(Usage(
+        "no PostgreSQL connection given; HINT: pass --pg 'host=... user=...' or a postgres:// URL (or set TIDEMARK_PG)",
+    ))?;
+    Ok(raw.parse::<ConnInfo>()?)
+}
+
+fn catalog_path(cli: &Cli, url: &RepoUrl) -> PathBuf {
+    cli.catalog
+        .clone()
+        .unwrap_or_else(|| paths::default_catalog(&url.to_string()))
+}
+
+async fn init(cli: &Cli) -> anyhow::Result<()> {
+    let url = repo_url(cli)?;
+    let pg = conninfo(cli)?;
+    let repo = Repository::create(&url, &S3Options::from_env()?).await?;
+    let identity = tidemark_archiver::init::init(&pg, &repo).await?;
+    println!(
+        "repository {url} belongs to cluster {} (PostgreSQL {}, {} MB WAL segments)",
+        identity.system_identifier,
+        identity.pg_major,
+        identity.wal_segment_size >> 20
+    );
+    Ok(())
+}
+
+async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
+    let url = repo_url(cli)?;
+    let pg = conninfo(cli)?;
+    if !(args.partial_interval.is_finite() && args.partial_interval >= 0.1) {
+        return Err(Usage("--partial-interval must be at least 0.1 seconds").into());
+    }
+    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let catalog_path = catalog_path(cli, &url);
+    let mut config = StreamConfig::new(
+        args.spool
+            .clone()
+            .unwrap_or_else(|| paths::default_spool(&catalog_path)),
+    );
+    config.slot = args.slot.clone();
+    config.partial_interval = Duration::from_secs_f64(args.partial_interval);
+    config.compression_level = args.compression_level;
+    config.upload_concurrency = usize::from(args.upload_concurrency);
+
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(forward_signals(tx));
+    tidemark_archiver::stream::stream(&pg, repo, &catalog_path, config, rx).await?;
+    tracing::info!("stopped; in-flight uploads finished");
+    Ok(())
+}
+
+/// Count SIGINT/SIGTERM into the shutdown channel.
+async fn forward_signals(tx: tokio::sync::watch::Sender<u32>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tx.send_modify(|n| *n += 1);
+        tracing::info!(
+            "stop requested; finishing in-flight uploads (signal again to abandon them)"
+        );
+    }
+}
+
+async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let url = repo_url(cli)?;
+    let catalog = open_existing_catalog(cli, &url)?;
+    let pg = cli.pg.as_deref().map(str::parse::<ConnInfo>).transpose()?;
+    let report = tidemark_archiver::status::status(&url.to_string(), &catalog, pg.as_ref()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn open_existing_catalog(cli: &Cli, url: &RepoUrl) -> anyhow::Result<Catalog> {
+    let path = catalog_path(cli, url);
+    if !path.exists() {
+        return Err(Usage(
+            "no catalog for this repository on this machine; HINT: run `tidemark stream` here, or pass --catalog",
+        ))
+        .with_context(|| format!("catalog {} does not exist", path.display()));
+    }
+    Ok(Catalog::open(&path)?)
+}
+
+fn list_wal(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let url = repo_url(cli)?;
+    let catalog = open_existing_catalog(cli, &url)?;
+    let segments = catalog.segments()?;
+    if json {
+        let rows: Vec<_> = segments
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "timeline": s.name.timeline.0,
+                    "segno": s.name.segno,
+                    "partial": s.partial,
+                    "start_lsn": s.start_lsn.to_string(),
+                    "end_lsn": s.end_lsn.to_string(),
+                    "raw_size": s.raw_size,
+                    "stored_size": s.stored_size,
+                    "crc32": format!("{:08x}", s.crc32),
+                    "key": s.key,
+                    "archived_at": s.archived_at.to_rfc3339(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<17} {:<17} {:>10} {:>10}  KEY",
+        "TLI", "START", "END", "RAW", "STORED"
+    );
+    for s in &segments {
+        println!(
+            "{:<4} {:<17} {:<17} {:>10} {:>10}  {}",
+            s.name.timeline.0,
+            s.start_lsn.to_string(),
+            s.end_lsn.to_string(),
+            s.raw_size,
+            s.stored_size,
+            s.key
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The one place that turns errors into a message line and an exit code.
+//!
+//! Exit codes (documented in docs/cli.md):
+//! 0 success; 1 internal error; 2 usage or malformed input; 3 PostgreSQL unreachable,
+//! refused the login or lacks privileges; 4 repository storage unreachable, missing or
+//! denied; 5 the repository refused the operation (another cluster's repository, not
+//! initialised, split-brain WAL); 6 local files (catalog, spool) failed.
+
+use tidemark_archiver::ArchiverError;
+use tidemark_protocol::conninfo::ConnInfoError;
+use tidemark_protocol::replication::ReplicationError;
+use tidemark_store::catalog::CatalogError;
+use tidemark_store::repository::RepoError;
+use tidemark_store::storage::StorageError;
+use tidemark_store::url::ParseRepoUrlError;
+
+pub const INTERNAL: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const POSTGRES: u8 = 3;
+pub const STORAGE: u8 = 4;
+pub const REFUSED: u8 = 5;
+pub const LOCAL: u8 = 6;
+
+/// A usage mistake caught by the binary itself; the text includes its hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub &'static str);
+
+/// The exit code and the one line to print for `err`.
+pub fn describe(err: &anyhow::Error) -> (u8, String) {
+    let line = err
+        .chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    (code(err), line.replace('\n', " "))
+}
+
+fn code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<Usage>() || cause.is::<ParseRepoUrlError>() || cause.is::<ConnInfoError>() {
+            return USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<ArchiverError>() {
+            return match e {
+                ArchiverError::Postgres(_) => POSTGRES,
+                ArchiverError::Repository(e) => repo_code(e),
+                ArchiverError::Catalog(e) => catalog_code(e),
+                ArchiverError::Spool(_) => LOCAL,
+                ArchiverError::NotInitialised { .. } | ArchiverError::Append(_) => REFUSED,
+                ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
+            };
+        }
+        if cause.is::<ReplicationError>() {
+            return POSTGRES;
+        }
+        if let Some(e) = cause.downcast_ref::<RepoError>() {
+            return repo_code(e);
+        }
+        if cause.is::<StorageError>() {
+            return STORAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<CatalogError>() {
+            return catalog_code(e);
+        }
+    }
+    INTERNAL
+}
+
+fn repo_code(e: &RepoError) -> u8 {
+    match e {
+        RepoError::BadIdentity { .. }
+        | RepoError::UnsupportedFormat { .. }
+        | RepoError::OtherCluster { .. }
+        | RepoError::SegmentSizeMismatch { .. }
+        | RepoError::SplitBrain { .. }
+        | RepoError::MissingChecksum { .. } => REFUSED,
+        RepoError::Open { .. }
+        | RepoError::Storage { .. }
+        | RepoError::Read { .. }
+        | RepoError::Envelope { .. } => STORAGE,
+        RepoError::Local { .. } | RepoError::IncompleteSegment { .. } => LOCAL,
+        RepoError::Task { .. } => INTERNAL,
+    }
+}
+
+fn catalog_code(e: &CatalogError) -> u8 {
+    match e {
+        CatalogError::OtherRepository { .. } | CatalogError::TooNew { .. } => REFUSED,
+        _ => LOCAL,
+    }
+}

@@ -1,0 +1,72 @@
+//! Catalog schema and its forward-only migrations, versioned by `PRAGMA user_version`.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::CatalogError;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: repository binding and archived WAL (complete and partial segments).
+    "CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE segments (
+        timeline     INTEGER NOT NULL,
+        segno        INTEGER NOT NULL,
+        partial      INTEGER NOT NULL CHECK (partial IN (0, 1)),
+        start_lsn    INTEGER NOT NULL,
+        end_lsn      INTEGER NOT NULL,
+        raw_size     INTEGER NOT NULL,
+        stored_size  INTEGER NOT NULL,
+        crc32        INTEGER NOT NULL,
+        key          TEXT NOT NULL,
+        archived_at  TEXT NOT NULL,
+        PRIMARY KEY (timeline, segno, partial)
+    );",
+];
+
+/// Bring `conn` to the newest schema, one transaction per step.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), CatalogError> {
+    let supported = MIGRATIONS.len() as i64;
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > supported {
+        return Err(CatalogError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            supported,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_fresh_and_refuses_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        assert!(matches!(
+            migrate(&mut conn, &path),
+            Err(CatalogError::TooNew { found: 999, .. })
+        ));
+    }
+}

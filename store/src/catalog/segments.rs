@@ -1,0 +1,277 @@
+//! Archived WAL in the catalog: complete segments and the newest partial ones.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Row};
+use tidemark_protocol::{Lsn, SegmentName, TimelineId};
+
+use super::{Catalog, CatalogError};
+
+/// One archived WAL object, complete or partial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRecord {
+    pub name: SegmentName,
+    /// A partial object holds `start_lsn..end_lsn`, a prefix of the segment.
+    pub partial: bool,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub raw_size: u64,
+    pub stored_size: u64,
+    /// CRC-32 of the uncompressed bytes.
+    pub crc32: u32,
+    /// Repository key of the object.
+    pub key: String,
+    pub archived_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "timeline, segno, partial, start_lsn, end_lsn, raw_size, stored_size, crc32, key, archived_at";
+
+/// LSNs and sizes are stored as SQLite's signed 64-bit integers, bit for bit.
+fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<SegmentRecord, CatalogError>> {
+    let tli: i64 = row.get(0)?;
+    let segno: i64 = row.get(1)?;
+    let archived_at: String = row.get(9)?;
+    let Ok(tli) = u32::try_from(tli) else {
+        return Ok(Err(CatalogError::Invalid(format!("timeline {tli}"))));
+    };
+    let archived_at = match DateTime::parse_from_rfc3339(&archived_at) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => return Ok(Err(CatalogError::Invalid(format!("time {archived_at:?}")))),
+    };
+    Ok(Ok(SegmentRecord {
+        name: SegmentName::new(TimelineId(tli), segno as u64),
+        partial: row.get::<_, i64>(2)? != 0,
+        start_lsn: Lsn(row.get::<_, i64>(3)? as u64),
+        end_lsn: Lsn(row.get::<_, i64>(4)? as u64),
+        raw_size: row.get::<_, i64>(5)? as u64,
+        stored_size: row.get::<_, i64>(6)? as u64,
+        crc32: row.get::<_, i64>(7)? as u32,
+        key: row.get(8)?,
+        archived_at,
+    }))
+}
+
+impl Catalog {
+    /// Record an archived object. A complete segment supersedes any partial row for the
+    /// same segment; a partial row replaces the previous partial row of that segment.
+    pub fn record_segment(&self, rec: &SegmentRecord) -> Result<(), CatalogError> {
+        let tli = i64::from(rec.name.timeline.0);
+        let segno = to_i64(rec.name.segno);
+        let tx = self.conn().unchecked_transaction()?;
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO segments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            params![
+                tli,
+                segno,
+                i64::from(rec.partial),
+                to_i64(rec.start_lsn.0),
+                to_i64(rec.end_lsn.0),
+                to_i64(rec.raw_size),
+                to_i64(rec.stored_size),
+                i64::from(rec.crc32),
+                rec.key,
+                rec.archived_at.to_rfc3339(),
+            ],
+        )?;
+        if !rec.partial {
+            tx.execute(
+                "DELETE FROM segments WHERE timeline = ?1 AND segno = ?2 AND partial = 1",
+                params![tli, segno],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forget a partial row (its object was removed from the repository).
+    pub fn forget_partial(&self, name: SegmentName) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "DELETE FROM segments WHERE timeline = ?1 AND segno = ?2 AND partial = 1",
+            params![i64::from(name.timeline.0), to_i64(name.segno)],
+        )?;
+        Ok(())
+    }
+
+    fn query(
+        &self,
+        sql_tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<SegmentRecord>, CatalogError> {
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("SELECT {COLUMNS} FROM segments {sql_tail}"))?;
+        let rows = stmt.query_map(args, from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
+    /// Every archived object, by timeline, segment, complete before partial.
+    pub fn segments(&self) -> Result<Vec<SegmentRecord>, CatalogError> {
+        self.query("ORDER BY timeline, segno, partial", [])
+    }
+
+    /// Partial rows of segments that a complete segment or a newer partial has made
+    /// stale: every partial on `name.timeline` below `name.segno`, and the partial of
+    /// `name` itself if that segment is complete.
+    pub fn stale_partials(&self, name: SegmentName) -> Result<Vec<SegmentRecord>, CatalogError> {
+        self.query(
+            "WHERE partial = 1 AND timeline = ?1 AND (segno < ?2 OR segno IN
+                (SELECT segno FROM segments WHERE partial = 0 AND timeline = ?1 AND segno = ?2))
+             ORDER BY segno",
+            params![i64::from(name.timeline.0), to_i64(name.segno)],
+        )
+    }
+
+    /// The newest archived object (highest end LSN), complete or partial.
+    pub fn newest(&self) -> Result<Option<SegmentRecord>, CatalogError> {
+        Ok(self
+            .query(
+                "ORDER BY end_lsn DESC, timeline DESC, partial ASC LIMIT 1",
+                [],
+            )?
+            .pop())
+    }
+
+    /// The newest timeline with a complete segment.
+    pub fn newest_timeline(&self) -> Result<Option<TimelineId>, CatalogError> {
+        let tli: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT max(timeline) FROM segments WHERE partial = 0",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(tli.and_then(|t| u32::try_from(t).ok()).map(TimelineId))
+    }
+
+    /// The first segment number on `timeline`, at or after `from`, that has no complete
+    /// segment archived: where streaming must resume so that no byte is skipped.
+    /// With `from = None`, the search starts at the lowest segment of the newest
+    /// unbroken run of complete segments on that timeline; `None` when the timeline
+    /// has no complete segment.
+    pub fn first_missing(
+        &self,
+        timeline: TimelineId,
+        from: Option<u64>,
+    ) -> Result<Option<u64>, CatalogError> {
+        let mut stmt = self.conn().prepare(
+            "SELECT segno FROM segments WHERE partial = 0 AND timeline = ?1 ORDER BY segno DESC",
+        )?;
+        let segnos: Vec<u64> = stmt
+            .query_map([i64::from(timeline.0)], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|v| v as u64))
+            .collect::<Result<_, _>>()?;
+        let start = match from {
+            Some(f) => f,
+            None => {
+                let Some(&top) = segnos.first() else {
+                    return Ok(None);
+                };
+                // Walk down the newest unbroken run.
+                let mut low = top;
+                for &s in &segnos[1..] {
+                    if s + 1 != low {
+                        break;
+                    }
+                    low = s;
+                }
+                low
+            }
+        };
+        let mut next = start;
+        for &s in segnos.iter().rev().filter(|&&s| s >= start) {
+            if s != next {
+                break;
+            }
+            next += 1;
+        }
+        Ok(Some(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn rec(tli: u32, segno: u64, partial: bool, end_off: u64) -> SegmentRecord {
+        let seg = 1u64 << 24;
+        SegmentRecord {
+            name: SegmentName::new(TimelineId(tli), segno),
+            partial,
+            start_lsn: Lsn(segno * seg),
+            end_lsn: Lsn(segno * seg + end_off),
+            raw_size: end_off,
+            stored_size: 100,
+            crc32: 0xDEAD_BEEF,
+            key: format!("wal/{tli}/{segno}{}", if partial { ".partial" } else { "" }),
+            archived_at: Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap(),
+        }
+    }
+
+    fn catalog() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        (dir, cat)
+    }
+
+    #[test]
+    fn records_round_trip_and_complete_supersedes_partial() {
+        let (_d, cat) = catalog();
+        let full = 1 << 24;
+        cat.record_segment(&rec(1, 3, true, 100)).unwrap();
+        cat.record_segment(&rec(1, 3, true, 200)).unwrap();
+        assert_eq!(cat.segments().unwrap(), vec![rec(1, 3, true, 200)]);
+        assert_eq!(cat.newest().unwrap(), Some(rec(1, 3, true, 200)));
+        cat.record_segment(&rec(1, 3, false, full)).unwrap();
+        assert_eq!(cat.segments().unwrap(), vec![rec(1, 3, false, full)]);
+        assert_eq!(cat.newest_timeline().unwrap(), Some(TimelineId(1)));
+    }
+
+    #[test]
+    fn stale_partials_are_older_or_completed() {
+        let (_d, cat) = catalog();
+        cat.record_segment(&rec(1, 4, true, 10)).unwrap();
+        cat.record_segment(&rec(1, 5, true, 10)).unwrap();
+        cat.record_segment(&rec(2, 1, true, 10)).unwrap();
+        let stale: Vec<u64> = cat
+            .stale_partials(SegmentName::new(TimelineId(1), 5))
+            .unwrap()
+            .iter()
+            .map(|r| r.name.segno)
+            .collect();
+        assert_eq!(stale, vec![4]);
+        cat.forget_partial(SegmentName::new(TimelineId(1), 4))
+            .unwrap();
+        assert_eq!(cat.segments().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn first_missing_finds_the_resume_point() {
+        let (_d, cat) = catalog();
+        let t = TimelineId(1);
+        assert_eq!(cat.first_missing(t, None).unwrap(), None);
+        assert_eq!(cat.first_missing(t, Some(7)).unwrap(), Some(7));
+        for s in [2, 3, 5, 6, 8] {
+            cat.record_segment(&rec(1, s, false, 1 << 24)).unwrap();
+        }
+        cat.record_segment(&rec(1, 9, true, 5)).unwrap();
+        // From the slot's position: the first hole at or after it.
+        assert_eq!(cat.first_missing(t, Some(2)).unwrap(), Some(4));
+        assert_eq!(cat.first_missing(t, Some(5)).unwrap(), Some(7));
+        assert_eq!(cat.first_missing(t, Some(8)).unwrap(), Some(9));
+        assert_eq!(cat.first_missing(t, Some(100)).unwrap(), Some(100));
+        // Without it: the end of the newest unbroken run.
+        assert_eq!(cat.first_missing(t, None).unwrap(), Some(9));
+        assert_eq!(cat.first_missing(TimelineId(2), None).unwrap(), None);
+    }
+}

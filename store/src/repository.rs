@@ -1,0 +1,871 @@
+//! `Repository`: the repository-level operations the archiver and restorer share — open or
+//! create by URL, check identity, archive WAL segments, partial segments and history files
+//! with the envelope and the same-bytes rule, and fetch any object verified.
+//!
+//! Same-bytes rule (split-brain protection): archiving a name that already exists succeeds
+//! with a warning when the stored CRC-32 and size match, and fails with `SplitBrain`, without
+//! overwriting anything, when they differ.
+
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+use tokio::io::AsyncReadExt;
+use tracing::{info, warn};
+
+use crate::crashsafe::{self, Publish};
+use crate::envelope::{self, EnvelopeError, Sealed};
+use crate::identity::{RepoIdentity, FORMAT_VERSION};
+use crate::layout::{self, IDENTITY_KEY};
+use crate::meta;
+use crate::storage::{
+    Body, FsStorage, Metadata, PutOutcome, S3Options, S3Storage, Storage, StorageError,
+};
+use crate::sync_bridge::BlockingReader;
+use crate::url::RepoUrl;
+
+/// Largest identity file accepted (it is a few hundred bytes).
+const MAX_IDENTITY_BYTES: u64 = 64 << 10;
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub storage: Arc<dyn Storage>,
+    pub url: RepoUrl,
+}
+
+/// What archiving did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveOutcome {
+    /// The object was created.
+    Created,
+    /// An identical object (same CRC-32 and size) was already there; nothing was written.
+    AlreadyPresent,
+    /// The object was written with replace semantics (partial segments).
+    Replaced,
+}
+
+/// One archived object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedObject {
+    pub key: String,
+    pub sealed: Sealed,
+    pub outcome: ArchiveOutcome,
+}
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The repository could not be opened or created.
+    #[error("cannot open repository {url}")]
+    Open {
+        url: String,
+        #[source]
+        source: StorageError,
+    },
+    /// A storage operation on `key` failed.
+    #[error("repository object {key}")]
+    Storage {
+        key: String,
+        #[source]
+        source: StorageError,
+    },
+    /// Reading the body of `key` failed midway.
+    #[error("reading repository object {key} failed")]
+    Read {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Sealing or verifying `key` failed (corruption, checksum, local i/o).
+    #[error("repository object {key}")]
+    Envelope {
+        key: String,
+        #[source]
+        source: EnvelopeError,
+    },
+    /// A local file next to the caller's data could not be created or written.
+    #[error("i/o error on {}", path.display())]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `tidemark.json` is not a valid identity.
+    #[error("{IDENTITY_KEY} is not a valid repository identity; HINT: check that the URL points at a tidemark repository")]
+    BadIdentity {
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The repository was written by a newer tidemark.
+    #[error("repository format version {version} is not supported (this tidemark reads {FORMAT_VERSION}); HINT: upgrade tidemark")]
+    UnsupportedFormat { version: u32 },
+    /// The repository belongs to another cluster (different system identifier).
+    #[error("this repository belongs to cluster {repo_sysid}, not {cluster_sysid}; HINT: use another --repo")]
+    OtherCluster { repo_sysid: u64, cluster_sysid: u64 },
+    /// The repository was created for another `wal_segment_size`.
+    #[error("this repository holds WAL segments of {repo} bytes, not {cluster}; HINT: use another --repo")]
+    SegmentSizeMismatch { repo: u64, cluster: u64 },
+    /// A different object already exists under `key`; nothing was overwritten.
+    #[error("a different {key} is already archived: another server is writing this timeline (split brain); nothing was overwritten; HINT: stop the other archiver and check which cluster is the primary")]
+    SplitBrain { key: String },
+    /// The WAL file to archive does not have the segment size.
+    #[error("{} is {actual} bytes, not a whole segment of {expected}; HINT: archive only complete segments", path.display())]
+    IncompleteSegment {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    /// The object lacks the CRC-32/size metadata that every tidemark object carries.
+    #[error(
+        "repository object {key} has no {} / {} metadata; it was not written by tidemark",
+        meta::CRC32,
+        meta::RAW_SIZE
+    )]
+    MissingChecksum { key: String },
+    /// A worker task failed unexpectedly.
+    #[error("internal task failed: {message}")]
+    Task { message: String },
+}
+
+impl RepoError {
+    /// True when the same call may succeed later (network trouble, server errors).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RepoError::Open { source, .. } | RepoError::Storage { source, .. } => {
+                source.is_transient()
+            }
+            RepoError::Envelope { source, .. } => source.is_transient(),
+            RepoError::Read { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn storage(key: &str) -> impl FnOnce(StorageError) -> RepoError + '_ {
+        move |source| RepoError::Storage {
+            key: key.to_string(),
+            source,
+        }
+    }
+}
+
+impl Repository {
+    /// Opens an existing repository. A `file://` directory must exist (else: run `tidemark
+    /// init`); an S3 bucket must exist and be reachable.
+    pub async fn open(url: &RepoUrl, s3: &S3Options) -> Result<Repository, RepoError> {
+        let storage: Arc<dyn Storage> = match url {
+            RepoUrl::File { path } => Arc::new(FsStorage::open(path).map_err(open_err(url))?),
+            RepoUrl::S3 { bucket, prefix } => Arc::new(
+                S3Storage::connect(bucket, prefix, s3)
+                    .await
+                    .map_err(open_err(url))?,
+            ),
+        };
+        Ok(Repository {
+            storage,
+            url: url.clone(),
+        })
+    }
+
+    /// Opens a repository for `tidemark init`: a `file://` directory is created (with its
+    /// parents); an S3 bucket must already exist.
+    pub async fn create(url: &RepoUrl, s3: &S3Options) -> Result<Repository, RepoError> {
+        if let RepoUrl::File { path } = url {
+            FsStorage::create(path).map_err(open_err(url))?;
+        }
+        Self::open(url, s3).await
+    }
+
+    /// The repository identity, `None` when `tidemark.json` does not exist yet.
+    pub async fn identity(&self) -> Result<Option<RepoIdentity>, RepoError> {
+        let mut get = match self.storage.get(IDENTITY_KEY).await {
+            Ok(get) => get,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(RepoError::storage(IDENTITY_KEY)(e)),
+        };
+        let mut bytes = Vec::new();
+        (&mut get.body)
+            .take(MAX_IDENTITY_BYTES)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|source| RepoError::Read {
+                key: IDENTITY_KEY.to_string(),
+                source,
+            })?;
+        if let Some(expected) = meta::crc32(&get.head.metadata) {
+            let actual = crc32fast::hash(&bytes);
+            if actual != expected {
+                return Err(RepoError::Envelope {
+                    key: IDENTITY_KEY.to_string(),
+                    source: EnvelopeError::ChecksumMismatch { expected, actual },
+                });
+            }
+        }
+        let identity: RepoIdentity =
+            serde_json::from_slice(&bytes).map_err(|source| RepoError::BadIdentity { source })?;
+        if identity.format_version != FORMAT_VERSION {
+            return Err(RepoError::UnsupportedFormat {
+                version: identity.format_version,
+            });
+        }
+        Ok(Some(identity))
+    }
+
+    /// Makes sure the repository belongs to the cluster described by `wanted`: creates
+    /// `tidemark.json` when absent, returns the stored identity when it matches, and refuses
+    /// (writing nothing) when it names another cluster or segment size.
+    pub async fn ensure_identity(&self, wanted: &RepoIdentity) -> Result<RepoIdentity, RepoError> {
+        if let Some(existing) = self.identity().await? {
+            return check_identity(existing, wanted);
+        }
+        let json = serde_json::to_vec_pretty(wanted)
+            .map_err(|source| RepoError::BadIdentity { source })?;
+        let mut metadata =
+            Metadata::from([(meta::KIND.to_string(), meta::KIND_IDENTITY.to_string())]);
+        metadata.insert(
+            meta::CRC32.to_string(),
+            meta::format_crc32(crc32fast::hash(&json)),
+        );
+        metadata.insert(meta::RAW_SIZE.to_string(), json.len().to_string());
+        let outcome = self
+            .storage
+            .put_if_absent(IDENTITY_KEY, Body::Bytes(Bytes::from(json)), &metadata)
+            .await
+            .map_err(RepoError::storage(IDENTITY_KEY))?;
+        match outcome {
+            PutOutcome::Created => {
+                info!(repo = %self.url, sysid = wanted.system_identifier, "repository identity created");
+                Ok(wanted.clone())
+            }
+            // Another process initialised it concurrently: judge what it wrote.
+            PutOutcome::Exists(_) => match self.identity().await? {
+                Some(existing) => check_identity(existing, wanted),
+                None => Err(RepoError::storage(IDENTITY_KEY)(StorageError::NotFound {
+                    key: IDENTITY_KEY.to_string(),
+                })),
+            },
+        }
+    }
+
+    /// Archives a complete WAL segment from `spool_file` (exactly one segment long):
+    /// compresses it next to the spool file, then creates `wal/<TLI>/<SEG>.zst` if absent
+    /// (same-bytes rule when present). `extra_meta` is stored too, but cannot override the
+    /// standard entries.
+    pub async fn archive_segment(
+        &self,
+        name: SegmentName,
+        seg: WalSegmentSize,
+        spool_file: &Path,
+        level: i32,
+        extra_meta: Metadata,
+    ) -> Result<ArchivedObject, RepoError> {
+        let key = layout::wal_segment_key(name, seg);
+        let actual = tokio::fs::metadata(spool_file)
+            .await
+            .map_err(|source| local(spool_file, source))?
+            .len();
+        if actual != seg.bytes() {
+            return Err(RepoError::IncompleteSegment {
+                path: spool_file.to_path_buf(),
+                expected: seg.bytes(),
+                actual,
+            });
+        }
+        let (sealed, compressed) = compress_next_to(spool_file, None, level, &key).await?;
+        let metadata = wal_metadata(
+            extra_meta,
+            meta::KIND_WAL,
+            name,
+            seg,
+            name.end_lsn(seg),
+            &sealed,
+        );
+        let outcome = self
+            .storage
+            .put_if_absent(&key, Body::File(compressed.to_path_buf()), &metadata)
+            .await
+            .map_err(RepoError::storage(&key))?;
+        self.judge_put(key, sealed, outcome)
+    }
+
+    /// Archives the newest partial segment: the first `len` bytes of `data` (the file at
+    /// `data_path`, which may still be growing) are the valid prefix of the segment.
+    /// Replaces any earlier partial upload of the same segment.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn archive_partial(
+        &self,
+        name: SegmentName,
+        seg: WalSegmentSize,
+        data: &std::fs::File,
+        data_path: &Path,
+        len: u64,
+        level: i32,
+        extra_meta: Metadata,
+    ) -> Result<ArchivedObject, RepoError> {
+        let key = layout::wal_partial_key(name, seg);
+        let data = data
+            .try_clone()
+            .map_err(|source| local(data_path, source))?;
+        let (sealed, compressed) =
+            compress_next_to(data_path, Some((data, len)), level, &key).await?;
+        let metadata = wal_metadata(
+            extra_meta,
+            meta::KIND_WAL_PARTIAL,
+            name,
+            seg,
+            name.start_lsn(seg) + len,
+            &sealed,
+        );
+        self.storage
+            .put(&key, Body::File(compressed.to_path_buf()), &metadata)
+            .await
+            .map_err(RepoError::storage(&key))?;
+        Ok(ArchivedObject {
+            key,
+            sealed,
+            outcome: ArchiveOutcome::Replaced,
+        })
+    }
+
+    /// Removes the partial object of segment `name`, superseded by a newer one or by the
+    /// complete segment. Absent is fine.
+    pub async fn remove_partial(
+        &self,
+        name: SegmentName,
+        seg: WalSegmentSize,
+    ) -> Result<(), RepoError> {
+        let key = layout::wal_partial_key(name, seg);
+        self.storage
+            .delete(&key)
+            .await
+            .map_err(RepoError::storage(&key))
+    }
+
+    /// Archives a timeline history file, uncompressed, if absent (same-bytes rule).
+    pub async fn archive_history(
+        &self,
+        tli: TimelineId,
+        content: &[u8],
+    ) -> Result<ArchivedObject, RepoError> {
+        let key = layout::history_key(tli);
+        let sealed = Sealed {
+            crc32: crc32fast::hash(content),
+            raw_size: content.len() as u64,
+            stored_size: content.len() as u64,
+        };
+        let mut metadata = sealed.metadata();
+        metadata.insert(meta::KIND.to_string(), meta::KIND_HISTORY.to_string());
+        metadata.insert(meta::TIMELINE.to_string(), tli.to_string());
+        let outcome = self
+            .storage
+            .put_if_absent(
+                &key,
+                Body::Bytes(Bytes::copy_from_slice(content)),
+                &metadata,
+            )
+            .await
+            .map_err(RepoError::storage(&key))?;
+        self.judge_put(key, sealed, outcome)
+    }
+
+    /// Streams `key` to `dst`, decompressing `.zst` objects, and checks size and CRC-32
+    /// against the object's metadata. `dst` appears atomically (temp, fsync, rename) and
+    /// only when verification passed. Returns the object's seal.
+    pub async fn fetch_verified(&self, key: &str, dst: &Path) -> Result<Sealed, RepoError> {
+        let get = self
+            .storage
+            .get(key)
+            .await
+            .map_err(RepoError::storage(key))?;
+        let missing = || RepoError::MissingChecksum {
+            key: key.to_string(),
+        };
+        let crc32 = meta::crc32(&get.head.metadata).ok_or_else(missing)?;
+        let raw_size = meta::raw_size(&get.head.metadata).ok_or_else(missing)?;
+        let sealed = Sealed {
+            crc32,
+            raw_size,
+            stored_size: get.head.info.size,
+        };
+        let compressed = key.ends_with(".zst");
+        let handle = tokio::runtime::Handle::current();
+        let (key_owned, dst_owned) = (key.to_string(), dst.to_path_buf());
+        let task = tokio::task::spawn_blocking(move || {
+            let reader = BlockingReader::new(handle, get.body);
+            let mut failure = None;
+            let written = crashsafe::write_durably(&dst_owned, Publish::Replace, |file| {
+                let out = BufWriter::new(file);
+                let verified = if compressed {
+                    envelope::decompress_verified(reader, out, crc32, Some(raw_size))
+                } else {
+                    envelope::copy_verified(reader, out, crc32, Some(raw_size))
+                };
+                verified.map_err(|e| {
+                    failure = Some(e);
+                    io::Error::other("verification failed")
+                })
+            });
+            match (written, failure) {
+                (Ok(_), _) => Ok(()),
+                (Err(_), Some(source)) => Err(RepoError::Envelope {
+                    key: key_owned,
+                    source,
+                }),
+                (Err(source), None) => Err(local(&dst_owned, source)),
+            }
+        });
+        task.await.map_err(task_failed)??;
+        Ok(sealed)
+    }
+
+    fn judge_put(
+        &self,
+        key: String,
+        sealed: Sealed,
+        outcome: PutOutcome,
+    ) -> Result<ArchivedObject, RepoError> {
+        let outcome = match outcome {
+            PutOutcome::Created => ArchiveOutcome::Created,
+            PutOutcome::Exists(head) => {
+                let same = meta::crc32(&head.metadata) == Some(sealed.crc32)
+                    && meta::raw_size(&head.metadata) == Some(sealed.raw_size);
+                if !same {
+                    return Err(RepoError::SplitBrain { key });
+                }
+                warn!(
+                    key,
+                    "already archived with identical content; keeping the stored copy"
+                );
+                ArchiveOutcome::AlreadyPresent
+            }
+        };
+        Ok(ArchivedObject {
+            key,
+            sealed,
+            outcome,
+        })
+    }
+}
+
+fn check_identity(
+    existing: RepoIdentity,
+    wanted: &RepoIdentity,
+) -> Result<RepoIdentity, RepoError> {
+    if existing.system_identifier != wanted.system_identifier {
+        return Err(RepoError::OtherCluster {
+            repo_sysid: existing.system_identifier,
+            cluster_sysid: wanted.system_identifier,
+        });
+    }
+    if existing.wal_segment_size != wanted.wal_segment_size {
+        return Err(RepoError::SegmentSizeMismatch {
+            repo: existing.wal_segment_size,
+            cluster: wanted.wal_segment_size,
+        });
+    }
+    Ok(existing)
+}
+
+fn wal_metadata(
+    extra: Metadata,
+    kind: &str,
+    name: SegmentName,
+    seg: WalSegmentSize,
+    end_lsn: Lsn,
+    sealed: &Sealed,
+) -> Metadata {
+    let mut m = extra;
+    m.extend(sealed.metadata());
+    m.insert(meta::KIND.to_string(), kind.to_string());
+    m.insert(meta::TIMELINE.to_string(), name.timeline.to_string());
+    m.insert(meta::START_LSN.to_string(), name.start_lsn(seg).to_string());
+    m.insert(meta::END_LSN.to_string(), end_lsn.to_string());
+    m
+}
+
+/// Compresses `src` — or, when given, the first `len` bytes of the open file `prefix`
+/// whose path is `src` — into a temp file in the same directory (removed when the
+/// returned path is dropped), on a blocking thread.
+async fn compress_next_to(
+    src: &Path,
+    prefix: Option<(std::fs::File, u64)>,
+    level: i32,
+    key: &str,
+) -> Result<(Sealed, tempfile::TempPath), RepoError> {
+    let dir = crashsafe::parent_dir(src).to_path_buf();
+    let (src, key) = (src.to_path_buf(), key.to_string());
+    let task = tokio::task::spawn_blocking(move || {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tidemark-")
+            .suffix(".zst")
+            .tempfile_in(&dir)
+            .map_err(|source| local(&dir, source))?
+            .into_temp_path();
+        let sealed = match prefix {
+            Some((file, len)) => envelope::compress_prefix(&file, &src, len, &tmp, level),
+            None => envelope::compress_file(&src, &tmp, level),
+        }
+        .map_err(|source| RepoError::Envelope { key, source })?;
+        Ok((sealed, tmp))
+    });
+    task.await.map_err(task_failed)?
+}
+
+fn open_err(url: &RepoUrl) -> impl FnOnce(StorageError) -> RepoError + '_ {
+    move |source| RepoError::Open {
+        url: url.to_string(),
+        source,
+    }
+}
+
+fn local(path: &Path, source: io::Error) -> RepoError {
+    RepoError::Local {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn task_failed(e: tokio::task::JoinError) -> RepoError {
+    RepoError::Task {
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 1 << 20;
+
+    fn seg() -> WalSegmentSize {
+        WalSegmentSize::new(SEG).unwrap()
+    }
+
+    fn segment_bytes(seed: u8) -> Vec<u8> {
+        (0..SEG as usize)
+            .map(|i| ((i / 64) as u8).wrapping_mul(seed) ^ (i as u8 & 3))
+            .collect()
+    }
+
+    async fn repo(dir: &Path) -> Repository {
+        let url = RepoUrl::File {
+            path: dir.join("repo"),
+        };
+        Repository::create(&url, &S3Options::default())
+            .await
+            .unwrap()
+    }
+
+    fn stored_path(dir: &Path, key: &str) -> PathBuf {
+        dir.join("repo").join(key)
+    }
+
+    #[tokio::test]
+    async fn open_needs_init_and_create_makes_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = RepoUrl::File {
+            path: dir.path().join("nested/repo"),
+        };
+        let err = Repository::open(&url, &S3Options::default())
+            .await
+            .unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("does not exist; HINT: run tidemark init"),
+            "{chain}"
+        );
+        Repository::create(&url, &S3Options::default())
+            .await
+            .unwrap();
+        Repository::open(&url, &S3Options::default()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_round_trip_and_plain_zstd_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let spool = dir.path().join("000000010000000000000003");
+        let data = segment_bytes(7);
+        std::fs::write(&spool, &data).unwrap();
+        let name = SegmentName::new(TimelineId(1), 3);
+        let extra = Metadata::from([(
+            "first-commit".to_string(),
+            "2025-01-01T00:00:00Z".to_string(),
+        )]);
+        let archived = repo
+            .archive_segment(name, seg(), &spool, 3, extra)
+            .await
+            .unwrap();
+        assert_eq!(archived.key, "wal/00000001/000000010000000000000003.zst");
+        assert_eq!(archived.outcome, ArchiveOutcome::Created);
+        assert_eq!(archived.sealed.crc32, crc32fast::hash(&data));
+        let head = repo.storage.head(&archived.key).await.unwrap().unwrap();
+        for (k, v) in [
+            ("kind", "wal"),
+            ("timeline", "1"),
+            ("start-lsn", "0/300000"),
+            ("end-lsn", "0/400000"),
+            ("raw-size", "1048576"),
+            ("first-commit", "2025-01-01T00:00:00Z"),
+        ] {
+            assert_eq!(head.metadata.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert_eq!(
+            head.metadata["crc32"],
+            format!("{:08x}", crc32fast::hash(&data))
+        );
+        // No compressed temp file is left next to the spool file.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        let dst = dir.path().join("restored");
+        let sealed = repo.fetch_verified(&archived.key, &dst).await.unwrap();
+        assert_eq!(sealed.crc32, archived.sealed.crc32);
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+
+        let out = std::process::Command::new("zstd")
+            .args(["-d", "-q", "-c"])
+            .arg(stored_path(dir.path(), &archived.key))
+            .output()
+            .expect("the zstd CLI must be installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_bytes_are_accepted_and_different_bytes_are_split_brain() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let spool = dir.path().join("spool");
+        let name = SegmentName::new(TimelineId(2), 9);
+        std::fs::write(&spool, segment_bytes(3)).unwrap();
+        let first = repo
+            .archive_segment(name, seg(), &spool, 1, Metadata::new())
+            .await
+            .unwrap();
+        let stored = std::fs::read(stored_path(dir.path(), &first.key)).unwrap();
+
+        let again = repo
+            .archive_segment(name, seg(), &spool, 9, Metadata::new())
+            .await
+            .unwrap();
+        assert_eq!(again.outcome, ArchiveOutcome::AlreadyPresent);
+
+        std::fs::write(&spool, segment_bytes(5)).unwrap();
+        let err = repo
+            .archive_segment(name, seg(), &spool, 1, Metadata::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RepoError::SplitBrain { key } if *key == first.key),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("nothing was overwritten"));
+        assert_eq!(
+            std::fs::read(stored_path(dir.path(), &first.key)).unwrap(),
+            stored
+        );
+        let dst = dir.path().join("check");
+        repo.fetch_verified(&first.key, &dst).await.unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), segment_bytes(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn incomplete_segments_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let spool = dir.path().join("short");
+        std::fs::write(&spool, b"not a whole segment").unwrap();
+        let err = repo
+            .archive_segment(
+                SegmentName::new(TimelineId(1), 1),
+                seg(),
+                &spool,
+                1,
+                Metadata::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RepoError::IncompleteSegment { actual: 19, .. }),
+            "{err:?}"
+        );
+        assert!(repo.storage.list("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_objects_fail_verification_and_leave_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let spool = dir.path().join("spool");
+        std::fs::write(&spool, segment_bytes(11)).unwrap();
+        let archived = repo
+            .archive_segment(
+                SegmentName::new(TimelineId(1), 1),
+                seg(),
+                &spool,
+                3,
+                Metadata::new(),
+            )
+            .await
+            .unwrap();
+        let path = stored_path(dir.path(), &archived.key);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let dst = dir.path().join("restored");
+        let err = repo.fetch_verified(&archived.key, &dst).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RepoError::Envelope {
+                    source: EnvelopeError::Corrupt { .. } | EnvelopeError::ChecksumMismatch { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
+        assert!(
+            !dst.exists(),
+            "nothing written where PostgreSQL would read it"
+        );
+        let absent = repo
+            .fetch_verified("wal/00000001/nothing.zst", &dst)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            absent,
+            RepoError::Storage {
+                source: StorageError::NotFound { .. },
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partial_segments_are_replaced_and_history_follows_the_same_bytes_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let name = SegmentName::new(TimelineId(1), 5);
+        let data = dir.path().join("partial");
+        // The spool file holds more than the prefix being archived (it keeps growing).
+        std::fs::write(&data, &segment_bytes(2)[..6000]).unwrap();
+        let file = std::fs::File::open(&data).unwrap();
+        for (len, end) in [(1000usize, "0/5003E8"), (5000, "0/501388")] {
+            let a = repo
+                .archive_partial(name, seg(), &file, &data, len as u64, 1, Metadata::new())
+                .await
+                .unwrap();
+            assert_eq!(a.key, "wal/00000001/000000010000000000000005.partial.zst");
+            assert_eq!(a.outcome, ArchiveOutcome::Replaced);
+            let head = repo.storage.head(&a.key).await.unwrap().unwrap();
+            assert_eq!(head.metadata["end-lsn"], end);
+            assert_eq!(head.metadata["kind"], "wal-partial");
+            let dst = dir.path().join("fetched");
+            repo.fetch_verified(&a.key, &dst).await.unwrap();
+            assert_eq!(std::fs::read(&dst).unwrap(), &segment_bytes(2)[..len]);
+        }
+        let too_long = repo
+            .archive_partial(name, seg(), &file, &data, 7000, 1, Metadata::new())
+            .await;
+        assert!(too_long.is_err(), "a prefix longer than the file must fail");
+        repo.remove_partial(name, seg()).await.unwrap();
+        repo.remove_partial(name, seg()).await.unwrap();
+        let key = layout::wal_partial_key(name, seg());
+        assert!(repo.storage.head(&key).await.unwrap().is_none());
+
+        let history = b"1\t0/3000000\tno recovery target specified\n";
+        let h = repo.archive_history(TimelineId(2), history).await.unwrap();
+        assert_eq!(
+            (h.key.as_str(), h.outcome),
+            ("wal/00000002.history", ArchiveOutcome::Created)
+        );
+        assert_eq!(
+            std::fs::read(stored_path(dir.path(), &h.key)).unwrap(),
+            history,
+            "stored plain"
+        );
+        let again = repo.archive_history(TimelineId(2), history).await.unwrap();
+        assert_eq!(again.outcome, ArchiveOutcome::AlreadyPresent);
+        let err = repo
+            .archive_history(TimelineId(2), b"other\n")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RepoError::SplitBrain { .. }));
+        let dst = dir.path().join("00000002.history");
+        repo.fetch_verified(&h.key, &dst).await.unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), history);
+    }
+
+    #[tokio::test]
+    async fn identity_is_created_once_and_other_clusters_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        assert_eq!(repo.identity().await.unwrap(), None);
+        let mine = RepoIdentity::new(7_301_234_567_890_123_457, 16, 16 << 20);
+        assert_eq!(repo.ensure_identity(&mine).await.unwrap(), mine);
+        let path = stored_path(dir.path(), IDENTITY_KEY);
+        let stored = std::fs::read(&path).unwrap();
+        assert!(String::from_utf8_lossy(&stored).contains("\"7301234567890123457\""));
+        // Same cluster later: the stored identity (with its original created_at) comes back.
+        let later = RepoIdentity::new(mine.system_identifier, 16, 16 << 20);
+        assert_eq!(repo.ensure_identity(&later).await.unwrap(), mine);
+
+        let other = RepoIdentity::new(42, 16, 16 << 20);
+        let err = repo.ensure_identity(&other).await.unwrap_err();
+        assert!(matches!(
+            err,
+            RepoError::OtherCluster {
+                repo_sysid: 7_301_234_567_890_123_457,
+                cluster_sysid: 42
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "this repository belongs to cluster 7301234567890123457, not 42; HINT: use another --repo"
+        );
+        let err = repo
+            .ensure_identity(&RepoIdentity::new(mine.system_identifier, 16, 1 << 20))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RepoError::SegmentSizeMismatch { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            stored,
+            "refusals write nothing"
+        );
+        assert_eq!(repo.storage.list("").await.unwrap().len(), 1);
+
+        let newer = String::from_utf8(stored)
+            .unwrap()
+            .replace("\"format_version\": 1", "\"format_version\": 2");
+        repo.storage
+            .put(
+                IDENTITY_KEY,
+                Body::Bytes(Bytes::from(newer)),
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+        let err = repo.identity().await.unwrap_err();
+        assert!(
+            matches!(err, RepoError::UnsupportedFormat { version: 2 }),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! Shared helpers for the end-to-end tests: run the built `tidemark` binary against real
+//! PostgreSQL clusters and a real S3 server, and inspect what it stored.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tidemark_fixtures::{Cluster, S3};
+use tidemark_protocol::{Lsn, SegmentName, WalSegmentSize};
+use tidemark_store::catalog::{Catalog, SegmentRecord};
+
+/// The prefix of S3 repositories under test, inside their bucket.
+const S3_PREFIX: &str = "tidemark/";
+
+/// A repository under test: a `file://` directory or a fresh S3 bucket.
+pub enum Repo {
+    File { dir: TempDir },
+    S3 { s3: S3, bucket: String },
+}
+
+impl Repo {
+    pub fn file() -> Repo {
+        Repo::File {
+            dir: tidemark_fixtures::test_dir("repo"),
+        }
+    }
+
+    pub fn s3(hint: &str) -> Repo {
+        let s3 = tidemark_fixtures::s3().expect("S3 test server");
+        let bucket = s3.create_bucket(hint, false).expect("bucket");
+        Repo::S3 { s3, bucket }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Repo::File { dir } => format!("file://{}/repo", dir.path().display()),
+            Repo::S3 { bucket, .. } => format!("s3://{bucket}/{}", S3_PREFIX.trim_end_matches('/')),
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Repo::File { .. } => Vec::new(),
+            Repo::S3 { s3, .. } => s3.env(),
+        }
+    }
+
+    /// Every key stored, sorted (sidecars included for `file://`: they are writes too).
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            Repo::File { dir } => {
+                let mut out = Vec::new();
+                walk(&dir.path().join("repo"), &dir.path().join("repo"), &mut out);
+                out.sort();
+                out
+            }
+            Repo::S3 { s3, bucket } => s3
+                .list_keys(bucket)
+                .expect("list bucket")
+                .into_iter()
+                .map(|k| match k.strip_prefix(S3_PREFIX) {
+                    Some(rest) => rest.to_string(),
+                    None => k,
+                })
+                .collect(),
+        }
+    }
+
+    /// Fetch the object at `key` (the repository-relative key) to a local file.
+    pub fn download(&self, key: &str, dst: &Path) {
+        match self {
+            Repo::File { dir } => {
+                fs::copy(dir.path().join("repo").join(key), dst).expect("copy object");
+            }
+            Repo::S3 { s3, bucket } => {
+                let bytes = s3
+                    .get_object(bucket, &format!("{S3_PREFIX}{key}"))
+                    .expect("get object");
+                fs::write(dst, bytes).expect("write object");
+            }
+        }
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(root, &p, out);
+        } else {
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+        }
+    }
+}
+
+/// The built binary with a clean tidemark environment.
+pub fn tidemark(repo: &Repo) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    for var in [
+        "TIDEMARK_REPO",
+        "TIDEMARK_PG",
+        "TIDEMARK_CATALOG",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(repo.env());
+    cmd
+}
+
+/// Run to completion, capturing output.
+pub fn run(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null());
+    cmd.output().expect("run tidemark")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One archiver (`tidemark stream`) for one cluster and repository.
+pub struct Archiver {
+    pub work: TempDir,
+    pub catalog: PathBuf,
+    repo_url: String,
+    repo_env: Vec<(String, String)>,
+    conninfo: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Archiver {
+    pub fn new(cluster: &Cluster, repo: &Repo, extra: &[&str]) -> Archiver {
+        let work = tidemark_fixtures::test_dir("archiver");
+        Archiver {
+            catalog: work.path().join("catalog.db"),
+            work,
+            repo_url: repo.url(),
+            repo_env: repo.env(),
+            conninfo: cluster.conninfo(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            runs: 0,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        cmd.env_remove("TIDEMARK_REPO")
+            .env_remove("TIDEMARK_PG")
+            .envs(self.repo_env.clone())
+            .arg("--repo")
+            .arg(&self.repo_url)
+            .arg("--pg")
+            .arg(&self.conninfo)
+            .arg("--catalog")
+            .arg(&self.catalog)
+            .args(args);
+        cmd
+    }
+
+    /// `tidemark init`, which must succeed.
+    pub fn init(&self) {
+        let out = run(self.command(&["init"]));
+        assert!(out.status.success(), "init failed: {}", stderr(&out));
+    }
+
+    /// Start `tidemark stream` in the background; its log goes to the work dir.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "archiver already running");
+        self.runs += 1;
+        let log = fs::File::create(self.work.path().join(format!("stream-{}.log", self.runs)))
+            .expect("log file");
+        let mut args = vec!["stream".to_string()];
+        args.extend(self.extra.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = self.command(&args);
+        cmd.env("TIDEMARK_LOG", "info,tidemark_archiver=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn tidemark stream"));
+    }
+
+    pub fn log(&self) -> String {
+        (1..=self.runs)
+            .map(|i| {
+                fs::read_to_string(self.work.path().join(format!("stream-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// Panic with the log if the archiver has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("archiver exited early with {status}:\n{}", self.log());
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("archiver running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM and wait (with a deadline) for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("archiver running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "archiver did not stop within 60 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The catalog's rows (opened read-mostly beside the running archiver).
+    pub fn segments(&self) -> Vec<SegmentRecord> {
+        if !self.catalog.exists() {
+            return Vec::new();
+        }
+        Catalog::open(&self.catalog)
+            .and_then(|c| c.segments())
+            .unwrap_or_default()
+    }
+
+    /// End of the newest archived WAL (partial or complete).
+    pub fn archived_end(&self) -> Lsn {
+        self.segments()
+            .iter()
+            .map(|s| s.end_lsn)
+            .max()
+            .unwrap_or(Lsn(0))
+    }
+
+    /// Wait until the complete segment holding `lsn - 1` is archived.
+    pub fn wait_complete_through(&mut self, lsn: Lsn, seg: WalSegmentSize, timeout: Duration) {
+        let want = Lsn(lsn.0 - 1).segment_number(seg);
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running();
+            if self
+                .segments()
+                .iter()
+                .any(|s| !s.partial && s.name.segno == want)
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "segment {want:X} not archived within {timeout:?}; catalog: {:?}\nlog:\n{}",
+                    self.segments()
+                        .iter()
+                        .map(|s| (s.name.segno, s.partial))
+                        .collect::<Vec<_>>(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Parse `X/Y` from psql output.
+pub fn lsn(text: &str) -> Lsn {
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not an LSN: {text:?}"))
+}
+
+/// `pg_switch_wal()` after some WAL, returning the switch record's end.
+pub fn switch_wal(cluster: &Cluster) -> Lsn {
+    cluster
+        .psql("CREATE TABLE IF NOT EXISTS tm_switch(x int); INSERT INTO tm_switch VALUES (1);")
+        .expect("write before switch");
+    lsn(&cluster
+        .psql("SELECT pg_switch_wal()")
+        .expect("pg_switch_wal"))
+}
+
+/// Check every complete segment in the catalog: contiguous from the first, covering the
+/// segment before `through`, and each object — decompressed by the `zstd` CLI — equal to
+/// the server's own file in pg_wal. Returns how many segments were compared.
+pub fn assert_segments_match_pg_wal(
+    archiver: &Archiver,
+    repo: &Repo,
+    cluster: &Cluster,
+    seg: WalSegmentSize,
+    through: Lsn,
+) -> usize {
+    let complete: Vec<SegmentRecord> = archiver
+        .segments()
+        .into_iter()
+        .filter(|s| !s.partial)
+        .collect();
+    assert!(!complete.is_empty(), "nothing archived");
+    let last = Lsn(through.0 - 1).segment_number(seg);
+    let first = complete[0].name.segno;
+    let segnos: Vec<u64> = complete.iter().map(|s| s.name.segno).collect();
+    let expected: Vec<u64> = (first..=segnos[segnos.len() - 1]).collect();
+    assert_eq!(segnos, expected, "archived segments are not contiguous");
+    assert!(segnos.contains(&last), "segment {last:X} missing");
+    let scratch = tidemark_fixtures::test_dir("compare");
+    for rec in complete.iter().filter(|s| s.name.segno <= last) {
+        let name: SegmentName = rec.name;
+        let file = name.file_name(seg);
+        let compressed = scratch.path().join(format!("{file}.zst"));
+        let raw = scratch.path().join(&file);
+        repo.download(&rec.key, &compressed);
+        let status = Command::new("zstd")
+            .args(["-q", "-d", "-f", "-o"])
+            .arg(&raw)
+            .arg(&compressed)
+            .status()
+            .expect("run zstd");
+        assert!(status.success(), "zstd -d failed on {}", rec.key);
+        let ours = fs::read(&raw).unwrap();
+        let theirs = fs::read(cluster.data_dir().join("pg_wal").join(&file))
+            .unwrap_or_else(|e| panic!("server file {file}: {e}"));
+        assert_eq!(ours.len() as u64, seg.bytes(), "{file}: wrong size");
+        assert!(ours == theirs, "{file}: archived bytes differ from pg_wal");
+        assert_eq!(
+            rec.crc32,
+            crc32(&ours),
+            "{file}: catalog CRC is not the data's"
+        );
+    }
+    complete.iter().filter(|s| s.name.segno <= last).count()
+}
+
+/// CRC-32 (IEEE), bit by bit: an independent check of what the store computes.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, slot) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *slot = c;
+    }
+    !data.iter().fold(!0u32, |c, &b| {
+        table[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
+    })
+}
+
+/// Keep all WAL from now on in pg_wal (a slot nobody advances), so archived segments can
+/// be compared with the server's files.
+pub fn hold_wal(cluster: &Cluster) {
+    cluster
+        .psql("SELECT pg_create_physical_replication_slot('test_hold', true)")
+        .expect("hold slot");
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
