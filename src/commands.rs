@@ -37,7 +37,10 @@ fn conninfo(cli: &Cli) -> anyhow::Result<ConnInfo> {
     let raw = cli.pg.as_deref().ok_or(Usage(
         "no PostgreSQL connection given; HINT: pass --pg 'host=... user=...' or a postgres:// URL (or set TIDEMARK_PG)",
     ))?;
-    Ok(raw.parse::<ConnInfo>()?)
+    let mut info = raw.parse::<ConnInfo>()?;
+    // Name ourselves in pg_stat_replication unless the user chose a name.
+    info.application_name.get_or_insert_with(|| "tidemark".to_string());
+    Ok(info)
 }
 
 fn catalog_path(cli: &Cli, url: &RepoUrl) -> PathBuf {

@@ -26,14 +26,27 @@ pub const LOCAL: u8 = 6;
 #[error("{0}")]
 pub struct Usage(pub &'static str);
 
-/// The exit code and the one line to print for `err`.
+/// The exit code and the one line to print for `err`: the causes joined by `: `, then
+/// every `HINT:` any of them gave, so the advice always comes last.
 pub fn describe(err: &anyhow::Error) -> (u8, String) {
-    let line = err
-        .chain()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
-    (code(err), line.replace('\n', " "))
+    let mut what = Vec::new();
+    let mut hints = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        match text.split_once("; HINT: ") {
+            Some((msg, hint)) => {
+                what.push(msg.to_string());
+                hints.push(hint.to_string());
+            }
+            None => what.push(text),
+        }
+    }
+    let mut line = what.join(": ");
+    if !hints.is_empty() {
+        line.push_str("; HINT: ");
+        line.push_str(&hints.join("; "));
+    }
+    (code(err), line)
 }
 
 fn code(err: &anyhow::Error) -> u8 {
@@ -88,5 +101,24 @@ fn catalog_code(e: &CatalogError) -> u8 {
     match e {
         CatalogError::OtherRepository { .. } | CatalogError::TooNew { .. } => REFUSED,
         _ => LOCAL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_come_last_and_codes_follow_the_cause() {
+        let err = anyhow::Error::new(Usage("bad --repo; HINT: use file:///path"))
+            .context("cannot start; HINT: read the docs");
+        let (code, line) = describe(&err);
+        assert_eq!(code, USAGE);
+        assert_eq!(
+            line,
+            "cannot start: bad --repo; HINT: read the docs; use file:///path"
+        );
+        let (code, line) = describe(&anyhow::anyhow!("boom\nsecond line"));
+        assert_eq!((code, line.as_str()), (INTERNAL, "boom second line"));
     }
 }

@@ -122,12 +122,12 @@ fn repository_problems_are_reported_and_nothing_is_written() {
     refused(
         with_repo("s3://some-bucket/p", env.clone(), "init"),
         4,
-        "unreachable",
+        "cannot reach",
     );
     refused(
         with_repo("s3://some-bucket/p", env, "stream"),
         4,
-        "unreachable",
+        "connection refused",
     );
 
     // A bucket that does not exist: refused, and not created behind the user's back.
@@ -135,12 +135,12 @@ fn repository_problems_are_reported_and_nothing_is_written() {
     refused(
         with_repo(&format!("s3://{missing}/p"), s3.env(), "init"),
         4,
-        &missing,
+        &format!("bucket {missing} does not exist"),
     );
     refused(
         with_repo(&format!("s3://{missing}/p"), s3.env(), "stream"),
         4,
-        &missing,
+        &format!("bucket {missing} does not exist"),
     );
     assert!(
         !s3.bucket_exists(&missing).unwrap(),

@@ -33,7 +33,7 @@ fn partial_segments_keep_the_repository_seconds_behind_the_server() {
         std::thread::spawn(move || {
             std::process::Command::new(bin)
                 .args(["-n", "-R", "20", "-T", "12", "-c", "1"])
-                .arg(format!("--dbname={conn}"))
+                .arg(conn)
                 .output()
         })
     };

@@ -81,6 +81,16 @@ where
 {
     StorageError::Unreachable {
         endpoint: call.endpoint.to_string(),
-        source: DisplayErrorContext(err).to_string().into(),
+        source: root_cause(&err).into(),
     }
+}
+
+/// The innermost message of an error chain ("tcp connect error: Connection refused"),
+/// which is what a user can act on; the SDK's outer layers only say "dispatch failure".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
