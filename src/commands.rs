@@ -39,7 +39,8 @@ fn conninfo(cli: &Cli) -> anyhow::Result<ConnInfo> {
     ))?;
     let mut info = raw.parse::<ConnInfo>()?;
     // Name ourselves in pg_stat_replication unless the user chose a name.
-    info.application_name.get_or_insert_with(|| "tidemark".to_string());
+    info.application_name
+        .get_or_insert_with(|| "tidemark".to_string());
     Ok(info)
 }
 

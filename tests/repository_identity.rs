@@ -42,3 +42,71 @@ fn a_second_cluster_is_refused_and_writes_nothing() {
         "the refused archiver created a slot on the other cluster"
     );
 }
+
+/// Split-brain protection: if another server already archived different bytes under the
+/// name of the next segment, streaming stops with an error and the stored object is kept.
+#[test]
+fn different_bytes_under_an_archived_name_are_refused_and_kept() {
+    use tidemark_protocol::{SegmentName, TimelineId, WalSegmentSize};
+    use tidemark_store::layout::wal_segment_key;
+
+    let cluster = Cluster::start(ClusterOptions {
+        wal_segsize_mb: 1,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, std::time::Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0);
+
+    // "Another primary" archives the next segment first, with other bytes.
+    let next = SegmentName::new(
+        TimelineId(1),
+        tidemark_protocol::Lsn(through.0 - 1).segment_number(seg) + 1,
+    );
+    let key = wal_segment_key(next, seg);
+    let forged = tidemark_fixtures::test_dir("forged");
+    let forged_file = forged.path().join(next.file_name(seg));
+    std::fs::write(&forged_file, vec![0x5A; 1 << 20]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url: tidemark_store::RepoUrl = repo.url().parse().unwrap();
+        let store = tidemark_store::Repository::open(&url, &Default::default())
+            .await
+            .unwrap();
+        store
+            .archive_segment(next, seg, &forged_file, 3, Default::default())
+            .await
+            .unwrap();
+    });
+    let forged_object = repo_object(&repo, &key);
+
+    // Our cluster's WAL for that segment is different: refused, exit 5, nothing replaced.
+    archiver.start();
+    cluster.pgbench_init(1).expect("pgbench -i");
+    let _ = switch_wal(&cluster);
+    let code = common::wait_for(
+        "the archiver to stop",
+        std::time::Duration::from_secs(60),
+        || archiver.exit_code(),
+    );
+    assert_eq!(code, 5, "{}", archiver.log());
+    assert!(archiver.log().contains("split brain"), "{}", archiver.log());
+    assert_eq!(
+        repo_object(&repo, &key),
+        forged_object,
+        "the stored object was replaced"
+    );
+}
+
+fn repo_object(repo: &Repo, key: &str) -> Vec<u8> {
+    let dir = tidemark_fixtures::test_dir("object");
+    let dst = dir.path().join("o");
+    repo.download(key, &dst);
+    std::fs::read(dst).unwrap()
+}

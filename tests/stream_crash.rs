@@ -125,3 +125,37 @@ fn kill_9_and_restart_loses_nothing_and_the_slot_never_runs_ahead() {
         );
     }
 }
+
+#[test]
+fn a_postgres_restart_mid_stream_is_followed_without_a_gap() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        wal_segsize_mb: 1,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    hold_wal(&cluster);
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.pgbench_init(1).expect("pgbench -i");
+    // Mid-segment: a few rows, not a whole segment.
+    cluster
+        .psql("CREATE TABLE before_restart AS SELECT g FROM generate_series(1, 1000) g")
+        .unwrap();
+    cluster.restart().expect("restart PostgreSQL");
+    std::thread::sleep(Duration::from_secs(2));
+    archiver.assert_running();
+    cluster.pgbench(&["-T", "2", "-c", "2"]).expect("pgbench");
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(120));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    assert!(
+        archiver.log().contains("reconnect"),
+        "the archiver never noticed the restart:\n{}",
+        archiver.log()
+    );
+    let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, through);
+    assert!(compared >= 5, "only {compared} segments");
+}

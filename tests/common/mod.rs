@@ -209,6 +209,13 @@ impl Archiver {
         }
     }
 
+    /// The exit code once the archiver has exited by itself (`None` while it runs).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().expect("wait")?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("archiver running");
         child.kill().expect("kill -9");
