@@ -60,7 +60,9 @@ fn code(err: &anyhow::Error) -> u8 {
                 ArchiverError::Repository(e) => repo_code(e),
                 ArchiverError::Catalog(e) => catalog_code(e),
                 ArchiverError::Spool(_) => LOCAL,
-                ArchiverError::NotInitialised { .. } | ArchiverError::Append(_) => REFUSED,
+                ArchiverError::NotInitialised { .. }
+                | ArchiverError::Append(_)
+                | ArchiverError::WalRemoved { .. } => REFUSED,
                 ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
             };
         }

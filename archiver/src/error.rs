@@ -27,6 +27,13 @@ pub enum ArchiverError {
     /// `stream` was pointed at a repository that `init` never prepared.
     #[error("repository {url} is not initialised; HINT: run `tidemark init` with the same --repo and --pg first")]
     NotInitialised { url: String },
+    /// The server no longer has the WAL streaming must resume from: the archive would have
+    /// a gap (slot dropped or invalidated by `max_slot_wal_keep_size`).
+    #[error("the server no longer has WAL from {from}, so the archive has a gap there ({source}); HINT: take a new base backup, and check max_slot_wal_keep_size and that nobody dropped the slot")]
+    WalRemoved {
+        from: tidemark_protocol::Lsn,
+        source: ReplicationError,
+    },
     /// A second signal arrived while uploads were still finishing.
     #[error("interrupted again while finishing uploads; {pending} segment(s) stay in the spool and are uploaded on the next start")]
     Interrupted { pending: usize },

@@ -150,9 +150,12 @@ struct Archiver {
 }
 
 impl Archiver {
-    /// Where streaming resumes: the first segment, at or after the slot's restart point,
-    /// that the catalog does not hold; on a fresh repository, the slot's restart point or
-    /// the server's current segment.
+    /// Where streaming resumes: the earliest segment the catalog lacks, looking both after
+    /// the newest unbroken run of archived segments and at or after the slot's restart
+    /// point (the slot is only acknowledged up to stored WAL, so a hole after it is real).
+    /// Never beyond the archive's end: if the server dropped that WAL, resuming there
+    /// fails loudly instead of leaving a silent gap. On a fresh repository: the slot's
+    /// restart point, else the server's current segment.
     async fn resume_point(
         &self,
         cluster: &mut Cluster,
@@ -171,12 +174,17 @@ impl Archiver {
             .newest_timeline()?
             .or(slot.map(|s| s.0))
             .unwrap_or(cluster.system.timeline);
-        let from = slot
-            .filter(|s| s.0 == timeline)
-            .map(|s| s.1.segment_number(self.seg));
-        let segno = match self.catalog.first_missing(timeline, from)? {
-            Some(segno) => segno,
-            None => cluster.system.xlogpos.segment_number(self.seg),
+        let after_archive = self.catalog.first_missing(timeline, None)?;
+        let after_slot = match slot.filter(|s| s.0 == timeline) {
+            Some((_, lsn)) => self
+                .catalog
+                .first_missing(timeline, Some(lsn.segment_number(self.seg)))?,
+            None => None,
+        };
+        let segno = match (after_archive, after_slot) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => cluster.system.xlogpos.segment_number(self.seg),
         };
         Ok((
             timeline,
@@ -263,10 +271,11 @@ impl Archiver {
     ) -> Result<End, ArchiverError> {
         let start = self.position()?;
         let slot = self.config.slot.clone();
-        let mut stream = match client
+        let started = client
             .start_replication(Some(&slot), start, timeline)
-            .await?
-        {
+            .await
+            .map_err(|e| wal_error(e, start))?;
+        let mut stream = match started {
             StartOutcome::Streaming(s) => s,
             StartOutcome::TimelineEnded {
                 client,
@@ -286,7 +295,7 @@ impl Archiver {
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                msg = stream.next_message() => match msg? {
+                msg = stream.next_message() => match msg.map_err(|e| wal_error(e, start))? {
                     StreamMessage::XLogData { wal_start, data, .. } => {
                         for segment in self.spool.append(wal_start, &data)? {
                             self.uploads.segment(segment);
@@ -465,5 +474,14 @@ impl Archiver {
         })
         .await?;
         Ok(client)
+    }
+}
+
+/// A replication error, recognising the server's "requested WAL segment ... has already
+/// been removed" (SQLSTATE 58P01, undefined_file) for streaming that began at `from`.
+fn wal_error(e: ReplicationError, from: Lsn) -> ArchiverError {
+    match e.sqlstate() {
+        Some("58P01") => ArchiverError::WalRemoved { from, source: e },
+        _ => e.into(),
     }
 }

@@ -18,8 +18,15 @@ const S3_PREFIX: &str = "tidemark/";
 
 /// A repository under test: a `file://` directory or a fresh S3 bucket.
 pub enum Repo {
-    File { dir: TempDir },
-    S3 { s3: S3, bucket: String },
+    File {
+        dir: TempDir,
+    },
+    S3 {
+        s3: S3,
+        bucket: String,
+        /// Where the binary reaches S3, when not directly (an outage proxy).
+        via: Option<String>,
+    },
 }
 
 impl Repo {
@@ -32,7 +39,24 @@ impl Repo {
     pub fn s3(hint: &str) -> Repo {
         let s3 = tidemark_fixtures::s3().expect("S3 test server");
         let bucket = s3.create_bucket(hint, false).expect("bucket");
-        Repo::S3 { s3, bucket }
+        Repo::S3 {
+            s3,
+            bucket,
+            via: None,
+        }
+    }
+
+    /// An S3 repository that the binary reaches through `endpoint` (the test itself
+    /// still inspects the bucket directly).
+    pub fn s3_via(hint: &str, endpoint: String) -> Repo {
+        match Repo::s3(hint) {
+            Repo::S3 { s3, bucket, .. } => Repo::S3 {
+                s3,
+                bucket,
+                via: Some(endpoint),
+            },
+            file => file,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -45,7 +69,14 @@ impl Repo {
     pub fn env(&self) -> Vec<(String, String)> {
         match self {
             Repo::File { .. } => Vec::new(),
-            Repo::S3 { s3, .. } => s3.env(),
+            Repo::S3 { s3, via, .. } => {
+                let mut env = s3.env();
+                if let Some(via) = via {
+                    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL_S3");
+                    env.push(("AWS_ENDPOINT_URL_S3".into(), via.clone()));
+                }
+                env
+            }
         }
     }
 
@@ -58,7 +89,7 @@ impl Repo {
                 out.sort();
                 out
             }
-            Repo::S3 { s3, bucket } => s3
+            Repo::S3 { s3, bucket, .. } => s3
                 .list_keys(bucket)
                 .expect("list bucket")
                 .into_iter()
@@ -76,7 +107,7 @@ impl Repo {
             Repo::File { dir } => {
                 fs::copy(dir.path().join("repo").join(key), dst).expect("copy object");
             }
-            Repo::S3 { s3, bucket } => {
+            Repo::S3 { s3, bucket, .. } => {
                 let bytes = s3
                     .get_object(bucket, &format!("{S3_PREFIX}{key}"))
                     .expect("get object");
@@ -406,4 +437,35 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// End of the unbroken run of complete segments that starts at the first one in the
+/// catalog at `catalog`: what the slot may be acknowledged up to.
+pub fn durable_end(catalog: &Path, seg: WalSegmentSize) -> Option<Lsn> {
+    let segments = Catalog::open(catalog).ok()?.segments().ok()?;
+    let mut complete: Vec<u64> = segments
+        .iter()
+        .filter(|s| !s.partial)
+        .map(|s| s.name.segno)
+        .collect();
+    complete.sort_unstable();
+    let mut next = *complete.first()?;
+    for s in complete {
+        if s != next {
+            break;
+        }
+        next += 1;
+    }
+    Some(Lsn(next * seg.bytes()))
+}
+
+/// The slot's `restart_lsn`, if the slot exists and has one.
+pub fn slot_restart(cluster: &Cluster, slot: &str) -> Option<Lsn> {
+    cluster
+        .psql(&format!(
+            "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| lsn(&s))
 }

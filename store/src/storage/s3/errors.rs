@@ -39,10 +39,10 @@ where
     };
     match &err {
         SdkError::TimeoutError(_) => unreachable_endpoint(err, call),
-        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
-            unreachable_endpoint(err, call)
-        }
-        // Failures before sending (no credentials, bad endpoint URL) are configuration errors.
+        // Failures caused by the request itself (no credentials, bad endpoint URL) are
+        // configuration errors; every other dispatch failure (refused, reset, closed
+        // mid-message, timed out) is the network: worth retrying.
+        SdkError::DispatchFailure(d) if !d.is_user() => unreachable_endpoint(err, call),
         SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => backend(&err, false),
         SdkError::ServiceError(_) | SdkError::ResponseError(_) => {
             let status = status(&err);
