@@ -32,7 +32,7 @@ pub enum ArchiverError {
     #[error("the server no longer has WAL from {from}, so the archive has a gap there ({source}); HINT: take a new base backup, and check max_slot_wal_keep_size and that nobody dropped the slot")]
     WalRemoved {
         from: tidemark_protocol::Lsn,
-        source: ReplicationError,
+        source: Box<ReplicationError>,
     },
     /// A second signal arrived while uploads were still finishing.
     #[error("interrupted again while finishing uploads; {pending} segment(s) stay in the spool and are uploaded on the next start")]

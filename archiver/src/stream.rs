@@ -481,7 +481,10 @@ impl Archiver {
 /// been removed" (SQLSTATE 58P01, undefined_file) for streaming that began at `from`.
 fn wal_error(e: ReplicationError, from: Lsn) -> ArchiverError {
     match e.sqlstate() {
-        Some("58P01") => ArchiverError::WalRemoved { from, source: e },
+        Some("58P01") => ArchiverError::WalRemoved {
+            from,
+            source: Box::new(e),
+        },
         _ => e.into(),
     }
 }
