@@ -68,7 +68,13 @@ SWITCH=$("${PSQL[@]}" -c 'SELECT pg_switch_wal()')
 echo "switched at $SWITCH"
 sleep 3
 "$TIDEMARK" list wal | tail -8
-echo "($("$TIDEMARK" list wal --json | grep -c '"key"') objects; raw WAL $(du -sh --apparent-size "$PGDATA/pg_wal" | cut -f1) in pg_wal, $(du -sh --apparent-size "$DEMO_DIR/repo" | cut -f1) in the repository)"
+"$TIDEMARK" list wal --json | python3 -c '
+import json, sys
+rows = json.load(sys.stdin)
+raw = sum(r["raw_size"] for r in rows)
+stored = sum(r["stored_size"] for r in rows)
+print(f"{len(rows)} objects: {raw / 2**20:.1f} MB of WAL stored as {stored / 2**20:.1f} MB (zstd, x{raw / max(stored, 1):.1f})")'
+
 
 say "stopping the archiver with SIGTERM (it finishes in-flight uploads)"
 kill -TERM "$STREAM_PID"
