@@ -102,6 +102,13 @@ fn sigterm_uploads_the_received_tail_and_exits_0() {
     let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "3600"]);
     archiver.init();
     archiver.start();
+    wait_for("the archiver to stream", Duration::from_secs(30), || {
+        archiver.assert_running();
+        let state = cluster
+            .psql("SELECT state FROM pg_stat_replication WHERE application_name = 'tidemark'")
+            .ok()?;
+        (state == "streaming").then_some(())
+    });
     cluster
         .psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
         .unwrap();

@@ -19,7 +19,7 @@ use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::catalog::{Catalog, SegmentRecord};
 use tidemark_store::repository::{ArchivedObject, Repository};
 use tokio::sync::watch;
-use tokio::time::{interval, Instant, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::acks::AckTracker;
 use crate::cluster::Cluster;
@@ -289,9 +289,16 @@ impl Archiver {
                 })
             }
         };
-        let mut partial_tick = interval(self.config.partial_interval);
+        // The first ticks come one period from now, not at once.
+        let mut partial_tick = interval_at(
+            Instant::now() + self.config.partial_interval,
+            self.config.partial_interval,
+        );
         partial_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut status_tick = interval(self.config.status_interval);
+        let mut status_tick = interval_at(
+            Instant::now() + self.config.status_interval,
+            self.config.status_interval,
+        );
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
