@@ -52,6 +52,40 @@ pub enum Command {
         #[command(subcommand)]
         what: ListWhat,
     },
+    /// restore_command hook: fetch WAL file FILE (%f) into DEST (%p)
+    ///
+    /// Exit status: 0 restored; 1 not in the repository; any other failure, after retries,
+    /// 200 so that PostgreSQL aborts archive recovery instead of promoting early — or 1 in
+    /// standby mode (standby.signal in the working directory), where PostgreSQL retries.
+    #[command(name = "wal-fetch")]
+    WalFetch(WalFetchArgs),
+    /// Fill the prefetch cache (started by wal-fetch in the background)
+    #[command(name = "wal-prefetch", hide = true)]
+    WalPrefetch {
+        /// The segment just served; the ones after it are fetched
+        after: String,
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// File name PostgreSQL asks for (%f)
+    pub file: String,
+    /// Where to write it (%p), relative to the data directory
+    pub dest: PathBuf,
+    /// Segments to prefetch in the background after this one (0: none)
+    #[arg(long, default_value_t = 8)]
+    pub prefetch: u32,
+    /// Prefetch cache directory [default: .tidemark-prefetch in the data directory]
+    #[arg(long, value_name = "DIR")]
+    pub prefetch_dir: Option<PathBuf>,
+    /// How long to retry failures other than absence before giving up
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub retry_seconds: f64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,7 @@
 //! One function per subcommand: resolve the arguments, call the library, print.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,18 +16,23 @@ use crate::cli::{Cli, Command, ListWhat, StreamArgs};
 use crate::failure::Usage;
 use crate::paths;
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match &cli.command {
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match &cli.command {
         Command::Init => init(&cli).await,
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::List {
             what: ListWhat::Wal { json },
         } => list_wal(&cli, *json),
-    }
+        Command::WalFetch(args) => return Ok(crate::fetch::wal_fetch(&cli, args).await),
+        Command::WalPrefetch { after, count, dir } => {
+            crate::fetch::wal_prefetch(&cli, after, *count, dir).await
+        }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
-fn repo_url(cli: &Cli) -> anyhow::Result<RepoUrl> {
+pub(crate) fn repo_url(cli: &Cli) -> anyhow::Result<RepoUrl> {
     let raw = cli.repo.as_deref().ok_or(Usage(
         "no repository given; HINT: pass --repo s3://bucket/prefix or --repo file:///path (or set TIDEMARK_REPO)",
     ))?;

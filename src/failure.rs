@@ -5,6 +5,8 @@
 //! refused the login or lacks privileges; 4 repository storage unreachable, missing or
 //! denied; 5 the repository refused the operation (another cluster's repository, not
 //! initialised, split-brain WAL); 6 local files (catalog, spool) failed.
+//! `wal-fetch` has its own contract with PostgreSQL: 0 restored, 1 absent, 200 failed
+//! (1 in standby mode).
 
 use tidemark_archiver::ArchiverError;
 use tidemark_protocol::conninfo::ConnInfoError;
@@ -20,11 +22,37 @@ pub const POSTGRES: u8 = 3;
 pub const STORAGE: u8 = 4;
 pub const REFUSED: u8 = 5;
 pub const LOCAL: u8 = 6;
+/// `wal-fetch`: the file is not in the repository (PostgreSQL: "not available").
+pub const FETCH_ABSENT: u8 = 1;
+/// `wal-fetch` failed for another reason in archive recovery: above 125 and not 143, so
+/// PostgreSQL aborts recovery rather than ending it at the wrong point (invariant 6).
+pub const FETCH_FATAL: u8 = 200;
 
 /// A usage mistake caught by the binary itself; the text includes its hint.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Usage(pub &'static str);
+
+/// Report a command-line error. As `restore_command`, a malformed `wal-fetch` call must
+/// not look like "file not found" (clap's usage status 2 would end recovery early), so it
+/// exits with the fatal fetch status.
+pub fn usage_exit(err: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    let _ = err.print();
+    if informational {
+        return std::process::ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|a| a == "wal-fetch") {
+        return std::process::ExitCode::from(FETCH_FATAL);
+    }
+    std::process::ExitCode::from(USAGE)
+}
 
 /// The exit code and the one line to print for `err`: the causes joined by `: `, then
 /// every `HINT:` any of them gave, so the advice always comes last.

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod failure;
+mod fetch;
 mod paths;
 
 use std::process::ExitCode;
@@ -11,7 +12,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return failure::usage_exit(e),
+    };
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -24,7 +28,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             let (code, line) = failure::describe(&err);
             eprintln!("error: {line}");

@@ -100,10 +100,16 @@ impl SegmentName {
         )
     }
 
+    /// Whether `name` has the shape of a segment file name (24 hex digits), whatever the
+    /// segment size.
+    pub fn is_file_name(name: &str) -> bool {
+        name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
     /// Parse a 24-hex-digit segment file name for segment size `seg`.
     pub fn parse(name: &str, seg: WalSegmentSize) -> Result<Self, SegmentError> {
         let bad = || SegmentError::InvalidName(name.to_string());
-        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !Self::is_file_name(name) {
             return Err(bad());
         }
         let field =

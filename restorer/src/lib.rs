@@ -1,6 +1,10 @@
-//! tidemark-restorer: the restore side — `wal-fetch` for `restore_command`, restore
-//! planning, base backup fetch and unpack, recovery configuration.
+//! tidemark-restorer: the restore side — `wal-fetch` for PostgreSQL's `restore_command`
+//! with its prefetch cache; restore planning and base backup unpacking come next.
 //!
-//! Empty until the base-backup-and-restore work lands; the crate exists now so that the
-//! dependency rule (`archiver` and `restorer` never import each other) is fixed from the
-//! start.
+//! Architecture invariant: never imports `tidemark-archiver`; reaches the repository only
+//! through `tidemark-store`, and works without a catalog.
+
+pub mod prefetch;
+pub mod wal_fetch;
+
+pub use wal_fetch::{wal_fetch, FetchError, FetchOutcome, WalRequest};

@@ -101,6 +101,14 @@ impl Repo {
         }
     }
 
+    /// The directory of a `file://` repository.
+    pub fn file_root(&self) -> PathBuf {
+        match self {
+            Repo::File { dir } => dir.path().join("repo"),
+            Repo::S3 { .. } => panic!("not a file:// repository"),
+        }
+    }
+
     /// Fetch the object at `key` (the repository-relative key) to a local file.
     pub fn download(&self, key: &str, dst: &Path) {
         match self {
@@ -468,4 +476,58 @@ pub fn slot_restart(cluster: &Cluster, slot: &str) -> Option<Lsn> {
         .ok()
         .filter(|s| !s.is_empty())
         .map(|s| lsn(&s))
+}
+
+/// `pg_basebackup -X none` of `cluster` into `<dir>/data`: a base backup whose recovery
+/// needs every WAL segment from the archive. Returns the directory (for
+/// `Cluster::start_prepared`).
+pub fn pg_basebackup_without_wal(cluster: &Cluster) -> TempDir {
+    let dir = tidemark_fixtures::test_dir("restore");
+    let out = Command::new(cluster.bin().tool("pg_basebackup"))
+        .arg("-D")
+        .arg(dir.path().join("data"))
+        .args([
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-d",
+            &cluster.conninfo(),
+        ])
+        .output()
+        .expect("run pg_basebackup");
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Make `data_dir` recover from the archive through `restore_command`.
+pub fn configure_recovery(data_dir: &Path, restore_command: &str) {
+    use std::io::Write;
+    let mut conf = fs::OpenOptions::new()
+        .append(true)
+        .open(data_dir.join("postgresql.auto.conf"))
+        .expect("postgresql.auto.conf");
+    writeln!(
+        conf,
+        "restore_command = '{}'",
+        restore_command.replace('\'', "''")
+    )
+    .unwrap();
+    fs::write(data_dir.join("recovery.signal"), b"").unwrap();
+}
+
+/// Let the postgres user read a `file://` repository written by root.
+pub fn share_with_postgres(dir: &Path) {
+    let ok = Command::new("chmod")
+        .arg("-R")
+        .arg("a+rX")
+        .arg(dir)
+        .status()
+        .expect("chmod");
+    assert!(ok.success());
 }
