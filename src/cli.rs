@@ -47,6 +47,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the local catalog from the repository alone
+    Reindex,
     /// List what the repository holds
     List {
         #[command(subcommand)]

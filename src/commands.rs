@@ -21,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => init(&cli).await,
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status { json } => status(&cli, *json).await,
+        Command::Reindex => reindex(&cli).await,
         Command::List {
             what: ListWhat::Wal { json },
         } => list_wal(&cli, *json),
@@ -126,6 +127,29 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
+    }
+    Ok(())
+}
+
+async fn reindex(cli: &Cli) -> anyhow::Result<()> {
+    let url = repo_url(cli)?;
+    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let identity = repo.identity().await?.ok_or(Usage(
+        "the repository has no tidemark.json; HINT: check --repo, or run `tidemark init`",
+    ))?;
+    let seg = tidemark_protocol::WalSegmentSize::new(identity.wal_segment_size)?;
+    let path = catalog_path(cli, &url);
+    let catalog = Catalog::open(&path)?;
+    catalog.bind(&url.to_string(), identity.system_identifier)?;
+    let summary = tidemark_store::reindex::reindex_wal(&repo, &catalog, seg).await?;
+    println!(
+        "indexed {} segments and {} partial segments from {url} into {}",
+        summary.segments,
+        summary.partials,
+        path.display()
+    );
+    if !summary.skipped.is_empty() {
+        tracing::warn!(count = summary.skipped.len(), first = %summary.skipped[0], "objects under wal/ that are not tidemark WAL were skipped");
     }
     Ok(())
 }

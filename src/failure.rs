@@ -12,6 +12,7 @@ use tidemark_archiver::ArchiverError;
 use tidemark_protocol::conninfo::ConnInfoError;
 use tidemark_protocol::replication::ReplicationError;
 use tidemark_store::catalog::CatalogError;
+use tidemark_store::reindex::ReindexError;
 use tidemark_store::repository::RepoError;
 use tidemark_store::storage::StorageError;
 use tidemark_store::url::ParseRepoUrlError;
@@ -102,6 +103,12 @@ fn code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<StorageError>() {
             return STORAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<ReindexError>() {
+            return match e {
+                ReindexError::Repository(e) => repo_code(e),
+                ReindexError::Catalog(e) => catalog_code(e),
+            };
         }
         if let Some(e) = cause.downcast_ref::<CatalogError>() {
             return catalog_code(e);

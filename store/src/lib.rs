@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod identity;
 pub mod layout;
 pub mod meta;
+pub mod reindex;
 pub mod repository;
 pub mod storage;
 mod sync_bridge;

@@ -55,33 +55,49 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<SegmentRecord, CatalogErro
     }))
 }
 
+fn insert(conn: &rusqlite::Connection, rec: &SegmentRecord) -> Result<(), CatalogError> {
+    let tli = i64::from(rec.name.timeline.0);
+    let segno = to_i64(rec.name.segno);
+    conn.execute(
+        &format!("INSERT OR REPLACE INTO segments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        params![
+            tli,
+            segno,
+            i64::from(rec.partial),
+            to_i64(rec.start_lsn.0),
+            to_i64(rec.end_lsn.0),
+            to_i64(rec.raw_size),
+            to_i64(rec.stored_size),
+            i64::from(rec.crc32),
+            rec.key,
+            rec.archived_at.to_rfc3339(),
+        ],
+    )?;
+    if !rec.partial {
+        conn.execute(
+            "DELETE FROM segments WHERE timeline = ?1 AND segno = ?2 AND partial = 1",
+            params![tli, segno],
+        )?;
+    }
+    Ok(())
+}
+
 impl Catalog {
     /// Record an archived object. A complete segment supersedes any partial row for the
     /// same segment; a partial row replaces the previous partial row of that segment.
     pub fn record_segment(&self, rec: &SegmentRecord) -> Result<(), CatalogError> {
-        let tli = i64::from(rec.name.timeline.0);
-        let segno = to_i64(rec.name.segno);
         let tx = self.conn().unchecked_transaction()?;
-        tx.execute(
-            &format!("INSERT OR REPLACE INTO segments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-            params![
-                tli,
-                segno,
-                i64::from(rec.partial),
-                to_i64(rec.start_lsn.0),
-                to_i64(rec.end_lsn.0),
-                to_i64(rec.raw_size),
-                to_i64(rec.stored_size),
-                i64::from(rec.crc32),
-                rec.key,
-                rec.archived_at.to_rfc3339(),
-            ],
-        )?;
-        if !rec.partial {
-            tx.execute(
-                "DELETE FROM segments WHERE timeline = ?1 AND segno = ?2 AND partial = 1",
-                params![tli, segno],
-            )?;
+        insert(&tx, rec)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replace the whole WAL index with `records`, in one transaction (`reindex`).
+    pub fn replace_segments(&self, records: &[SegmentRecord]) -> Result<(), CatalogError> {
+        let tx = self.conn().unchecked_transaction()?;
+        tx.execute("DELETE FROM segments", [])?;
+        for rec in records {
+            insert(&tx, rec)?;
         }
         tx.commit()?;
         Ok(())
