@@ -5,6 +5,8 @@
 //! through `tidemark-store`, and works without a catalog.
 
 pub mod prefetch;
+pub mod recovery_conf;
+pub mod target;
 pub mod wal_fetch;
 
 pub use wal_fetch::{wal_fetch, FetchError, FetchOutcome, WalRequest};
