@@ -124,7 +124,8 @@ fn repo_code(e: &RepoError) -> u8 {
         | RepoError::OtherCluster { .. }
         | RepoError::SegmentSizeMismatch { .. }
         | RepoError::SplitBrain { .. }
-        | RepoError::MissingChecksum { .. } => REFUSED,
+        | RepoError::MissingChecksum { .. }
+        | RepoError::BadDocument { .. } => REFUSED,
         RepoError::Open { .. }
         | RepoError::Storage { .. }
         | RepoError::Read { .. }

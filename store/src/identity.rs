@@ -18,7 +18,7 @@ pub struct RepoIdentity {
     /// Repository format version (`FORMAT_VERSION`).
     pub format_version: u32,
     /// The cluster's system identifier (pg_control, IDENTIFY_SYSTEM).
-    #[serde(with = "u64_as_string")]
+    #[serde(with = "crate::serde_text")]
     pub system_identifier: u64,
     /// PostgreSQL major version, e.g. 16.
     pub pg_major: u32,
@@ -38,21 +38,6 @@ impl RepoIdentity {
             wal_segment_size,
             created_at: Utc::now(),
         }
-    }
-}
-
-mod u64_as_string {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(|_| {
-            D::Error::custom(format!("system_identifier {text:?} is not a 64-bit number"))
-        })
     }
 }
 

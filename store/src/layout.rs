@@ -2,10 +2,17 @@
 
 use tidemark_protocol::{SegmentName, TimelineId, WalSegmentSize};
 
+use crate::backup::BackupId;
+
 /// The repository identity file.
 pub const IDENTITY_KEY: &str = "tidemark.json";
 /// Where WAL and timeline history files live.
 pub const WAL_PREFIX: &str = "wal/";
+
+/// Where base backups live.
+pub const BACKUPS_PREFIX: &str = "backups/";
+/// The record that completes a backup, last in its directory.
+pub const BACKUP_INFO_FILE: &str = "backup.json";
 
 const ZST: &str = ".zst";
 const PARTIAL_ZST: &str = ".partial.zst";
@@ -36,6 +43,26 @@ pub fn wal_partial_key(name: SegmentName, seg: WalSegmentSize) -> String {
 /// `wal/<TLI>.history`: a timeline history file (stored uncompressed).
 pub fn history_key(tli: TimelineId) -> String {
     format!("{WAL_PREFIX}{}", tli.history_file_name())
+}
+
+/// `backups/<ID>/backup.json`.
+pub fn backup_info_key(id: &BackupId) -> String {
+    format!("{BACKUPS_PREFIX}{id}/{BACKUP_INFO_FILE}")
+}
+
+/// `backups/<ID>/backup_manifest`: PostgreSQL's manifest, stored as sent.
+pub fn backup_manifest_key(id: &BackupId) -> String {
+    format!("{BACKUPS_PREFIX}{id}/backup_manifest")
+}
+
+/// `backups/<ID>/data-NNNN.tar.zst` for PostgreSQL's `base.tar`, and
+/// `backups/<ID>/tblspc-<OID>-NNNN.tar.zst` for `<OID>.tar`.
+pub fn backup_chunk_key(id: &BackupId, archive: &str, n: u32) -> String {
+    let stem = match archive.strip_suffix(".tar") {
+        Some("base") | None => "data".to_string(),
+        Some(oid) => format!("tblspc-{oid}"),
+    };
+    format!("{BACKUPS_PREFIX}{id}/{stem}-{n:04}.tar{ZST}")
 }
 
 /// A WAL segment key, parsed.
@@ -110,5 +137,23 @@ mod tests {
         ] {
             assert_eq!(parse_wal_key(key, seg), None, "{key}");
         }
+    }
+
+    #[test]
+    fn backup_keys() {
+        let id: BackupId = "20261121T093000Z".parse().unwrap();
+        assert_eq!(backup_info_key(&id), "backups/20261121T093000Z/backup.json");
+        assert_eq!(
+            backup_manifest_key(&id),
+            "backups/20261121T093000Z/backup_manifest"
+        );
+        assert_eq!(
+            backup_chunk_key(&id, "base.tar", 7),
+            "backups/20261121T093000Z/data-0007.tar.zst"
+        );
+        assert_eq!(
+            backup_chunk_key(&id, "16385.tar", 0),
+            "backups/20261121T093000Z/tblspc-16385-0000.tar.zst"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! tidemark-store: the repository (layout, storage backends, envelope, identity) and the
 //! local SQLite catalog. Architecture invariant: knows nothing of replication.
 
+pub mod backup;
 pub mod catalog;
 pub mod crashsafe;
 pub mod envelope;
@@ -9,6 +10,7 @@ pub mod layout;
 pub mod meta;
 pub mod reindex;
 pub mod repository;
+mod serde_text;
 pub mod storage;
 mod sync_bridge;
 pub mod url;

@@ -11,6 +11,12 @@ pub const KIND_WAL: &str = "wal";
 pub const KIND_WAL_PARTIAL: &str = "wal-partial";
 /// A timeline history file.
 pub const KIND_HISTORY: &str = "history";
+/// A chunk of a base backup's tar stream.
+pub const KIND_BACKUP_CHUNK: &str = "backup-chunk";
+/// A backup's `backup.json`.
+pub const KIND_BACKUP_INFO: &str = "backup-info";
+/// PostgreSQL's `backup_manifest` of a backup.
+pub const KIND_BACKUP_MANIFEST: &str = "backup-manifest";
 /// The repository identity file.
 pub const KIND_IDENTITY: &str = "identity";
 /// Timeline, decimal.

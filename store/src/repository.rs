@@ -15,6 +15,7 @@ use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
+use crate::backup::BackupInfo;
 use crate::crashsafe::{self, Publish};
 use crate::envelope::{self, EnvelopeError, Sealed};
 use crate::identity::{RepoIdentity, FORMAT_VERSION};
@@ -26,8 +27,8 @@ use crate::storage::{
 use crate::sync_bridge::BlockingReader;
 use crate::url::RepoUrl;
 
-/// Largest identity file accepted (it is a few hundred bytes).
-const MAX_IDENTITY_BYTES: u64 = 64 << 10;
+/// Largest document (identity, backup.json) read whole; they are a few kilobytes.
+const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
 
 /// An open repository.
 #[derive(Debug, Clone)]
@@ -125,6 +126,9 @@ pub enum RepoError {
         meta::RAW_SIZE
     )]
     MissingChecksum { key: String },
+    /// A repository document (backup.json) is not what tidemark writes.
+    #[error("repository object {key} is not valid: {reason}; HINT: check that nothing else writes under this prefix")]
+    BadDocument { key: String, reason: String },
     /// A worker task failed unexpectedly.
     #[error("internal task failed: {message}")]
     Task { message: String },
@@ -180,29 +184,14 @@ impl Repository {
 
     /// The repository identity, `None` when `tidemark.json` does not exist yet.
     pub async fn identity(&self) -> Result<Option<RepoIdentity>, RepoError> {
-        let mut get = match self.storage.get(IDENTITY_KEY).await {
-            Ok(get) => get,
-            Err(StorageError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(RepoError::storage(IDENTITY_KEY)(e)),
+        let bytes = match self.read_document(IDENTITY_KEY).await {
+            Ok(bytes) => bytes,
+            Err(RepoError::Storage {
+                source: StorageError::NotFound { .. },
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let mut bytes = Vec::new();
-        (&mut get.body)
-            .take(MAX_IDENTITY_BYTES)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|source| RepoError::Read {
-                key: IDENTITY_KEY.to_string(),
-                source,
-            })?;
-        if let Some(expected) = meta::crc32(&get.head.metadata) {
-            let actual = crc32fast::hash(&bytes);
-            if actual != expected {
-                return Err(RepoError::Envelope {
-                    key: IDENTITY_KEY.to_string(),
-                    source: EnvelopeError::ChecksumMismatch { expected, actual },
-                });
-            }
-        }
         let identity: RepoIdentity =
             serde_json::from_slice(&bytes).map_err(|source| RepoError::BadIdentity { source })?;
         if identity.format_version != FORMAT_VERSION {
@@ -349,25 +338,130 @@ impl Repository {
         tli: TimelineId,
         content: &[u8],
     ) -> Result<ArchivedObject, RepoError> {
-        let key = layout::history_key(tli);
-        let sealed = Sealed {
-            crc32: crc32fast::hash(content),
-            raw_size: content.len() as u64,
-            stored_size: content.len() as u64,
-        };
-        let mut metadata = sealed.metadata();
+        let mut metadata = Metadata::from([(meta::TIMELINE.to_string(), tli.to_string())]);
         metadata.insert(meta::KIND.to_string(), meta::KIND_HISTORY.to_string());
-        metadata.insert(meta::TIMELINE.to_string(), tli.to_string());
+        let body = Body::Bytes(Bytes::copy_from_slice(content));
+        self.store_plain(
+            layout::history_key(tli),
+            body,
+            plain_seal(content),
+            metadata,
+        )
+        .await
+    }
+
+    /// Stores an uncompressed object whose CRC-32 and size the caller computed (`sealed`)
+    /// if absent (same-bytes rule when present), with `metadata` plus the seal.
+    pub async fn store_plain(
+        &self,
+        key: String,
+        body: Body,
+        sealed: Sealed,
+        metadata: Metadata,
+    ) -> Result<ArchivedObject, RepoError> {
+        let mut metadata = metadata;
+        metadata.extend(sealed.metadata());
         let outcome = self
             .storage
-            .put_if_absent(
-                &key,
-                Body::Bytes(Bytes::copy_from_slice(content)),
-                &metadata,
-            )
+            .put_if_absent(&key, body, &metadata)
             .await
             .map_err(RepoError::storage(&key))?;
         self.judge_put(key, sealed, outcome)
+    }
+
+    /// Compresses `src` (a tar file of whole entries) and stores it at `key` if absent
+    /// (same-bytes rule when present).
+    pub async fn store_backup_chunk(
+        &self,
+        key: String,
+        src: &Path,
+        level: i32,
+    ) -> Result<ArchivedObject, RepoError> {
+        let (sealed, compressed) = compress_next_to(src, None, level, &key).await?;
+        let mut metadata = sealed.metadata();
+        metadata.insert(meta::KIND.to_string(), meta::KIND_BACKUP_CHUNK.to_string());
+        let outcome = self
+            .storage
+            .put_if_absent(&key, Body::File(compressed.to_path_buf()), &metadata)
+            .await
+            .map_err(RepoError::storage(&key))?;
+        self.judge_put(key, sealed, outcome)
+    }
+
+    /// Writes `backup.json`, the record that makes a backup complete: last, once.
+    pub async fn put_backup_info(&self, info: &BackupInfo) -> Result<ArchivedObject, RepoError> {
+        let json = serde_json::to_vec_pretty(info).map_err(|e| RepoError::Task {
+            message: format!("cannot serialise backup.json: {e}"),
+        })?;
+        let metadata =
+            Metadata::from([(meta::KIND.to_string(), meta::KIND_BACKUP_INFO.to_string())]);
+        let sealed = plain_seal(&json);
+        self.store_plain(
+            layout::backup_info_key(&info.id),
+            Body::Bytes(Bytes::from(json)),
+            sealed,
+            metadata,
+        )
+        .await
+    }
+
+    /// Every complete backup (those with a `backup.json`), oldest first.
+    pub async fn backups(&self) -> Result<Vec<BackupInfo>, RepoError> {
+        let listing = self
+            .storage
+            .list(layout::BACKUPS_PREFIX)
+            .await
+            .map_err(RepoError::storage(layout::BACKUPS_PREFIX))?;
+        let mut out = Vec::new();
+        for info in listing {
+            let Some(dir) = info.key.strip_suffix(layout::BACKUP_INFO_FILE) else {
+                continue;
+            };
+            let bytes = self.read_document(&info.key).await?;
+            let backup: BackupInfo =
+                serde_json::from_slice(&bytes).map_err(|e| RepoError::BadDocument {
+                    key: info.key.clone(),
+                    reason: e.to_string(),
+                })?;
+            if format!("{}{}/", layout::BACKUPS_PREFIX, backup.id) != dir {
+                return Err(RepoError::BadDocument {
+                    key: info.key,
+                    reason: format!("it describes backup {}", backup.id),
+                });
+            }
+            out.push(backup);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// A small object read whole (at most `MAX_DOCUMENT_BYTES`) and checked against the
+    /// CRC-32 in its metadata.
+    async fn read_document(&self, key: &str) -> Result<Vec<u8>, RepoError> {
+        let mut get = self
+            .storage
+            .get(key)
+            .await
+            .map_err(RepoError::storage(key))?;
+        let mut bytes = Vec::new();
+        (&mut get.body)
+            .take(MAX_DOCUMENT_BYTES)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|source| RepoError::Read {
+                key: key.to_string(),
+                source,
+            })?;
+        if let Some(expected) = meta::crc32(&get.head.metadata) {
+            let actual = crc32fast::hash(&bytes);
+            if actual != expected {
+                return Err(RepoError::Envelope {
+                    key: key.to_string(),
+                    source: EnvelopeError::ChecksumMismatch { expected, actual },
+                });
+            }
+        }
+        Ok(bytes)
     }
 
     /// Streams `key` to `dst`, decompressing `.zst` objects, and checks size and CRC-32
@@ -511,6 +605,15 @@ async fn compress_next_to(
         Ok((sealed, tmp))
     });
     task.await.map_err(task_failed)?
+}
+
+/// The seal of an object stored as is.
+fn plain_seal(content: &[u8]) -> Sealed {
+    Sealed {
+        crc32: crc32fast::hash(content),
+        raw_size: content.len() as u64,
+        stored_size: content.len() as u64,
+    }
 }
 
 fn open_err(url: &RepoUrl) -> impl FnOnce(StorageError) -> RepoError + '_ {
@@ -867,5 +970,66 @@ mod tests {
             matches!(err, RepoError::UnsupportedFormat { version: 2 }),
             "{err:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_backups_with_backup_json_are_listed() {
+        use crate::backup::{ArchiveInfo, BackupId, ChunkInfo};
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let t = chrono::Utc::now();
+        let id = BackupId::from_time(t);
+        let tar = dir.path().join("chunk.tar");
+        std::fs::write(&tar, vec![0u8; 10240]).unwrap();
+        let key = layout::backup_chunk_key(&id, "base.tar", 0);
+        let chunk = repo.store_backup_chunk(key.clone(), &tar, 1).await.unwrap();
+        // Not complete yet: no backup.json.
+        assert!(repo.backups().await.unwrap().is_empty());
+        let info = BackupInfo {
+            id: id.clone(),
+            label: "t".into(),
+            system_identifier: 1,
+            pg_major: 15,
+            timeline: 1,
+            start_lsn: Lsn(0x100_0028),
+            stop_lsn: Lsn(0x100_0100),
+            start_time: t,
+            stop_time: t,
+            archives: vec![ArchiveInfo {
+                name: "base.tar".into(),
+                tablespace: None,
+                chunks: vec![ChunkInfo {
+                    key,
+                    raw_size: chunk.sealed.raw_size,
+                    stored_size: chunk.sealed.stored_size,
+                    crc32: chunk.sealed.crc32,
+                }],
+            }],
+            manifest_key: None,
+        };
+        repo.put_backup_info(&info).await.unwrap();
+        assert_eq!(repo.backups().await.unwrap(), vec![info.clone()]);
+        // Written once: a different record for the same id is refused.
+        let mut other = info.clone();
+        other.label = "other".into();
+        assert!(matches!(
+            repo.put_backup_info(&other).await,
+            Err(RepoError::SplitBrain { .. })
+        ));
+        // A record that lies about its id is refused when listed.
+        let wrong = BackupId::from_time(t + chrono::Duration::hours(1));
+        let json = serde_json::to_vec(&info).unwrap();
+        repo.store_plain(
+            layout::backup_info_key(&wrong),
+            Body::Bytes(json.clone().into()),
+            plain_seal(&json),
+            Metadata::new(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            repo.backups().await,
+            Err(RepoError::BadDocument { .. })
+        ));
     }
 }
