@@ -53,6 +53,9 @@ stop_weed() {
   return 0
 }
 
+# Every test bucket is a SeaweedFS collection with volumes of its own: many small
+# volumes (not the disk-derived default of a few dozen 1 GB ones) keep the suite from
+# running out of writable volumes.
 if listening; then
   log "reusing the S3 server already listening on port $S3_PORT"
   s3_answers || die "the server on port $S3_PORT does not accept AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; export the keys it was started with"
@@ -61,7 +64,8 @@ else
   trap stop_weed EXIT
   log "starting SeaweedFS on port $S3_PORT (data and log in $weed_dir)"
   "$WEED" mini -dir="$weed_dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$S3_PORT" \
-    -webdav=false -admin.ui=false >"$weed_dir/weed.log" 2>&1 &
+    -webdav=false -admin.ui=false -volume.max=1000 -master.volumeSizeLimitMB=64 \
+    >"$weed_dir/weed.log" 2>&1 &
   weed_pid=$!
   for _ in $(seq 600); do
     s3_answers && break

@@ -41,6 +41,8 @@ pub enum Command {
     Init,
     /// Stream WAL from --pg into --repo continuously
     Stream(StreamArgs),
+    /// Take a base backup of --pg into --repo (needs `tidemark stream` running)
+    Backup(BackupArgs),
     /// Show how far archiving has got and the lag behind the server
     Status {
         /// Print JSON
@@ -90,8 +92,45 @@ pub struct WalFetchArgs {
     pub retry_seconds: f64,
 }
 
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Label written into backup_label
+    #[arg(long, default_value = "tidemark")]
+    pub label: String,
+    /// Checkpoint at the start: fast (immediate) or spread
+    #[arg(long, value_enum, default_value_t = Checkpoint::Fast)]
+    pub checkpoint: Checkpoint,
+    /// Uncompressed MiB per chunk
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub chunk_size_mb: u64,
+    /// zstd compression level (1-19)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: i32,
+    /// Chunks compressed and uploaded at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upload_concurrency: u16,
+    /// Seconds to wait for the archiver to store the WAL the backup needs
+    #[arg(long, default_value_t = 300)]
+    pub wal_wait: u64,
+    /// Where chunks wait for upload [default: beside the catalog]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checkpoint {
+    Fast,
+    Spread,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ListWhat {
+    /// Complete base backups in the repository
+    Backups {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Archived WAL segments
     Wal {
         /// Print JSON

@@ -12,7 +12,7 @@ use tidemark_store::repository::Repository;
 use tidemark_store::storage::S3Options;
 use tidemark_store::url::RepoUrl;
 
-use crate::cli::{Cli, Command, ListWhat, StreamArgs};
+use crate::cli::{BackupArgs, Checkpoint, Cli, Command, ListWhat, StreamArgs};
 use crate::failure::Usage;
 use crate::paths;
 
@@ -22,6 +22,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::Reindex => reindex(&cli).await,
+        Command::Backup(args) => backup(&cli, args).await,
+        Command::List {
+            what: ListWhat::Backups { json },
+        } => list_backups(&cli, *json).await,
         Command::List {
             what: ListWhat::Wal { json },
         } => list_wal(&cli, *json),
@@ -127,6 +131,66 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
+    }
+    Ok(())
+}
+
+async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let url = repo_url(cli)?;
+    let pg = conninfo(cli)?;
+    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| paths::default_spool(&catalog_path(cli, &url)).join("backup-work"));
+    let config = tidemark_archiver::backup::BackupConfig {
+        label: args.label.clone(),
+        fast_checkpoint: args.checkpoint == Checkpoint::Fast,
+        chunk_size: args.chunk_size_mb << 20,
+        compression_level: args.compression_level,
+        upload_concurrency: usize::from(args.upload_concurrency),
+        work_dir,
+        wal_wait: Duration::from_secs(args.wal_wait),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let info = tidemark_archiver::backup::backup(&pg, repo, config).await?;
+    println!(
+        "backup {} complete: {} to {} on timeline {}, {:.1} MB stored ({:.1} MB of files), {} chunks",
+        info.id,
+        info.start_lsn,
+        info.stop_lsn,
+        info.timeline,
+        info.stored_size() as f64 / (1 << 20) as f64,
+        info.raw_size() as f64 / (1 << 20) as f64,
+        info.chunks().count()
+    );
+    Ok(())
+}
+
+async fn list_backups(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let url = repo_url(cli)?;
+    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let backups = repo.backups().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&backups)?);
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<4} {:<17} {:<17} {:>10}  {:<20}  LABEL",
+        "ID", "TLI", "START", "STOP", "STORED MB", "FINISHED"
+    );
+    for b in &backups {
+        println!(
+            "{:<17} {:<4} {:<17} {:<17} {:>10.1}  {:<20}  {}",
+            b.id.to_string(),
+            b.timeline,
+            b.start_lsn.to_string(),
+            b.stop_lsn.to_string(),
+            b.stored_size() as f64 / (1 << 20) as f64,
+            b.stop_time.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            b.label
+        );
     }
     Ok(())
 }

@@ -91,7 +91,9 @@ fn code(err: &anyhow::Error) -> u8 {
                 ArchiverError::Spool(_) => LOCAL,
                 ArchiverError::NotInitialised { .. }
                 | ArchiverError::Append(_)
-                | ArchiverError::WalRemoved { .. } => REFUSED,
+                | ArchiverError::WalRemoved { .. }
+                | ArchiverError::WalNotArchived { .. }
+                | ArchiverError::Tar(_) => REFUSED,
                 ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
             };
         }

@@ -34,6 +34,15 @@ pub enum ArchiverError {
         from: tidemark_protocol::Lsn,
         source: Box<ReplicationError>,
     },
+    /// The base backup's tar stream could not be cut into chunks.
+    #[error("the base backup stream is not a tar archive tidemark can split: {0}")]
+    Tar(#[from] crate::tar_split::TarError),
+    /// The WAL a new backup needs did not reach the repository in time.
+    #[error("the WAL that makes the backup consistent ({key}) was not archived within {waited:?}; the backup is incomplete and will be ignored; HINT: is `tidemark stream` running for this cluster?")]
+    WalNotArchived {
+        key: String,
+        waited: std::time::Duration,
+    },
     /// A second signal arrived while uploads were still finishing.
     #[error("interrupted again while finishing uploads; {pending} segment(s) stay in the spool and are uploaded on the next start")]
     Interrupted { pending: usize },

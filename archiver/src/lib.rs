@@ -6,12 +6,14 @@
 //! `tidemark-protocol`.
 
 mod acks;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 pub mod init;
 pub mod spool;
 pub mod status;
 pub mod stream;
+mod tar_split;
 mod uploads;
 
 pub use error::ArchiverError;

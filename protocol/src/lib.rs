@@ -15,8 +15,9 @@ pub use conninfo::{ConnInfo, ConnInfoError, Host, RootCert, SslMode};
 pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use lsn::Lsn;
 pub use replication::{
-    ReplicationClient, ReplicationError, ReplicationStream, ServerError, SlotInfo, StartOutcome,
-    StreamMessage, SystemIdentity,
+    BackupEvent, BaseBackup, BaseBackupOptions, ReplicationClient, ReplicationError,
+    ReplicationStream, ServerError, SlotInfo, StartOutcome, StreamMessage, SystemIdentity,
+    Tablespace,
 };
 pub use segment::{SegmentName, WalSegmentSize};
 pub use timeline::TimelineId;

@@ -1,9 +1,11 @@
 //! `ReplicationClient`: a walsender connection in command mode, and the replication
 //! commands tidemark uses (IDENTIFY_SYSTEM, SHOW, slots, TIMELINE_HISTORY,
-//! START_REPLICATION). Version differences in command syntax live here.
+//! START_REPLICATION, BASE_BACKUP). Version differences in command syntax live here,
+//! BASE_BACKUP's (and its response's) in `base_backup`.
 
 use postgres_protocol::message::frontend;
 
+use super::base_backup::{BaseBackup, BaseBackupOptions};
 use super::connection::{Backend, Connection};
 use super::error::{ReplicationError, SQLSTATE_DUPLICATE_OBJECT};
 use super::query::QueryResponse;
@@ -207,13 +209,24 @@ impl ReplicationClient {
         })
     }
 
+    /// BASE_BACKUP with a manifest (CRC32C), a tablespace map, and no wait for WAL
+    /// archiving; the start position and tablespace list are read before this returns,
+    /// the archives are then read piece by piece from the returned `BaseBackup`.
+    /// PostgreSQL 14+ (`Unsupported` on older servers).
+    pub async fn base_backup(
+        self,
+        opts: &BaseBackupOptions,
+    ) -> Result<BaseBackup, ReplicationError> {
+        BaseBackup::start(self, opts).await
+    }
+
     /// Say goodbye (Terminate) and close the connection.
     pub async fn close(mut self) -> Result<(), ReplicationError> {
         frontend::terminate(&mut self.conn.write_buf);
         self.conn.flush().await
     }
 
-    async fn send_query(&mut self, sql: &str) -> Result<(), ReplicationError> {
+    pub(super) async fn send_query(&mut self, sql: &str) -> Result<(), ReplicationError> {
         frontend::query(sql, &mut self.conn.write_buf)?;
         self.conn.flush().await
     }

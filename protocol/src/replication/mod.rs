@@ -1,7 +1,9 @@
 //! The physical replication client: a walsender connection (`ReplicationClient`) and
-//! its CopyBoth WAL stream (`ReplicationStream`), spoken over `postgres-protocol`'s
+//! its CopyBoth WAL stream (`ReplicationStream`) and BASE_BACKUP's archive stream
+//! (`BaseBackup`), spoken over `postgres-protocol`'s
 //! message codecs on a tokio socket.
 
+mod base_backup;
 mod client;
 mod connection;
 mod error;
@@ -10,6 +12,7 @@ mod startup;
 mod stream;
 mod tls;
 
+pub use base_backup::{BackupEvent, BaseBackup, BaseBackupOptions, Tablespace};
 pub use client::{ReplicationClient, SlotInfo, StartOutcome, SystemIdentity};
 pub use error::{
     ReplicationError, ServerError, SQLSTATE_DUPLICATE_OBJECT, SQLSTATE_INSUFFICIENT_PRIVILEGE,

@@ -120,6 +120,19 @@ impl QueryResponse {
         }
     }
 
+    /// One response per row, each with all the columns, so that the first-row accessors
+    /// read every row of a multi-row result in turn.
+    pub(crate) fn into_rows(self) -> Vec<QueryResponse> {
+        let QueryResponse { columns, rows, .. } = self;
+        rows.into_iter()
+            .map(|row| QueryResponse {
+                columns: columns.clone(),
+                rows: vec![row],
+                error: None,
+            })
+            .collect()
+    }
+
     /// Whether the response has at least one row.
     pub(crate) fn has_rows(&self) -> bool {
         !self.rows.is_empty()

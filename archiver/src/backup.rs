@@ -1,0 +1,431 @@
+//! `tidemark backup`: a base backup over the replication protocol into the repository.
+//!
+//! BASE_BACKUP's tar streams are cut into chunks of whole entries (`tar_split`), each
+//! written to the work directory, then compressed and uploaded concurrently; at most
+//! `upload_concurrency` chunks exist on disk at once and none is held in memory, whatever
+//! the database size. PostgreSQL's `backup_manifest` is stored as sent. Before
+//! `backup.json` — the record that makes the backup complete — is written, the WAL up to
+//! the backup's end must be in the repository, so a listed backup is always restorable.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tidemark_protocol::conninfo::ConnInfo;
+use tidemark_protocol::replication::{BackupEvent, BaseBackupOptions, ReplicationClient};
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+use tidemark_store::backup::{ArchiveInfo, BackupId, BackupInfo, ChunkInfo};
+use tidemark_store::layout;
+use tidemark_store::meta;
+use tidemark_store::repository::Repository;
+use tidemark_store::storage::{Body, Metadata};
+use tidemark_store::Sealed;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::cluster::Cluster;
+use crate::error::ArchiverError;
+use crate::spool::SpoolError;
+use crate::tar_split::{Piece, TarSplitter, END_OF_ARCHIVE};
+use crate::uploads::with_retry;
+
+/// How `backup` behaves.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub label: String,
+    pub fast_checkpoint: bool,
+    /// Uncompressed tar bytes per chunk (a chunk holds whole files, so a larger file
+    /// makes a larger chunk).
+    pub chunk_size: u64,
+    pub compression_level: i32,
+    pub upload_concurrency: usize,
+    /// Where chunks wait for upload.
+    pub work_dir: PathBuf,
+    /// How long to wait for the archiver to store the WAL the backup needs.
+    pub wal_wait: Duration,
+    /// Print progress (on a terminal).
+    pub progress: bool,
+}
+
+/// Take a base backup of the cluster at `conninfo` into `repo`.
+pub async fn backup(
+    conninfo: &ConnInfo,
+    repo: Repository,
+    config: BackupConfig,
+) -> Result<BackupInfo, ArchiverError> {
+    let cluster = Cluster::connect(conninfo).await?;
+    let identity = cluster.check_repository(&repo, false).await?;
+    let start_time = Utc::now();
+    let id = BackupId::from_time(start_time);
+    let work = config.work_dir.join(id.as_str());
+    fs::create_dir_all(&work).map_err(|source| SpoolError {
+        path: work.clone(),
+        source,
+    })?;
+    let repo = Arc::new(repo);
+    let (seg, pg_major) = (cluster.seg, cluster.pg_major);
+    let taken = take(cluster.client, &repo, &config, &id, &work).await;
+    let _ = fs::remove_dir_all(&work);
+    let taken = taken?;
+
+    wait_for_wal(
+        &repo,
+        seg,
+        taken.end_timeline,
+        taken.end_lsn,
+        config.wal_wait,
+    )
+    .await?;
+    let info = BackupInfo {
+        id,
+        label: config.label.clone(),
+        system_identifier: identity.system_identifier,
+        pg_major,
+        timeline: taken.start_timeline.0,
+        start_lsn: taken.start_lsn,
+        stop_lsn: taken.end_lsn,
+        start_time,
+        stop_time: Utc::now(),
+        archives: taken.archives,
+        manifest_key: taken.manifest_key,
+    };
+    with_retry("store backup.json", || repo.put_backup_info(&info)).await?;
+    Ok(info)
+}
+
+/// What the server sent, stored.
+struct Taken {
+    start_lsn: Lsn,
+    start_timeline: TimelineId,
+    end_lsn: Lsn,
+    end_timeline: TimelineId,
+    archives: Vec<ArchiveInfo>,
+    manifest_key: Option<String>,
+}
+
+/// The chunk being written and the uploads in flight.
+struct Chunks<'a> {
+    repo: &'a Arc<Repository>,
+    config: &'a BackupConfig,
+    id: &'a BackupId,
+    work: &'a Path,
+    permits: Arc<Semaphore>,
+    uploads: JoinSet<Result<(usize, usize, ChunkInfo), ArchiverError>>,
+    archives: Vec<ArchiveInfo>,
+    current: Option<Open>,
+}
+
+struct Open {
+    archive: usize,
+    index: usize,
+    path: PathBuf,
+    out: BufWriter<File>,
+    written: u64,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Chunks<'_> {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiverError + '_ {
+        move |source| {
+            SpoolError {
+                path: path.to_path_buf(),
+                source,
+            }
+            .into()
+        }
+    }
+
+    async fn begin_archive(
+        &mut self,
+        name: String,
+        tablespace: Option<String>,
+    ) -> Result<(), ArchiverError> {
+        self.close().await?;
+        self.archives.push(ArchiveInfo {
+            name,
+            tablespace,
+            chunks: Vec::new(),
+        });
+        self.open(0).await
+    }
+
+    /// Open chunk `index` of the newest archive, once an upload slot is free.
+    async fn open(&mut self, index: usize) -> Result<(), ArchiverError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ArchiverError::Task(e.to_string()))?;
+        let archive = self.archives.len() - 1;
+        let path = self.work.join(format!("{archive}-{index:04}.tar"));
+        let file = File::create(&path).map_err(Self::io(&path))?;
+        self.current = Some(Open {
+            archive,
+            index,
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            permit,
+        });
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        splitter: &mut TarSplitter,
+        data: &[u8],
+    ) -> Result<(), ArchiverError> {
+        for piece in splitter.split(data)? {
+            match piece {
+                Piece::Cut => {
+                    let full = self
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| c.written >= self.config.chunk_size);
+                    if full {
+                        let next = self.current.as_ref().map_or(0, |c| c.index + 1);
+                        self.close().await?;
+                        self.open(next).await?;
+                    }
+                }
+                Piece::Bytes(bytes) => {
+                    let cur = self.current.as_mut().ok_or_else(|| {
+                        ArchiverError::Task("archive data before an archive began".into())
+                    })?;
+                    cur.out.write_all(&bytes).map_err(Self::io(&cur.path))?;
+                    cur.written += bytes.len() as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finish the open chunk (end-of-archive blocks, flush) and start its upload.
+    async fn close(&mut self) -> Result<(), ArchiverError> {
+        let Some(mut cur) = self.current.take() else {
+            return Ok(());
+        };
+        cur.out
+            .write_all(&END_OF_ARCHIVE)
+            .map_err(Self::io(&cur.path))?;
+        cur.out.flush().map_err(Self::io(&cur.path))?;
+        let key =
+            layout::backup_chunk_key(self.id, &self.archives[cur.archive].name, cur.index as u32);
+        let (repo, level) = (self.repo.clone(), self.config.compression_level);
+        self.uploads.spawn(async move {
+            let Open {
+                archive,
+                index,
+                path,
+                permit,
+                ..
+            } = cur;
+            let stored = with_retry("upload backup chunk", || {
+                repo.store_backup_chunk(key.clone(), &path, level)
+            })
+            .await?;
+            let _ = fs::remove_file(&path);
+            drop(permit);
+            Ok((
+                archive,
+                index,
+                ChunkInfo {
+                    key: stored.key,
+                    raw_size: stored.sealed.raw_size,
+                    stored_size: stored.sealed.stored_size,
+                    crc32: stored.sealed.crc32,
+                },
+            ))
+        });
+        // Surface failures early rather than at the end.
+        while let Some(done) = self.uploads.try_join_next() {
+            self.collect(done)?;
+        }
+        Ok(())
+    }
+
+    fn collect(
+        &mut self,
+        done: Result<Result<(usize, usize, ChunkInfo), ArchiverError>, tokio::task::JoinError>,
+    ) -> Result<(), ArchiverError> {
+        let (archive, index, chunk) = done.map_err(|e| ArchiverError::Task(e.to_string()))??;
+        let chunks = &mut self.archives[archive].chunks;
+        if chunks.len() <= index {
+            chunks.resize(
+                index + 1,
+                ChunkInfo {
+                    key: String::new(),
+                    raw_size: 0,
+                    stored_size: 0,
+                    crc32: 0,
+                },
+            );
+        }
+        chunks[index] = chunk;
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<Vec<ArchiveInfo>, ArchiverError> {
+        self.close().await?;
+        while let Some(done) = self.uploads.join_next().await {
+            self.collect(done)?;
+        }
+        Ok(self.archives)
+    }
+}
+
+async fn take(
+    client: ReplicationClient,
+    repo: &Arc<Repository>,
+    config: &BackupConfig,
+    id: &BackupId,
+    work: &Path,
+) -> Result<Taken, ArchiverError> {
+    let mut bb = client
+        .base_backup(&BaseBackupOptions {
+            label: config.label.clone(),
+            fast_checkpoint: config.fast_checkpoint,
+            max_rate_kb: None,
+        })
+        .await?;
+    let total_kb: u64 = bb.tablespaces().iter().filter_map(|t| t.size_kb).sum();
+    let mut chunks = Chunks {
+        repo,
+        config,
+        id,
+        work,
+        permits: Arc::new(Semaphore::new(config.upload_concurrency.max(1))),
+        uploads: JoinSet::new(),
+        archives: Vec::new(),
+        current: None,
+    };
+    let manifest_path = work.join("backup_manifest");
+    let mut manifest: Option<(BufWriter<File>, crc32fast::Hasher, u64)> = None;
+    let mut splitter = TarSplitter::new();
+    let started = Instant::now();
+    let (end_lsn, end_timeline) = loop {
+        match bb.next().await? {
+            BackupEvent::Archive { name, tablespace } => {
+                splitter.finish()?;
+                splitter = TarSplitter::new();
+                chunks.begin_archive(name, tablespace).await?;
+            }
+            BackupEvent::Data(data) => chunks.write(&mut splitter, &data).await?,
+            BackupEvent::Manifest => {
+                let file = File::create(&manifest_path).map_err(Chunks::io(&manifest_path))?;
+                manifest = Some((BufWriter::new(file), crc32fast::Hasher::new(), 0));
+            }
+            BackupEvent::ManifestData(data) => {
+                if let Some((out, hasher, len)) = manifest.as_mut() {
+                    out.write_all(&data).map_err(Chunks::io(&manifest_path))?;
+                    hasher.update(&data);
+                    *len += data.len() as u64;
+                }
+            }
+            BackupEvent::Progress { done_bytes } => {
+                if config.progress {
+                    report_progress(done_bytes, total_kb * 1024, started);
+                }
+            }
+            BackupEvent::End {
+                end_lsn,
+                end_timeline,
+            } => break (end_lsn, end_timeline),
+        }
+    };
+    splitter.finish()?;
+    if config.progress {
+        eprintln!();
+    }
+    let start_lsn = bb.start_lsn();
+    let start_timeline = bb.start_timeline();
+    let archives = chunks.finish().await?;
+    let manifest_key = match manifest {
+        Some((mut out, hasher, len)) => {
+            out.flush().map_err(Chunks::io(&manifest_path))?;
+            let key = layout::backup_manifest_key(id);
+            let sealed = Sealed {
+                crc32: hasher.finalize(),
+                raw_size: len,
+                stored_size: len,
+            };
+            let metadata = Metadata::from([(
+                meta::KIND.to_string(),
+                meta::KIND_BACKUP_MANIFEST.to_string(),
+            )]);
+            with_retry("store backup_manifest", || {
+                repo.store_plain(
+                    key.clone(),
+                    Body::File(manifest_path.clone()),
+                    sealed,
+                    metadata.clone(),
+                )
+            })
+            .await?;
+            Some(key)
+        }
+        None => None,
+    };
+    Ok(Taken {
+        start_lsn,
+        start_timeline,
+        end_lsn,
+        end_timeline,
+        archives,
+        manifest_key,
+    })
+}
+
+fn report_progress(done: u64, total: u64, started: Instant) {
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let rate = mb(done) / started.elapsed().as_secs_f64().max(0.001);
+    let pct = if total > 0 {
+        (done as f64 / total as f64 * 100.0).min(100.0)
+    } else {
+        0.0
+    };
+    eprint!(
+        "\rbackup: {:.0} of ~{:.0} MB ({pct:.0}%), {rate:.0} MB/s   ",
+        mb(done),
+        mb(total)
+    );
+}
+
+/// Wait until the segment holding the byte before `end_lsn` is stored complete: then
+/// recovery from this backup can become consistent from the repository alone.
+async fn wait_for_wal(
+    repo: &Repository,
+    seg: WalSegmentSize,
+    timeline: TimelineId,
+    end_lsn: Lsn,
+    patience: Duration,
+) -> Result<(), ArchiverError> {
+    let last = SegmentName::containing(timeline, Lsn(end_lsn.0.saturating_sub(1)), seg);
+    let key = layout::wal_segment_key(last, seg);
+    let deadline = Instant::now() + patience;
+    loop {
+        if repo
+            .storage
+            .head(&key)
+            .await
+            .map_err(|source| tidemark_store::repository::RepoError::Storage {
+                key: key.clone(),
+                source,
+            })?
+            .is_some()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ArchiverError::WalNotArchived {
+                key,
+                waited: patience,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
