@@ -7,9 +7,11 @@
 pub mod conninfo;
 pub mod history;
 pub mod lsn;
+pub mod pgtime;
 pub mod replication;
 pub mod segment;
 pub mod timeline;
+pub mod wal;
 
 pub use conninfo::{ConnInfo, ConnInfoError, Host, RootCert, SslMode};
 pub use history::{parse_history, HistoryEntry, HistoryError};
@@ -21,3 +23,4 @@ pub use replication::{
 };
 pub use segment::{SegmentName, WalSegmentSize};
 pub use timeline::TimelineId;
+pub use wal::{WalDecodeError, WalDecoder, WalEvent, WalRecord};

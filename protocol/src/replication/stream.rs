@@ -16,9 +16,6 @@ use super::query::QueryResponse;
 use crate::lsn::Lsn;
 use crate::timeline::TimelineId;
 
-/// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01 00:00:00 UTC.
-const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
 /// One message of the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamMessage {
@@ -139,7 +136,7 @@ impl ReplicationStream {
         body.put_u64(write.0);
         body.put_u64(flush.0);
         body.put_u64(apply.0);
-        body.put_i64(Utc::now().timestamp_micros() - POSTGRES_EPOCH_UNIX_MICROS);
+        body.put_i64(crate::pgtime::to_postgres(Utc::now()));
         body.put_u8(u8::from(reply_requested));
         frontend::CopyData::new(body.freeze())?.write(&mut self.client.conn.write_buf);
         self.client.conn.flush().await
@@ -199,9 +196,7 @@ fn decode_copy_data(mut data: Bytes) -> Result<StreamMessage, ReplicationError> 
 
 /// A PostgreSQL timestamp (µs since 2000-01-01 UTC) as a `DateTime`.
 fn postgres_time(micros: i64) -> Result<DateTime<Utc>, ReplicationError> {
-    micros
-        .checked_add(POSTGRES_EPOCH_UNIX_MICROS)
-        .and_then(DateTime::from_timestamp_micros)
+    crate::pgtime::from_postgres(micros)
         .ok_or_else(|| ReplicationError::Protocol(format!("timestamp {micros} out of range")))
 }
 
