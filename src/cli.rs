@@ -49,6 +49,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a base backup and prepare recovery to a target (one at most; none = latest)
+    Restore(RestoreArgs),
+    /// Show what `restore` would do, without doing it
+    Plan {
+        #[command(flatten)]
+        target: TargetOpts,
+        /// Use this backup instead of the newest one before the target
+        #[arg(long)]
+        backup: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild the local catalog from the repository alone
     Reindex,
     /// List what the repository holds
@@ -115,6 +128,63 @@ pub struct BackupArgs {
     /// Where chunks wait for upload [default: beside the catalog]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetOpts {
+    /// Recover to this time (with a zone: "2026-11-21 09:30:00+00" or RFC 3339)
+    #[arg(long)]
+    pub target_time: Option<String>,
+    /// Recover to this LSN (X/Y)
+    #[arg(long)]
+    pub target_lsn: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point)
+    #[arg(long)]
+    pub target_name: Option<String>,
+    /// Recover to the commit of this transaction id
+    #[arg(long)]
+    pub target_xid: Option<String>,
+    /// Recover only until the backup is consistent
+    #[arg(long)]
+    pub target_immediate: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The data directory to create (must be empty or absent)
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: PathBuf,
+    #[command(flatten)]
+    pub target: TargetOpts,
+    /// Timeline to follow: latest, current or a number
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
+    /// What PostgreSQL does at the target
+    #[arg(long, value_enum, default_value_t = Action::Promote)]
+    pub target_action: Action,
+    /// Stop after (true) or just before (false) the target
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub target_inclusive: bool,
+    /// Use this backup instead of the newest one before the target
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Keep archive_mode as it was in the backup (default: off, so a side restore never
+    /// archives into production's repository)
+    #[arg(long)]
+    pub archive: bool,
+    /// Where tablespaces go, as <DIR>/<oid> [default: <pgdata>.tablespaces]
+    #[arg(long, value_name = "DIR")]
+    pub tablespace_dir: Option<PathBuf>,
+    /// Chunks fetched and unpacked at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Action {
+    Promote,
+    Pause,
+    Shutdown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

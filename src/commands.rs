@@ -22,6 +22,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::Reindex => reindex(&cli).await,
+        Command::Restore(args) => crate::restore::restore(&cli, args).await,
+        Command::Plan {
+            target,
+            backup,
+            json,
+        } => crate::restore::plan(&cli, target, backup.as_deref(), *json).await,
         Command::Backup(args) => backup(&cli, args).await,
         Command::List {
             what: ListWhat::Backups { json },

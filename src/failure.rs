@@ -11,6 +11,11 @@
 use tidemark_archiver::ArchiverError;
 use tidemark_protocol::conninfo::ConnInfoError;
 use tidemark_protocol::replication::ReplicationError;
+use tidemark_restorer::plan::PlanError;
+use tidemark_restorer::restore::RestoreError;
+use tidemark_restorer::target::TargetError;
+use tidemark_restorer::unpack::UnpackError;
+use tidemark_store::backup::BadBackupId;
 use tidemark_store::catalog::CatalogError;
 use tidemark_store::reindex::ReindexError;
 use tidemark_store::repository::RepoError;
@@ -105,6 +110,28 @@ fn code(err: &anyhow::Error) -> u8 {
         }
         if cause.is::<StorageError>() {
             return STORAGE;
+        }
+        if cause.is::<TargetError>() || cause.is::<BadBackupId>() {
+            return USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<RestoreError>() {
+            return match e {
+                RestoreError::Repository(e) | RestoreError::Plan(PlanError::Repository(e)) => {
+                    repo_code(e)
+                }
+                RestoreError::Plan(_)
+                | RestoreError::NotEmpty(_)
+                | RestoreError::NotARepository => REFUSED,
+                RestoreError::Unpack(UnpackError::Hostile { .. }) => REFUSED,
+                RestoreError::Unpack(_) | RestoreError::Io { .. } => LOCAL,
+                RestoreError::Task(_) => INTERNAL,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<PlanError>() {
+            return match e {
+                PlanError::Repository(e) => repo_code(e),
+                _ => REFUSED,
+            };
         }
         if let Some(e) = cause.downcast_ref::<ReindexError>() {
             return match e {

@@ -6,6 +6,7 @@ mod commands;
 mod failure;
 mod fetch;
 mod paths;
+mod restore;
 
 use std::process::ExitCode;
 

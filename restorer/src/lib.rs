@@ -4,9 +4,12 @@
 //! Architecture invariant: never imports `tidemark-archiver`; reaches the repository only
 //! through `tidemark-store`, and works without a catalog.
 
+pub mod plan;
 pub mod prefetch;
 pub mod recovery_conf;
+pub mod restore;
 pub mod target;
+pub mod unpack;
 pub mod wal_fetch;
 
 pub use wal_fetch::{wal_fetch, FetchError, FetchOutcome, WalRequest};

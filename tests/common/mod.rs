@@ -283,6 +283,16 @@ impl Archiver {
         }
     }
 
+    /// A `file://` repository's directory, to be shared with the postgres user before a
+    /// restored cluster reads it through wal-fetch.
+    pub fn repo_dir_for_postgres(&self) -> PathBuf {
+        let path = self
+            .repo_url
+            .strip_prefix("file://")
+            .expect("a file:// repository");
+        PathBuf::from(path)
+    }
+
     /// The catalog's rows (opened read-mostly beside the running archiver).
     pub fn segments(&self) -> Vec<SegmentRecord> {
         if !self.catalog.exists() {

@@ -1,0 +1,229 @@
+//! Restore planning: which backup, which WAL, and whether the target is reachable at
+//! all — decided from the repository alone before anything is written.
+
+use std::collections::BTreeSet;
+
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+use tidemark_store::backup::{BackupId, BackupInfo};
+use tidemark_store::layout;
+use tidemark_store::repository::{RepoError, Repository};
+
+use crate::target::RecoveryTarget;
+
+/// What a restore will do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub backup: BackupInfo,
+    pub target: RecoveryTarget,
+    /// First and last WAL segment recovery needs (the last may be partial).
+    pub wal_first: SegmentName,
+    pub wal_last: SegmentName,
+    /// Where the archived WAL ends (complete segments, then the newest partial).
+    pub archive_end: Lsn,
+}
+
+/// Why a target cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("the repository has no complete backup; HINT: take one with `tidemark backup`")]
+    NoBackups,
+    #[error("backup {0} is not in the repository; HINT: see `tidemark list backups`")]
+    UnknownBackup(BackupId),
+    #[error("{target} is before the end of the oldest usable backup ({oldest} ended at {end}); no backup can reach it")]
+    BeforeOldestBackup {
+        target: RecoveryTarget,
+        oldest: BackupId,
+        end: String,
+    },
+    #[error("backup {backup} ends at {end}, after {target}; HINT: choose an older backup or leave --backup out")]
+    BackupAfterTarget {
+        backup: BackupId,
+        end: String,
+        target: RecoveryTarget,
+    },
+    #[error("{target} is beyond the archived WAL, which ends at {archive_end}; HINT: is `tidemark stream` running? `tidemark status` shows the archive's end")]
+    BeyondArchive {
+        target: RecoveryTarget,
+        archive_end: Lsn,
+    },
+    #[error("the archived WAL has a gap: segment {missing} is missing between backup {backup} and {target}; HINT: choose a target before the gap, or a backup after it")]
+    Gap {
+        missing: String,
+        backup: BackupId,
+        target: RecoveryTarget,
+    },
+    #[error(transparent)]
+    Repository(#[from] RepoError),
+}
+
+/// What the repository holds of one timeline's WAL.
+struct ArchivedWal {
+    complete: BTreeSet<u64>,
+    /// The newest partial segment: its number and end.
+    partial: Option<(u64, Lsn)>,
+}
+
+impl ArchivedWal {
+    async fn list(
+        repo: &Repository,
+        timeline: TimelineId,
+        seg: WalSegmentSize,
+    ) -> Result<Self, RepoError> {
+        let prefix = layout::wal_timeline_prefix(timeline);
+        let listing = repo
+            .storage
+            .list(&prefix)
+            .await
+            .map_err(|source| RepoError::Storage {
+                key: prefix.clone(),
+                source,
+            })?;
+        let mut complete = BTreeSet::new();
+        let mut partial_segnos = Vec::new();
+        for info in listing {
+            match layout::parse_wal_key(&info.key, seg) {
+                Some(k) if !k.partial => {
+                    complete.insert(k.name.segno);
+                }
+                Some(k) => partial_segnos.push((k.name, info.key)),
+                None => {}
+            }
+        }
+        // Only the newest partial beyond the complete segments matters.
+        let top = complete.last().copied();
+        let mut partial = None;
+        if let Some((name, key)) = partial_segnos
+            .into_iter()
+            .filter(|(n, _)| top.is_none_or(|t| n.segno > t))
+            .max_by_key(|(n, _)| n.segno)
+        {
+            let head = repo
+                .storage
+                .head(&key)
+                .await
+                .map_err(|source| RepoError::Storage {
+                    key: key.clone(),
+                    source,
+                })?;
+            let end = head
+                .and_then(|h| h.metadata.get(tidemark_store::meta::END_LSN).cloned())
+                .and_then(|v| v.parse::<Lsn>().ok());
+            if let Some(end) = end {
+                partial = Some((name.segno, end));
+            }
+        }
+        Ok(ArchivedWal { complete, partial })
+    }
+
+    /// The end of WAL that is unbroken from segment `from`, and the first missing
+    /// segment (if the run stops before the newest archived WAL).
+    fn unbroken_from(&self, from: u64, seg: WalSegmentSize) -> (Lsn, Option<u64>) {
+        let mut next = from;
+        while self.complete.contains(&next) {
+            next += 1;
+        }
+        let newest = self.complete.last().copied().map_or(0, |t| t + 1);
+        match self.partial {
+            Some((p, end)) if p == next => (end, None),
+            _ => {
+                let end = Lsn(next * seg.bytes());
+                let gap =
+                    (next < newest || self.partial.is_some_and(|(p, _)| p > next)).then_some(next);
+                (end, gap)
+            }
+        }
+    }
+}
+
+/// Plan a restore to `target`, from `backup` if given, else the newest backup that
+/// ends before the target.
+pub async fn plan(
+    repo: &Repository,
+    seg: WalSegmentSize,
+    target: &RecoveryTarget,
+    backup: Option<&BackupId>,
+) -> Result<Plan, PlanError> {
+    let backups = repo.backups().await?;
+    let oldest = backups.first().cloned().ok_or(PlanError::NoBackups)?;
+    let ends_before = |b: &BackupInfo| match target {
+        RecoveryTarget::Lsn(l) => b.stop_lsn <= *l,
+        RecoveryTarget::Time(t) => b.stop_time <= *t,
+        _ => true,
+    };
+    let chosen = match backup {
+        Some(id) => {
+            let b = backups
+                .iter()
+                .find(|b| &b.id == id)
+                .cloned()
+                .ok_or_else(|| PlanError::UnknownBackup(id.clone()))?;
+            if !ends_before(&b) {
+                return Err(PlanError::BackupAfterTarget {
+                    backup: b.id.clone(),
+                    end: describe_end(&b),
+                    target: target.clone(),
+                });
+            }
+            b
+        }
+        None => backups
+            .iter()
+            .rev()
+            .find(|b| ends_before(b))
+            .cloned()
+            .ok_or_else(|| PlanError::BeforeOldestBackup {
+                target: target.clone(),
+                oldest: oldest.id.clone(),
+                end: describe_end(&oldest),
+            })?,
+    };
+
+    let timeline = TimelineId(chosen.timeline);
+    let wal = ArchivedWal::list(repo, timeline, seg).await?;
+    let wal_first = SegmentName::containing(timeline, chosen.start_lsn, seg);
+    let (archive_end, gap) = wal.unbroken_from(wal_first.segno, seg);
+    // The WAL recovery must have: through the target's LSN when it has one, else all of it.
+    let needed_end = match target {
+        RecoveryTarget::Lsn(l) => *l,
+        RecoveryTarget::Immediate => chosen.stop_lsn,
+        _ => archive_end,
+    };
+    let covered = needed_end.max(chosen.stop_lsn);
+    if covered > archive_end {
+        return Err(match gap {
+            Some(missing) => PlanError::Gap {
+                missing: SegmentName::new(timeline, missing).file_name(seg),
+                backup: chosen.id.clone(),
+                target: target.clone(),
+            },
+            None => PlanError::BeyondArchive {
+                target: target.clone(),
+                archive_end,
+            },
+        });
+    }
+    if let (Some(missing), RecoveryTarget::Latest | RecoveryTarget::Time(_)) = (gap, target) {
+        // Recovery would stop at the gap, short of what was asked.
+        return Err(PlanError::Gap {
+            missing: SegmentName::new(timeline, missing).file_name(seg),
+            backup: chosen.id.clone(),
+            target: target.clone(),
+        });
+    }
+    let wal_last = SegmentName::containing(timeline, Lsn(covered.0.saturating_sub(1)), seg);
+    Ok(Plan {
+        backup: chosen,
+        target: target.clone(),
+        wal_first,
+        wal_last,
+        archive_end,
+    })
+}
+
+fn describe_end(b: &BackupInfo) -> String {
+    format!(
+        "{} ({})",
+        b.stop_lsn,
+        b.stop_time.format("%Y-%m-%d %H:%M:%S%.3f+00")
+    )
+}

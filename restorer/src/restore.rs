@@ -1,0 +1,231 @@
+//! `tidemark restore`: plan, then fetch and unpack the chosen backup's chunks in parallel
+//! into an empty data directory, put PostgreSQL's manifest beside them, and write the
+//! recovery settings. Refuses a non-empty directory (DESIGN invariant 5).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidemark_protocol::WalSegmentSize;
+use tidemark_store::backup::BackupId;
+use tidemark_store::repository::{RepoError, Repository};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::plan::{plan, Plan, PlanError};
+use crate::recovery_conf::RecoverySettings;
+use crate::target::{RecoveryTarget, TargetAction, TimelineTarget};
+use crate::unpack::{unpack_tar, UnpackError};
+
+/// What to restore, where, and how recovery should end.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub pgdata: PathBuf,
+    pub target: RecoveryTarget,
+    pub timeline: TimelineTarget,
+    pub action: TargetAction,
+    pub inclusive: bool,
+    pub backup: Option<BackupId>,
+    /// The command PostgreSQL runs to fetch WAL (`… wal-fetch %f %p`).
+    pub restore_command: String,
+    pub keep_archiving: bool,
+    /// Chunks fetched and unpacked at once.
+    pub concurrency: usize,
+    /// Where tablespaces go: `<dir>/<oid>` (default: `<pgdata>.tablespaces/<oid>`).
+    pub tablespace_root: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub plan: Plan,
+    pub bytes: u64,
+    pub chunks: usize,
+    pub tablespaces: Vec<(String, PathBuf)>,
+    pub fetch_time: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{} is not empty; restore never overwrites a data directory; HINT: give an empty or new --pgdata", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("the repository has no tidemark.json; HINT: check --repo")]
+    NotARepository,
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Repository(#[from] RepoError),
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The repository's segment size.
+pub async fn segment_size(repo: &Repository) -> Result<WalSegmentSize, RestoreError> {
+    let identity = repo.identity().await?.ok_or(RestoreError::NotARepository)?;
+    WalSegmentSize::new(identity.wal_segment_size).map_err(|_| RestoreError::NotARepository)
+}
+
+/// Create `dir` (mode 0700) or accept it if it exists and is empty.
+fn empty_dir(dir: &Path) -> Result<(), RestoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(RestoreError::NotEmpty(dir.to_path_buf()));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_at(dir))?;
+        }
+        Err(e) => return Err(io_at(dir)(e)),
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_at(dir))
+}
+
+/// Plan and restore. Nothing is written when planning fails.
+pub async fn restore(
+    repo: Repository,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let seg = segment_size(&repo).await?;
+    let plan = plan(&repo, seg, &opts.target, opts.backup.as_ref()).await?;
+    // Refuse before writing anything anywhere.
+    for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
+        if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
+            return Err(RestoreError::NotEmpty(dir));
+        }
+    }
+    empty_dir(&opts.pgdata)?;
+    let scratch = sibling(&opts.pgdata, ".tidemark-restore-tmp");
+    fs::create_dir_all(&scratch).map_err(io_at(&scratch))?;
+    let started = Instant::now();
+    let fetched = fetch_all(&repo, &plan, opts, &scratch).await;
+    let _ = fs::remove_dir_all(&scratch);
+    let (bytes, chunks, tablespaces) = fetched?;
+    let fetch_time = started.elapsed();
+
+    if let Some(key) = &plan.backup.manifest_key {
+        repo.fetch_verified(key, &opts.pgdata.join("backup_manifest"))
+            .await?;
+    }
+    if !tablespaces.is_empty() {
+        let map: String = tablespaces
+            .iter()
+            .map(|(oid, dir)| format!("{oid} {}\n", escape_map_path(dir)))
+            .collect();
+        let path = opts.pgdata.join("tablespace_map");
+        fs::write(&path, map).map_err(io_at(&path))?;
+    }
+    let settings = RecoverySettings {
+        restore_command: opts.restore_command.clone(),
+        target: plan.target.clone(),
+        timeline: opts.timeline,
+        action: opts.action,
+        inclusive: opts.inclusive,
+        keep_archiving: opts.keep_archiving,
+    };
+    settings.write(&opts.pgdata).map_err(io_at(&opts.pgdata))?;
+    Ok(RestoreReport {
+        plan,
+        bytes,
+        chunks,
+        tablespaces,
+        fetch_time,
+    })
+}
+
+/// `<pgdata><suffix>`, beside the data directory.
+fn sibling(pgdata: &Path, suffix: &str) -> PathBuf {
+    let mut name = pgdata.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn tablespace_dirs(plan: &Plan, opts: &RestoreOptions) -> Vec<PathBuf> {
+    let root = opts
+        .tablespace_root
+        .clone()
+        .unwrap_or_else(|| sibling(&opts.pgdata, ".tablespaces"));
+    plan.backup
+        .archives
+        .iter()
+        .filter_map(|a| a.name.strip_suffix(".tar").filter(|n| *n != "base"))
+        .map(|oid| root.join(oid))
+        .collect()
+}
+
+/// tablespace_map escapes backslashes and line breaks in paths.
+fn escape_map_path(p: &Path) -> String {
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('\n', "\\\n")
+        .replace('\r', "\\\r")
+}
+
+type Fetched = (u64, usize, Vec<(String, PathBuf)>);
+
+async fn fetch_all(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &RestoreOptions,
+    scratch: &Path,
+) -> Result<Fetched, RestoreError> {
+    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut jobs = JoinSet::new();
+    let mut tablespaces = Vec::new();
+    let mut ts_dirs = tablespace_dirs(plan, opts).into_iter();
+    let mut n = 0usize;
+    let mut bytes = 0;
+    for archive in &plan.backup.archives {
+        let dest = match archive.name.strip_suffix(".tar") {
+            Some("base") | None => opts.pgdata.clone(),
+            Some(oid) => {
+                let dir = ts_dirs.next().unwrap_or_else(|| scratch.join(oid));
+                empty_dir(&dir)?;
+                tablespaces.push((oid.to_string(), dir.clone()));
+                dir
+            }
+        };
+        for chunk in &archive.chunks {
+            bytes += chunk.raw_size;
+            let (repo, dest, key) = (repo.clone(), dest.clone(), chunk.key.clone());
+            let tmp = scratch.join(format!("{n}.tar"));
+            n += 1;
+            let permits = permits.clone();
+            jobs.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                repo.fetch_verified(&key, &tmp).await?;
+                let unpacked = tokio::task::spawn_blocking(move || {
+                    let r = unpack_tar(&tmp, &dest, &key);
+                    let _ = fs::remove_file(&tmp);
+                    r
+                })
+                .await
+                .map_err(|e| RestoreError::Task(e.to_string()))?;
+                unpacked.map_err(RestoreError::from)
+            });
+        }
+    }
+    while let Some(done) = jobs.join_next().await {
+        done.map_err(|e| RestoreError::Task(e.to_string()))??;
+    }
+    Ok((bytes, n, tablespaces))
+}

@@ -1,0 +1,216 @@
+//! `tidemark restore`: the planner picks the newest backup that ends before the target,
+//! proves the WAL is there, and the restored cluster holds exactly the rows committed up
+//! to the target. Bad input is refused with nothing written.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_protocol::{Lsn, WalSegmentSize};
+
+fn one_mb() -> ClusterOptions {
+    ClusterOptions {
+        wal_segsize_mb: 1,
+        ..ClusterOptions::default()
+    }
+}
+
+/// Commit burst `n`: three transactions of rows tagged `n`; returns the WAL position
+/// after its last commit.
+fn burst(cluster: &Cluster, n: u32) -> Lsn {
+    for t in 0..3 {
+        cluster
+            .psql(&format!(
+                "INSERT INTO events SELECT g, {n} FROM generate_series({}, {}) g",
+                t * 100,
+                t * 100 + 99
+            ))
+            .unwrap();
+    }
+    lsn(&cluster.psql("SELECT pg_current_wal_lsn()").unwrap())
+}
+
+fn backup(archiver: &Archiver) -> String {
+    let out = run(archiver.command(&["backup"]));
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("backup id in the output")
+        .to_string();
+    // Ids have one-second resolution: keep two backups apart.
+    std::thread::sleep(Duration::from_millis(1100));
+    id
+}
+
+/// Restore with `args` into a fresh directory, verify it, start it, and return the
+/// bursts present (burst -> rows).
+fn restore_and_count(archiver: &Archiver, cluster: &Cluster, args: &[&str]) -> String {
+    let dir = tidemark_fixtures::test_dir("pitr");
+    let data = dir.path().join("data");
+    let mut cmd_args = vec!["restore", "--pgdata", data.to_str().unwrap()];
+    cmd_args.extend_from_slice(args);
+    let out = run(archiver.command(&cmd_args));
+    assert!(out.status.success(), "restore {args:?}: {}", stderr(&out));
+    verify_backup(cluster, &data);
+    share_with_postgres(&archiver.repo_dir_for_postgres());
+    let restored = Cluster::start_prepared(dir, one_mb()).expect("restored cluster starts");
+    wait_for("the end of recovery", Duration::from_secs(120), || {
+        (restored.psql("SELECT pg_is_in_recovery()").ok()? == "f").then_some(())
+    });
+    restored
+        .psql("SELECT string_agg(burst || ':' || n, ',' ORDER BY burst) FROM (SELECT burst, count(*) n FROM events GROUP BY burst) s")
+        .unwrap()
+}
+
+fn verify_backup(cluster: &Cluster, data: &Path) {
+    let out = std::process::Command::new(cluster.bin().tool("pg_verifybackup"))
+        .arg("-n")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn restores_to_lsn_targets_latest_and_immediate_with_exactly_the_right_rows() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE events(id int, burst int)")
+        .unwrap();
+    let _b1 = burst(&cluster, 1);
+    let backup_a = backup(&archiver);
+    let b2 = burst(&cluster, 2);
+    switch_wal(&cluster);
+    let b3 = burst(&cluster, 3);
+    let _backup_b = backup(&archiver);
+    let b4 = burst(&cluster, 4);
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+    let b5 = burst(&cluster, 5);
+    wait_for("the tail archived", Duration::from_secs(30), || {
+        (archiver.archived_end() >= b5).then_some(())
+    });
+    assert_eq!(archiver.terminate(), 0);
+
+    // The plan names the backup it would use.
+    let out = run(archiver.command(&["plan", "--target-lsn", &b2.to_string(), "--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["backup"], backup_a.as_str(), "{plan:#}");
+
+    for (args, expected) in [
+        (
+            vec!["--target-lsn".to_string(), b2.to_string()],
+            "1:300,2:300",
+        ),
+        (
+            vec!["--target-lsn".into(), b3.to_string()],
+            "1:300,2:300,3:300",
+        ),
+        (
+            vec!["--target-lsn".into(), b4.to_string()],
+            "1:300,2:300,3:300,4:300",
+        ),
+        (vec![], "1:300,2:300,3:300,4:300,5:300"),
+        (
+            vec![
+                "--target-immediate".into(),
+                "--backup".into(),
+                backup_a.clone(),
+            ],
+            "1:300",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(
+            restore_and_count(&archiver, &cluster, &args),
+            expected,
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_restore_requests_are_refused_and_write_nothing() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE events(id int, burst int)")
+        .unwrap();
+    let before_backup = burst(&cluster, 1);
+    backup(&archiver);
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0);
+
+    let dir = tidemark_fixtures::test_dir("refused");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap().to_string();
+    let beyond = Lsn(through.0 + (64 << 20)).to_string();
+    let before = before_backup.to_string();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["--target-time", "2026-11-21 09:30:00"],
+            2,
+            "no time zone",
+        ),
+        (vec!["--target-time", "soon"], 2, "not a time"),
+        (
+            vec!["--target-lsn", "0/1", "--target-name", "x"],
+            2,
+            "2 targets",
+        ),
+        (vec!["--target-lsn", "zz"], 2, "not an LSN"),
+        (
+            vec!["--target-lsn", &before],
+            5,
+            "before the end of the oldest",
+        ),
+        (vec!["--target-lsn", &beyond], 5, "beyond the archived WAL"),
+        (
+            vec!["--backup", "20200101T000000Z"],
+            5,
+            "not in the repository",
+        ),
+        (vec!["--backup", "yesterday"], 2, "not a backup id"),
+    ];
+    for (args, code, needle) in cases {
+        let mut all = vec!["restore", "--pgdata", &data_s];
+        all.extend_from_slice(&args);
+        let out = run(archiver.command(&all));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} should say {needle:?}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!data.exists(), "{args:?} created the data directory");
+    }
+
+    // A non-empty data directory is never touched.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("PG_VERSION"), b"precious").unwrap();
+    let out = run(archiver.command(&["restore", "--pgdata", &data_s]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not empty"));
+    assert_eq!(std::fs::read(data.join("PG_VERSION")).unwrap(), b"precious");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1);
+}
