@@ -214,3 +214,61 @@ fn bad_restore_requests_are_refused_and_write_nothing() {
     assert_eq!(std::fs::read(data.join("PG_VERSION")).unwrap(), b"precious");
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1);
 }
+
+#[test]
+fn restores_to_times_restore_points_and_transactions() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE events(id int, burst int)")
+        .unwrap();
+    let now = || cluster.psql("SELECT clock_timestamp()").unwrap();
+    let gap = || std::thread::sleep(Duration::from_millis(1200));
+    burst(&cluster, 1);
+    backup(&archiver);
+    burst(&cluster, 2);
+    cluster
+        .psql("SELECT pg_create_restore_point('after_burst_2')")
+        .unwrap();
+    gap();
+    let t2 = now(); // idle: between bursts 2 and 3
+    gap();
+    let xid = cluster
+        .psql("BEGIN; INSERT INTO events SELECT g, 3 FROM generate_series(1, 100) g; SELECT txid_current(); COMMIT;")
+        .unwrap();
+    let xid = xid
+        .lines()
+        .find(|l| l.trim().parse::<u64>().is_ok())
+        .expect("xid")
+        .trim()
+        .to_string();
+    cluster
+        .psql("INSERT INTO events SELECT g, 3 FROM generate_series(101, 300) g")
+        .unwrap();
+    switch_wal(&cluster);
+    backup(&archiver);
+    gap();
+    let t3 = now(); // idle: between bursts 3 and 4, after the second backup
+    gap();
+    burst(&cluster, 4);
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0);
+
+    for (args, expected) in [
+        (vec!["--target-time", t2.as_str()], "1:300,2:300"),
+        (vec!["--target-time", t3.as_str()], "1:300,2:300,3:300"),
+        (vec!["--target-name", "after_burst_2"], "1:300,2:300"),
+        (vec!["--target-xid", xid.as_str()], "1:300,2:300,3:100"),
+    ] {
+        assert_eq!(
+            restore_and_count(&archiver, &cluster, &args),
+            expected,
+            "{args:?}"
+        );
+    }
+}

@@ -166,6 +166,11 @@ pub async fn plan(
             }
             b
         }
+        // Where a restore point or transaction lies is not indexed yet: the oldest backup
+        // is the one certain to precede it (a longer replay, never a missed target).
+        None if matches!(target, RecoveryTarget::Name(_) | RecoveryTarget::Xid(_)) => {
+            oldest.clone()
+        }
         None => backups
             .iter()
             .rev()
