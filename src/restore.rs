@@ -118,6 +118,9 @@ pub async fn plan(
 }
 
 fn print_plan(plan: &Plan) {
+    if let Some(note) = &plan.note {
+        println!("{note}");
+    }
     println!(
         "backup {} (WAL {} .. {}, finished {}), recovering to {}",
         plan.backup.id,

@@ -272,3 +272,70 @@ fn restores_to_times_restore_points_and_transactions() {
         );
     }
 }
+
+#[test]
+fn a_time_after_the_last_commit_on_an_idle_database_restores() {
+    let cluster = Cluster::start(ClusterOptions {
+        wal_segsize_mb: 1,
+        // Keepalives every 2 s while idle: they are what proves the archive complete.
+        settings: vec![("wal_sender_timeout".into(), "4s".into())],
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(
+        &cluster,
+        &repo,
+        &["--partial-interval", "1", "--complete-marker-interval", "1"],
+    );
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE events(id int, burst int)")
+        .unwrap();
+    // Commits land after the first segment the archiver decodes (whose summary is never
+    // complete: a record may continue into it from before).
+    let first = switch_wal(&cluster);
+    archiver.wait_complete_through(first, seg, Duration::from_secs(60));
+    backup(&archiver);
+    burst(&cluster, 1);
+    burst(&cluster, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_since = cluster.psql("SELECT clock_timestamp()").unwrap();
+    let marker_path = repo.file_root().join("wal/00000001.complete");
+    wait_for(
+        "an archive-complete marker after the target time",
+        Duration::from_secs(60),
+        || {
+            archiver.assert_running();
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&marker_path).ok()?).ok()?;
+            let at = chrono::DateTime::parse_from_rfc3339(json["server_time"].as_str()?).ok()?;
+            let target = chrono::DateTime::parse_from_str(
+                &format!("{idle_since}00"),
+                "%Y-%m-%d %H:%M:%S%.f%#z",
+            )
+            .ok()?;
+            (at > target).then_some(())
+        },
+    );
+    assert_eq!(archiver.terminate(), 0);
+
+    // No commit follows the target: PostgreSQL alone would fail; the plan resolves it.
+    let out = run(archiver.command(&["plan", "--target-time", &idle_since]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no transaction ended after"));
+    assert_eq!(
+        restore_and_count(&archiver, &cluster, &["--target-time", &idle_since]),
+        "1:300,2:300"
+    );
+    // A time the archive cannot vouch for is refused, not guessed.
+    let out = run(archiver.command(&["plan", "--target-time", "2100-01-01 00:00:00+00"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not known to have been complete"),
+        "{}",
+        stderr(&out)
+    );
+}

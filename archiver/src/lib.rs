@@ -9,6 +9,7 @@ mod acks;
 pub mod backup;
 pub mod cluster;
 pub mod error;
+mod events;
 pub mod init;
 pub mod spool;
 pub mod status;

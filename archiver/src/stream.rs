@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::{
     ReplicationClient, ReplicationError, ReplicationStream, StartOutcome, StreamMessage,
@@ -18,12 +18,14 @@ use tidemark_protocol::replication::{
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::catalog::{Catalog, SegmentRecord};
 use tidemark_store::repository::{ArchivedObject, Repository};
+use tidemark_store::storage::Metadata;
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use crate::acks::AckTracker;
 use crate::cluster::Cluster;
 use crate::error::ArchiverError;
+use crate::events::EventTracker;
 use crate::spool::Spool;
 use crate::uploads::{Done, Uploads};
 
@@ -44,6 +46,9 @@ pub struct StreamConfig {
     pub status_interval: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// How often, at most, an idle but complete archive re-writes its archive-complete
+    /// marker (more often when the archived end moves).
+    pub complete_marker_interval: Duration,
 }
 
 impl StreamConfig {
@@ -56,6 +61,7 @@ impl StreamConfig {
             upload_concurrency: 4,
             status_interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
+            complete_marker_interval: Duration::from_secs(60),
         }
     }
 }
@@ -93,8 +99,13 @@ pub async fn stream(
         seg,
         spool,
         acks: AckTracker::new(Lsn::INVALID),
+        events: EventTracker::new(TimelineId::FIRST, Lsn::INVALID, seg),
+        timeline: TimelineId::FIRST,
         last_partial: Lsn::INVALID,
         partial_running: false,
+        partial_stored: None,
+        last_marker: None,
+        last_status: None,
         config,
         shutdown,
     };
@@ -106,7 +117,8 @@ pub async fn stream(
             "uploading segments left in the spool by an earlier run"
         );
         for segment in leftovers {
-            archiver.uploads.segment(segment);
+            // Not decoded by this run: no WAL summary (the planner treats it as unknown).
+            archiver.uploads.segment(segment, Metadata::new());
         }
         archiver.drain(false).await?;
     }
@@ -121,7 +133,7 @@ pub async fn stream(
     let (timeline, start) = archiver.resume_point(&mut cluster).await?;
     tracing::info!(%timeline, %start, slot = %archiver.config.slot, "streaming");
     archiver.acks = AckTracker::new(start);
-    archiver.spool.begin(timeline, start)?;
+    archiver.begin(timeline, start)?;
     archiver.run(conninfo, cluster.client, timeline).await
 }
 
@@ -142,9 +154,19 @@ struct Archiver {
     spool: Spool,
     acks: AckTracker,
     uploads: Uploads,
+    /// Summaries of the WAL being received, for restore planning.
+    events: EventTracker,
+    /// The timeline being received.
+    timeline: TimelineId,
     /// End of the newest partial upload started.
     last_partial: Lsn,
     partial_running: bool,
+    /// The newest partial upload that finished: its segment's start and its end.
+    partial_stored: Option<(Lsn, Lsn)>,
+    /// When the archive-complete marker was last written, and for which LSN.
+    last_marker: Option<(Instant, Lsn)>,
+    /// The last status update sent (write, flush).
+    last_status: Option<(Lsn, Lsn)>,
     config: StreamConfig,
     shutdown: Shutdown,
 }
@@ -304,11 +326,15 @@ impl Archiver {
             tokio::select! {
                 msg = stream.next_message() => match msg.map_err(|e| wal_error(e, start))? {
                     StreamMessage::XLogData { wal_start, data, .. } => {
+                        // Decode first: a segment's summary is final once all of it is fed.
+                        self.events.feed(&data);
                         for segment in self.spool.append(wal_start, &data)? {
-                            self.uploads.segment(segment);
+                            let meta = self.events.finish(segment.name);
+                            self.uploads.segment(segment, meta);
                         }
                     }
-                    StreamMessage::Keepalive { reply_requested, .. } => {
+                    StreamMessage::Keepalive { reply_requested, server_wal_end, server_time } => {
+                        self.mark_complete(server_wal_end, server_time)?;
                         if reply_requested {
                             self.send_status(&mut stream).await?;
                         }
@@ -327,7 +353,13 @@ impl Archiver {
                     }
                 }
                 _ = partial_tick.tick() => self.start_partial()?,
-                _ = status_tick.tick() => self.send_status(&mut stream).await?,
+                // Only when something moved: an idle stream lets the server ping us, and
+                // its keepalives are what proves the archive complete (`mark_complete`).
+                _ = status_tick.tick() => {
+                    if self.last_status != Some((self.position()?, self.acks.durable())) {
+                        self.send_status(&mut stream).await?;
+                    }
+                }
                 _ = self.shutdown.changed() => {
                     self.drain(true).await?;
                     // Best effort: the slot learns of the last uploads now rather than at
@@ -347,13 +379,59 @@ impl Archiver {
             .ok_or_else(|| ArchiverError::Task("spool not positioned".into()))
     }
 
-    async fn send_status(&self, stream: &mut ReplicationStream) -> Result<(), ArchiverError> {
+    async fn send_status(&mut self, stream: &mut ReplicationStream) -> Result<(), ArchiverError> {
         let written = self.position()?;
         let flushed = self.acks.durable();
         tracing::trace!(%written, %flushed, "status update");
         stream
             .send_status(written, flushed, Lsn::INVALID, false)
             .await?;
+        self.last_status = Some((written, flushed));
+        Ok(())
+    }
+
+    /// Start receiving `timeline` at `start` (a segment boundary).
+    fn begin(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), ArchiverError> {
+        self.spool.begin(timeline, start)?;
+        self.events = EventTracker::new(timeline, start, self.seg);
+        self.timeline = timeline;
+        self.last_partial = Lsn::INVALID;
+        self.partial_stored = None;
+        Ok(())
+    }
+
+    /// Everything before this LSN is in the repository: the contiguous stored run, or,
+    /// when the newest finished partial continues it, the end of that partial.
+    fn stored_end(&self) -> Lsn {
+        let durable = self.acks.durable();
+        match self.partial_stored {
+            Some((seg_start, end)) if seg_start <= durable => durable.max(end),
+            _ => durable,
+        }
+    }
+
+    /// The server says its WAL ends at `server_wal_end` as of `server_time`: if the
+    /// repository holds all of it, write (at most every `complete_marker_interval`, or when
+    /// it moved) the marker that lets a restore prove the archive complete at that time.
+    fn mark_complete(
+        &mut self,
+        server_wal_end: Lsn,
+        server_time: DateTime<Utc>,
+    ) -> Result<(), ArchiverError> {
+        if self.position()? < server_wal_end || self.stored_end() < server_wal_end {
+            return Ok(());
+        }
+        let due = match self.last_marker {
+            None => true,
+            Some((at, lsn)) => {
+                lsn != server_wal_end || at.elapsed() >= self.config.complete_marker_interval
+            }
+        };
+        if due {
+            self.uploads
+                .complete_marker(self.timeline, server_wal_end, server_time);
+            self.last_marker = Some((Instant::now(), server_wal_end));
+        }
         Ok(())
     }
 
@@ -366,7 +444,8 @@ impl Archiver {
         if let Some(snapshot) = self.spool.snapshot()? {
             self.last_partial = snapshot.name.start_lsn(self.seg) + snapshot.len;
             self.partial_running = true;
-            self.uploads.partial(snapshot);
+            let meta = self.events.so_far(snapshot.name);
+            self.uploads.partial(snapshot, meta);
         }
         Ok(())
     }
@@ -388,7 +467,13 @@ impl Archiver {
                 object,
             } => {
                 self.partial_running = false;
-                self.record(name, true, name.start_lsn(self.seg), end_lsn, &object)?;
+                let seg_start = name.start_lsn(self.seg);
+                if name.timeline == self.timeline
+                    && self.partial_stored.is_none_or(|(_, e)| e < end_lsn)
+                {
+                    self.partial_stored = Some((seg_start, end_lsn));
+                }
+                self.record(name, true, seg_start, end_lsn, &object)?;
                 self.remove_stale_partials(name)?;
                 Ok(false)
             }
@@ -396,6 +481,7 @@ impl Archiver {
                 self.catalog.forget_partial(name)?;
                 Ok(false)
             }
+            Done::Marker => Ok(false),
         }
     }
 
@@ -464,8 +550,7 @@ impl Archiver {
     ) -> Result<(), ArchiverError> {
         tracing::info!(%old, %next, %switch, "timeline switch");
         self.start_partial()?;
-        self.spool.begin(next, switch.segment_start(self.seg))?;
-        self.last_partial = Lsn::INVALID;
+        self.begin(next, switch.segment_start(self.seg))?;
         Ok(())
     }
 

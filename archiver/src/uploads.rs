@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemark_protocol::{Lsn, SegmentName, WalSegmentSize};
+use chrono::{DateTime, Utc};
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::repository::{ArchivedObject, RepoError, Repository};
 use tidemark_store::storage::Metadata;
 use tokio::sync::Semaphore;
@@ -30,6 +31,7 @@ pub enum Done {
     Removed {
         name: SegmentName,
     },
+    Marker,
 }
 
 /// The pool of upload jobs.
@@ -57,21 +59,21 @@ impl Uploads {
         self.jobs.len()
     }
 
-    /// Compress and store a complete segment.
-    pub fn segment(&mut self, segment: SpooledSegment) {
+    /// Compress and store a complete segment, with `meta` (its WAL summary) added.
+    pub fn segment(&mut self, segment: SpooledSegment, meta: Metadata) {
         let (repo, seg, level, permits) = self.parts();
         self.jobs.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let object = with_retry("upload segment", || {
-                repo.archive_segment(segment.name, seg, &segment.path, level, Metadata::new())
+                repo.archive_segment(segment.name, seg, &segment.path, level, meta.clone())
             })
             .await?;
             Ok(Done::Segment { segment, object })
         });
     }
 
-    /// Compress and store the received prefix of the current segment.
-    pub fn partial(&mut self, snapshot: PartialSnapshot) {
+    /// Compress and store the received prefix of the current segment, with `meta`.
+    pub fn partial(&mut self, snapshot: PartialSnapshot, meta: Metadata) {
         let (repo, seg, level, permits) = self.parts();
         self.jobs.spawn(async move {
             let _permit = permits.acquire_owned().await;
@@ -84,7 +86,7 @@ impl Uploads {
                     &snapshot.path,
                     snapshot.len,
                     level,
-                    Metadata::new(),
+                    meta.clone(),
                 )
             })
             .await?;
@@ -93,6 +95,19 @@ impl Uploads {
                 end_lsn,
                 object,
             })
+        });
+    }
+
+    /// Record that the repository held all of the server's WAL on `timeline` up to `lsn`
+    /// when the server's clock read `server_time`.
+    pub fn complete_marker(&mut self, timeline: TimelineId, lsn: Lsn, server_time: DateTime<Utc>) {
+        let repo = self.repo.clone();
+        self.jobs.spawn(async move {
+            with_retry("store the archive-complete marker", || {
+                repo.mark_complete(timeline, lsn, server_time)
+            })
+            .await?;
+            Ok(Done::Marker)
         });
     }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::backup::{BackupId, BackupInfo};
 use tidemark_store::layout;
-use tidemark_store::repository::{RepoError, Repository};
+use tidemark_store::repository::{CompleteMarker, RepoError, Repository};
+use tidemark_store::wal_summary::WalSummary;
 
 use crate::target::RecoveryTarget;
 
@@ -20,6 +21,8 @@ pub struct Plan {
     pub wal_last: SegmentName,
     /// Where the archived WAL ends (complete segments, then the newest partial).
     pub archive_end: Lsn,
+    /// How the target was resolved, when the planner changed it.
+    pub note: Option<String>,
 }
 
 /// Why a target cannot be reached.
@@ -52,6 +55,11 @@ pub enum PlanError {
         backup: BackupId,
         target: RecoveryTarget,
     },
+    #[error("no transaction in the archive ended after {target}, and the archive is not known to have been complete then ({complete}); PostgreSQL could not stop there; HINT: choose an earlier time, or wait for `tidemark stream` to catch up")]
+    NotProvablyComplete {
+        target: RecoveryTarget,
+        complete: String,
+    },
     #[error(transparent)]
     Repository(#[from] RepoError),
 }
@@ -59,8 +67,8 @@ pub enum PlanError {
 /// What the repository holds of one timeline's WAL.
 struct ArchivedWal {
     complete: BTreeSet<u64>,
-    /// The newest partial segment: its number and end.
-    partial: Option<(u64, Lsn)>,
+    /// The newest partial segment: its number, end and key.
+    partial: Option<(u64, Lsn, String)>,
 }
 
 impl ArchivedWal {
@@ -109,7 +117,7 @@ impl ArchivedWal {
                 .and_then(|h| h.metadata.get(tidemark_store::meta::END_LSN).cloned())
                 .and_then(|v| v.parse::<Lsn>().ok());
             if let Some(end) = end {
-                partial = Some((name.segno, end));
+                partial = Some((name.segno, end, key));
             }
         }
         Ok(ArchivedWal { complete, partial })
@@ -123,12 +131,12 @@ impl ArchivedWal {
             next += 1;
         }
         let newest = self.complete.last().copied().map_or(0, |t| t + 1);
-        match self.partial {
-            Some((p, end)) if p == next => (end, None),
+        match &self.partial {
+            Some((p, end, _)) if *p == next => (*end, None),
             _ => {
                 let end = Lsn(next * seg.bytes());
-                let gap =
-                    (next < newest || self.partial.is_some_and(|(p, _)| p > next)).then_some(next);
+                let later_partial = self.partial.as_ref().is_some_and(|(p, _, _)| *p > next);
+                let gap = (next < newest || later_partial).then_some(next);
                 (end, gap)
             }
         }
@@ -215,14 +223,94 @@ pub async fn plan(
             target: target.clone(),
         });
     }
+    let mut resolved = target.clone();
+    let mut note = None;
+    if let RecoveryTarget::Time(t) = target {
+        if !xact_after(repo, &wal, timeline, seg, wal_first.segno, t).await? {
+            // PostgreSQL stops on a time only at a transaction that ended after it; with
+            // none in the archive, the end of the archive is the same database — if the
+            // archive provably held everything written up to the target time.
+            let marker = repo.complete_marker(timeline).await?;
+            let when = |m: &CompleteMarker| {
+                format!(
+                    "complete through {} at {}",
+                    m.lsn,
+                    m.server_time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                )
+            };
+            match marker {
+                Some(m) if m.server_time >= *t && m.lsn <= archive_end => {
+                    note = Some(format!(
+                        "no transaction ended after {target}; the archive was {}, so recovery runs to its end",
+                        when(&m)
+                    ));
+                    resolved = RecoveryTarget::Latest;
+                }
+                other => {
+                    return Err(PlanError::NotProvablyComplete {
+                        target: target.clone(),
+                        complete: match other {
+                            Some(m) => format!("it was last known {}", when(&m)),
+                            None => "the archiver never recorded it complete".to_string(),
+                        },
+                    })
+                }
+            }
+        }
+    }
     let wal_last = SegmentName::containing(timeline, Lsn(covered.0.saturating_sub(1)), seg);
     Ok(Plan {
         backup: chosen,
-        target: target.clone(),
+        target: resolved,
         wal_first,
         wal_last,
         archive_end,
+        note,
     })
+}
+
+/// Whether the archive (from segment `from` on) may hold a transaction that ended after
+/// `t`: scanning the WAL summaries backwards from the newest, stop at the first segment
+/// whose transactions all ended at or before `t`. An object without a summary counts as
+/// "may hold one" (then PostgreSQL decides, as it would without tidemark).
+async fn xact_after(
+    repo: &Repository,
+    wal: &ArchivedWal,
+    timeline: TimelineId,
+    seg: WalSegmentSize,
+    from: u64,
+    t: &chrono::DateTime<chrono::FixedOffset>,
+) -> Result<bool, RepoError> {
+    let mut keys: Vec<String> = Vec::new();
+    if let Some((_, _, key)) = &wal.partial {
+        keys.push(key.clone());
+    }
+    keys.extend(
+        wal.complete
+            .range(from..)
+            .rev()
+            .map(|&s| layout::wal_segment_key(SegmentName::new(timeline, s), seg)),
+    );
+    for key in keys {
+        let head = repo
+            .storage
+            .head(&key)
+            .await
+            .map_err(|source| RepoError::Storage {
+                key: key.clone(),
+                source,
+            })?;
+        let Some(summary) = head.and_then(|h| WalSummary::from_metadata(&h.metadata)) else {
+            return Ok(true);
+        };
+        match summary.last_xact {
+            Some(last) if last > *t => return Ok(true),
+            Some(_) => return Ok(false),
+            None => continue,
+        }
+    }
+    Ok(false)
 }
 
 fn describe_end(b: &BackupInfo) -> String {

@@ -40,6 +40,12 @@ pub fn wal_partial_key(name: SegmentName, seg: WalSegmentSize) -> String {
     )
 }
 
+/// `wal/<TLI>.complete`: the archiver's proof that the archive held all of the server's
+/// WAL on this timeline up to an LSN at a server time (see `archiver::stream`).
+pub fn wal_complete_key(tli: TimelineId) -> String {
+    format!("{WAL_PREFIX}{}.complete", tli.hex())
+}
+
 /// `wal/<TLI>.history`: a timeline history file (stored uncompressed).
 pub fn history_key(tli: TimelineId) -> String {
     format!("{WAL_PREFIX}{}", tli.history_file_name())

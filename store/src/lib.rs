@@ -14,6 +14,7 @@ mod serde_text;
 pub mod storage;
 mod sync_bridge;
 pub mod url;
+pub mod wal_summary;
 
 pub use envelope::{EnvelopeError, Sealed};
 pub use identity::RepoIdentity;

@@ -17,6 +17,8 @@ pub const KIND_BACKUP_CHUNK: &str = "backup-chunk";
 pub const KIND_BACKUP_INFO: &str = "backup-info";
 /// PostgreSQL's `backup_manifest` of a backup.
 pub const KIND_BACKUP_MANIFEST: &str = "backup-manifest";
+/// The archiver's archive-complete marker of a timeline.
+pub const KIND_WAL_COMPLETE: &str = "wal-complete";
 /// The repository identity file.
 pub const KIND_IDENTITY: &str = "identity";
 /// Timeline, decimal.

@@ -50,7 +50,7 @@ pub async fn reindex_wal(
     for info in listing {
         match layout::parse_wal_key(&info.key, seg) {
             Some(key) => wal.push((key, info)),
-            None if info.key.ends_with(".history") => {}
+            None if info.key.ends_with(".history") || info.key.ends_with(".complete") => {}
             None => summary.skipped.push(info.key),
         }
     }

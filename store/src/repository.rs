@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
@@ -35,6 +36,15 @@ const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
 pub struct Repository {
     pub storage: Arc<dyn Storage>,
     pub url: RepoUrl,
+}
+
+/// `wal/<TLI>.complete`: as of `server_time` (the server's clock), every byte of the
+/// server's WAL on the timeline before `lsn` was in the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompleteMarker {
+    #[serde(with = "crate::serde_text")]
+    pub lsn: Lsn,
+    pub server_time: DateTime<Utc>,
 }
 
 /// What archiving did.
@@ -403,6 +413,50 @@ impl Repository {
             metadata,
         )
         .await
+    }
+
+    /// Record that the repository holds all of the server's WAL on `timeline` up to `lsn`
+    /// as of the server's clock reading `server_time` (replaces the previous marker).
+    pub async fn mark_complete(
+        &self,
+        timeline: TimelineId,
+        lsn: Lsn,
+        server_time: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        let key = layout::wal_complete_key(timeline);
+        let json = serde_json::to_vec(&CompleteMarker { lsn, server_time }).map_err(|e| {
+            RepoError::Task {
+                message: format!("cannot serialise {key}: {e}"),
+            }
+        })?;
+        let mut metadata = plain_seal(&json).metadata();
+        metadata.insert(meta::KIND.to_string(), meta::KIND_WAL_COMPLETE.to_string());
+        self.storage
+            .put(&key, Body::Bytes(Bytes::from(json)), &metadata)
+            .await
+            .map_err(RepoError::storage(&key))
+    }
+
+    /// The newest archive-complete marker of `timeline`, if any.
+    pub async fn complete_marker(
+        &self,
+        timeline: TimelineId,
+    ) -> Result<Option<CompleteMarker>, RepoError> {
+        let key = layout::wal_complete_key(timeline);
+        let bytes = match self.read_document(&key).await {
+            Ok(b) => b,
+            Err(RepoError::Storage {
+                source: StorageError::NotFound { .. },
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RepoError::BadDocument {
+                key,
+                reason: e.to_string(),
+            })
     }
 
     /// Every complete backup (those with a `backup.json`), oldest first.

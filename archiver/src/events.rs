@@ -1,0 +1,94 @@
+//! Decoding the WAL as it streams in, to summarise each segment (transaction end times,
+//! xid range, restore points) for the planner. Archiving never depends on it: a decoding
+//! failure is logged and the summaries simply stop (objects without one are treated as
+//! unknown by the planner).
+
+use std::collections::BTreeMap;
+
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalDecoder, WalEvent, WalSegmentSize};
+use tidemark_store::storage::Metadata;
+use tidemark_store::wal_summary::{RestorePoint, WalSummary};
+
+/// Summaries of the segments being received.
+pub struct EventTracker {
+    decoder: Option<WalDecoder>,
+    timeline: TimelineId,
+    seg: WalSegmentSize,
+    /// The first segment: a record continuing into it from before the start is not seen,
+    /// so its summary is never complete.
+    first: SegmentName,
+    summaries: BTreeMap<u64, WalSummary>,
+}
+
+impl EventTracker {
+    /// Start decoding at `start`, a segment boundary on `timeline`.
+    pub fn new(timeline: TimelineId, start: Lsn, seg: WalSegmentSize) -> Self {
+        EventTracker {
+            decoder: Some(WalDecoder::new(start, seg)),
+            timeline,
+            seg,
+            first: SegmentName::containing(timeline, start, seg),
+            summaries: BTreeMap::new(),
+        }
+    }
+
+    /// Decode `data`, which continues the stream.
+    pub fn feed(&mut self, data: &[u8]) {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return;
+        };
+        decoder.feed(data);
+        loop {
+            match decoder.next_event() {
+                Ok(Some(event)) => {
+                    let end = match &event {
+                        WalEvent::Commit { end, .. }
+                        | WalEvent::Abort { end, .. }
+                        | WalEvent::RestorePoint { end, .. } => *end,
+                    };
+                    let segno = Lsn(end.0 - 1).segment_number(self.seg);
+                    let summary = self.summaries.entry(segno).or_default();
+                    match event {
+                        WalEvent::Commit { xid, time, .. } | WalEvent::Abort { xid, time, .. } => {
+                            summary.xact(xid, time)
+                        }
+                        WalEvent::RestorePoint {
+                            start, name, time, ..
+                        } => summary.restore_points.push(RestorePoint {
+                            lsn: start,
+                            name,
+                            time,
+                        }),
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot decode the WAL stream; segment summaries for restore planning stop here (archiving continues)");
+                    self.decoder = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Metadata for the complete segment `name`, whose bytes have all been fed; its
+    /// summary is dropped. Empty when the summary is not known to be complete.
+    pub fn finish(&mut self, name: SegmentName) -> Metadata {
+        let summary = self.summaries.remove(&name.segno).unwrap_or_default();
+        self.metadata(name, summary)
+    }
+
+    /// Metadata for the received prefix of segment `name` (a partial upload).
+    pub fn so_far(&self, name: SegmentName) -> Metadata {
+        let summary = self.summaries.get(&name.segno).cloned().unwrap_or_default();
+        self.metadata(name, summary)
+    }
+
+    fn metadata(&self, name: SegmentName, summary: WalSummary) -> Metadata {
+        let decoding = self.decoder.as_ref().is_some_and(|d| !d.ended());
+        if !decoding || name == self.first || name.timeline != self.timeline {
+            return Metadata::new();
+        }
+        summary.metadata()
+    }
+}
