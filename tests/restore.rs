@@ -229,7 +229,7 @@ fn restores_to_times_restore_points_and_transactions() {
     let now = || cluster.psql("SELECT clock_timestamp()").unwrap();
     let gap = || std::thread::sleep(Duration::from_millis(1200));
     burst(&cluster, 1);
-    backup(&archiver);
+    let backup_a = backup(&archiver);
     burst(&cluster, 2);
     cluster
         .psql("SELECT pg_create_restore_point('after_burst_2')")
@@ -250,16 +250,38 @@ fn restores_to_times_restore_points_and_transactions() {
         .psql("INSERT INTO events SELECT g, 3 FROM generate_series(101, 300) g")
         .unwrap();
     switch_wal(&cluster);
-    backup(&archiver);
+    let backup_b = backup(&archiver);
     gap();
     let t3 = now(); // idle: between bursts 3 and 4, after the second backup
     gap();
     burst(&cluster, 4);
+    cluster
+        .psql("SELECT pg_create_restore_point('after_burst_4')")
+        .unwrap();
     let through = switch_wal(&cluster);
     archiver.wait_complete_through(through, seg, Duration::from_secs(60));
     assert_eq!(archiver.terminate(), 0);
 
+    // Restore points and transactions are found in the WAL summaries: each plan starts
+    // from the newest backup that precedes its target.
+    for (args, backup) in [
+        (["--target-name", "after_burst_2"], &backup_a),
+        (["--target-name", "after_burst_4"], &backup_b),
+        (["--target-xid", xid.as_str()], &backup_a),
+    ] {
+        let mut all = vec!["plan", "--json"];
+        all.extend_from_slice(&args);
+        let out = run(archiver.command(&all));
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(plan["backup"], backup.as_str(), "{args:?}: {plan:#}");
+    }
+
     for (args, expected) in [
+        (
+            vec!["--target-name", "after_burst_4"],
+            "1:300,2:300,3:300,4:300",
+        ),
         (vec!["--target-time", t2.as_str()], "1:300,2:300"),
         (vec!["--target-time", t3.as_str()], "1:300,2:300,3:300"),
         (vec!["--target-name", "after_burst_2"], "1:300,2:300"),

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use futures::{StreamExt, TryStreamExt};
+
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::backup::{BackupId, BackupInfo};
 use tidemark_store::layout;
@@ -55,6 +57,8 @@ pub enum PlanError {
         backup: BackupId,
         target: RecoveryTarget,
     },
+    #[error("{0} is not in the archived WAL; HINT: check the name or transaction id")]
+    NotInArchive(RecoveryTarget),
     #[error("no transaction in the archive ended after {target}, and the archive is not known to have been complete then ({complete}); PostgreSQL could not stop there; HINT: choose an earlier time, or wait for `tidemark stream` to catch up")]
     NotProvablyComplete {
         target: RecoveryTarget,
@@ -153,9 +157,20 @@ pub async fn plan(
 ) -> Result<Plan, PlanError> {
     let backups = repo.backups().await?;
     let oldest = backups.first().cloned().ok_or(PlanError::NoBackups)?;
-    let ends_before = |b: &BackupInfo| match target {
-        RecoveryTarget::Lsn(l) => b.stop_lsn <= *l,
-        RecoveryTarget::Time(t) => b.stop_time <= *t,
+    // Restore points and transactions are found in the WAL summaries; a backup must end
+    // before them. Unknown (unsummarised WAL): only the oldest backup is certain to.
+    let located = match target {
+        RecoveryTarget::Name(_) | RecoveryTarget::Xid(_) => {
+            let newest = backups.last().unwrap_or(&oldest);
+            locate(repo, seg, TimelineId(newest.timeline), target).await?
+        }
+        _ => None,
+    };
+    let ends_before = |b: &BackupInfo| match (target, located) {
+        (RecoveryTarget::Lsn(l), _) => b.stop_lsn <= *l,
+        (RecoveryTarget::Time(t), _) => b.stop_time <= *t,
+        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), Some(at)) => b.stop_lsn <= at,
+        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), None) => b.id == oldest.id,
         _ => true,
     };
     let chosen = match backup {
@@ -173,11 +188,6 @@ pub async fn plan(
                 });
             }
             b
-        }
-        // Where a restore point or transaction lies is not indexed yet: the oldest backup
-        // is the one certain to precede it (a longer replay, never a missed target).
-        None if matches!(target, RecoveryTarget::Name(_) | RecoveryTarget::Xid(_)) => {
-            oldest.clone()
         }
         None => backups
             .iter()
@@ -268,6 +278,78 @@ pub async fn plan(
         archive_end,
         note,
     })
+}
+
+/// Where a restore point or transaction is in the archived WAL of `timeline`: the
+/// restore point's LSN, or the start of the earliest segment whose transactions' xid range
+/// holds the xid. `None` when some WAL has no summary and the target was not found in the
+/// rest; an error when every object is summarised and none holds it.
+async fn locate(
+    repo: &Repository,
+    seg: WalSegmentSize,
+    timeline: TimelineId,
+    target: &RecoveryTarget,
+) -> Result<Option<Lsn>, PlanError> {
+    let wal = ArchivedWal::list(repo, timeline, seg).await?;
+    let mut keys: Vec<(u64, String)> = wal
+        .complete
+        .iter()
+        .map(|&s| {
+            (
+                s,
+                layout::wal_segment_key(SegmentName::new(timeline, s), seg),
+            )
+        })
+        .collect();
+    if let Some((p, _, key)) = &wal.partial {
+        keys.push((*p, key.clone()));
+    }
+    let heads: Vec<(u64, Option<WalSummary>)> = futures::stream::iter(keys)
+        .map(|(segno, key)| async move {
+            let head = repo
+                .storage
+                .head(&key)
+                .await
+                .map_err(|source| RepoError::Storage { key, source })?;
+            Ok::<_, RepoError>((
+                segno,
+                head.and_then(|h| WalSummary::from_metadata(&h.metadata)),
+            ))
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let mut all_known = true;
+    for (segno, summary) in heads {
+        let Some(summary) = summary else {
+            all_known = false;
+            continue;
+        };
+        let found = match target {
+            RecoveryTarget::Name(n) => summary
+                .restore_points
+                .iter()
+                .find(|r| &r.name == n)
+                .map(|r| r.lsn),
+            RecoveryTarget::Xid(x) => {
+                let x = *x as u32; // the xid without its epoch, as WAL records carry it
+                match (summary.xid_min, summary.xid_max) {
+                    (Some(lo), Some(hi)) if lo <= x && x <= hi => {
+                        Some(SegmentName::new(timeline, segno).start_lsn(seg))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    if all_known {
+        return Err(PlanError::NotInArchive(target.clone()));
+    }
+    Ok(None)
 }
 
 /// Whether the archive (from segment `from` on) may hold a transaction that ended after
