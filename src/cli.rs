@@ -147,6 +147,9 @@ pub struct TargetOpts {
     /// Recover only until the backup is consistent
     #[arg(long)]
     pub target_immediate: bool,
+    /// Timeline to follow: latest, current or a number
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
 }
 
 #[derive(Debug, Args)]
@@ -156,9 +159,6 @@ pub struct RestoreArgs {
     pub pgdata: PathBuf,
     #[command(flatten)]
     pub target: TargetOpts,
-    /// Timeline to follow: latest, current or a number
-    #[arg(long, default_value = "latest")]
-    pub target_timeline: String,
     /// What PostgreSQL does at the target
     #[arg(long, value_enum, default_value_t = Action::Promote)]
     pub target_action: Action,

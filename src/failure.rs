@@ -98,7 +98,9 @@ fn code(err: &anyhow::Error) -> u8 {
                 | ArchiverError::Append(_)
                 | ArchiverError::WalRemoved { .. }
                 | ArchiverError::WalNotArchived { .. }
-                | ArchiverError::Tar(_) => REFUSED,
+                | ArchiverError::Tar(_)
+                | ArchiverError::DivergentTimeline { .. }
+                | ArchiverError::BadHistory { .. } => REFUSED,
                 ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
             };
         }

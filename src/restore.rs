@@ -51,7 +51,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let options = RestoreOptions {
         pgdata: std::path::absolute(&args.pgdata).context("--pgdata")?,
         target,
-        timeline: timeline(&args.target_timeline)?,
+        timeline: timeline(&args.target.target_timeline)?,
         action: match args.target_action {
             Action::Promote => TargetAction::Promote,
             Action::Pause => TargetAction::Pause,
@@ -99,7 +99,14 @@ pub async fn plan(
     let backup = backup.map(str::parse::<BackupId>).transpose()?;
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let seg = segment_size(&repo).await?;
-    let plan = tidemark_restorer::plan::plan(&repo, seg, &target, backup.as_ref()).await?;
+    let plan = tidemark_restorer::plan::plan(
+        &repo,
+        seg,
+        &target,
+        timeline(&opts.target_timeline)?,
+        backup.as_ref(),
+    )
+    .await?;
     if json {
         let value = serde_json::json!({
             "backup": plan.backup.id.to_string(),

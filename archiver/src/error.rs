@@ -43,6 +43,19 @@ pub enum ArchiverError {
         key: String,
         waited: std::time::Duration,
     },
+    /// The server's timeline history does not contain the archived timeline: it is
+    /// another cluster's history (or the archive's timeline was abandoned).
+    #[error("the server is on timeline {server}, whose history does not pass through timeline {archived} archived here; HINT: archive it into a new repository, or restore from this one first")]
+    DivergentTimeline {
+        archived: tidemark_protocol::TimelineId,
+        server: tidemark_protocol::TimelineId,
+    },
+    /// The server sent a history file that cannot be read.
+    #[error("the server's history file of timeline {timeline} is malformed: {reason}")]
+    BadHistory {
+        timeline: tidemark_protocol::TimelineId,
+        reason: String,
+    },
     /// A second signal arrived while uploads were still finishing.
     #[error("interrupted again while finishing uploads; {pending} segment(s) stay in the spool and are uploaded on the next start")]
     Interrupted { pending: usize },

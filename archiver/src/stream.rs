@@ -15,7 +15,7 @@ use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::{
     ReplicationClient, ReplicationError, ReplicationStream, StartOutcome, StreamMessage,
 };
-use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+use tidemark_protocol::{parse_history, Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::catalog::{Catalog, SegmentRecord};
 use tidemark_store::repository::{ArchivedObject, Repository};
 use tidemark_store::storage::Metadata;
@@ -191,6 +191,9 @@ impl Archiver {
             Err(ReplicationError::Unsupported { .. }) => None, // PostgreSQL 14
             Err(e) => return Err(e.into()),
         };
+        if let Some(start) = self.branch_point(cluster).await? {
+            return Ok(start);
+        }
         let timeline = self
             .catalog
             .newest_timeline()?
@@ -212,6 +215,48 @@ impl Archiver {
             timeline,
             SegmentName::new(timeline, segno).start_lsn(self.seg),
         ))
+    }
+
+    /// The server is on a newer timeline than the archive (it was promoted, or it is a
+    /// restored copy promoted): archive its history file, and when the archive already
+    /// holds the old timeline up to the segment where the new one branched off, start the
+    /// new timeline there (that segment of the new timeline carries the old one's part).
+    /// `None` when streaming must first finish the old timeline (the normal resume does,
+    /// following the switch), or when the server is on the archive's timeline.
+    async fn branch_point(
+        &self,
+        cluster: &mut Cluster,
+    ) -> Result<Option<(TimelineId, Lsn)>, ArchiverError> {
+        let server = cluster.system.timeline;
+        if server == TimelineId::FIRST {
+            return Ok(None);
+        }
+        // Every timeline above 1 has a history file; restores follow it.
+        let (_, content) = cluster.client.timeline_history(server).await?;
+        crate::uploads::with_retry("store timeline history", || {
+            self.repo.archive_history(server, &content)
+        })
+        .await?;
+        let Some(archived) = self.catalog.newest_timeline()?.filter(|t| *t < server) else {
+            return Ok(None);
+        };
+        let history = parse_history(&content).map_err(|e| ArchiverError::BadHistory {
+            timeline: server,
+            reason: e.to_string(),
+        })?;
+        let switch = history
+            .iter()
+            .find(|e| e.parent == archived)
+            .map(|e| e.switch_lsn)
+            .ok_or(ArchiverError::DivergentTimeline { archived, server })?;
+        let needed = switch.segment_start(self.seg);
+        let archived_end = self
+            .catalog
+            .first_missing(archived, None)?
+            .map(|s| SegmentName::new(archived, s).start_lsn(self.seg));
+        Ok(archived_end
+            .filter(|end| *end >= needed)
+            .map(|_| (server, needed)))
     }
 
     /// Stream, reconnecting with backoff after connection losses, until shutdown.

@@ -5,13 +5,15 @@ use std::collections::BTreeSet;
 
 use futures::{StreamExt, TryStreamExt};
 
-use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+use tidemark_protocol::{
+    parse_history, HistoryEntry, Lsn, SegmentName, TimelineId, WalSegmentSize,
+};
 use tidemark_store::backup::{BackupId, BackupInfo};
 use tidemark_store::layout;
 use tidemark_store::repository::{CompleteMarker, RepoError, Repository};
 use tidemark_store::wal_summary::WalSummary;
 
-use crate::target::RecoveryTarget;
+use crate::target::{RecoveryTarget, TimelineTarget};
 
 /// What a restore will do.
 #[derive(Debug, Clone)]
@@ -64,6 +66,15 @@ pub enum PlanError {
         target: RecoveryTarget,
         complete: String,
     },
+    #[error("timeline {0} has no history file in the repository; HINT: see `tidemark list wal` for the archived timelines")]
+    UnknownTimeline(TimelineId),
+    #[error("timeline {timeline} does not descend from backup {backup} after it became consistent; HINT: choose another backup or timeline")]
+    NotDescendant {
+        timeline: TimelineId,
+        backup: BackupId,
+    },
+    #[error("the history file of timeline {0} is damaged: {1}")]
+    BadHistory(TimelineId, String),
     #[error(transparent)]
     Repository(#[from] RepoError),
 }
@@ -153,6 +164,7 @@ pub async fn plan(
     repo: &Repository,
     seg: WalSegmentSize,
     target: &RecoveryTarget,
+    timeline_target: TimelineTarget,
     backup: Option<&BackupId>,
 ) -> Result<Plan, PlanError> {
     let backups = repo.backups().await?;
@@ -201,10 +213,8 @@ pub async fn plan(
             })?,
     };
 
-    let timeline = TimelineId(chosen.timeline);
-    let wal = ArchivedWal::list(repo, timeline, seg).await?;
-    let wal_first = SegmentName::containing(timeline, chosen.start_lsn, seg);
-    let (archive_end, gap) = wal.unbroken_from(wal_first.segno, seg);
+    let (timeline, wal, wal_first, archive_end, gap) =
+        follow_timelines(repo, seg, &chosen, timeline_target).await?;
     // The WAL recovery must have: through the target's LSN when it has one, else all of it.
     let needed_end = match target {
         RecoveryTarget::Lsn(l) => *l,
@@ -212,13 +222,14 @@ pub async fn plan(
         _ => archive_end,
     };
     let covered = needed_end.max(chosen.stop_lsn);
+    let gap_error = |missing: SegmentName| PlanError::Gap {
+        missing: missing.file_name(seg),
+        backup: chosen.id.clone(),
+        target: target.clone(),
+    };
     if covered > archive_end {
         return Err(match gap {
-            Some(missing) => PlanError::Gap {
-                missing: SegmentName::new(timeline, missing).file_name(seg),
-                backup: chosen.id.clone(),
-                target: target.clone(),
-            },
+            Some(missing) => gap_error(missing),
             None => PlanError::BeyondArchive {
                 target: target.clone(),
                 archive_end,
@@ -227,16 +238,17 @@ pub async fn plan(
     }
     if let (Some(missing), RecoveryTarget::Latest | RecoveryTarget::Time(_)) = (gap, target) {
         // Recovery would stop at the gap, short of what was asked.
-        return Err(PlanError::Gap {
-            missing: SegmentName::new(timeline, missing).file_name(seg),
-            backup: chosen.id.clone(),
-            target: target.clone(),
-        });
+        return Err(gap_error(missing));
     }
     let mut resolved = target.clone();
     let mut note = None;
     if let RecoveryTarget::Time(t) = target {
-        if !xact_after(repo, &wal, timeline, seg, wal_first.segno, t).await? {
+        let from = if wal_first.timeline == timeline {
+            wal_first.segno
+        } else {
+            0
+        };
+        if !xact_after(repo, &wal, timeline, seg, from, t).await? {
             // PostgreSQL stops on a time only at a transaction that ended after it; with
             // none in the archive, the end of the archive is the same database — if the
             // archive provably held everything written up to the target time.
@@ -278,6 +290,115 @@ pub async fn plan(
         archive_end,
         note,
     })
+}
+
+/// The timeline recovery ends on: the backup's own (`current`), the one asked for, or
+/// (`latest`) the highest timeline in the repository whose history descends from it.
+async fn final_timeline(
+    repo: &Repository,
+    backup: &BackupInfo,
+    wanted: TimelineTarget,
+) -> Result<(TimelineId, Vec<HistoryEntry>), PlanError> {
+    let own = TimelineId(backup.timeline);
+    let candidates: Vec<TimelineId> = match wanted {
+        TimelineTarget::Current => return Ok((own, Vec::new())),
+        TimelineTarget::Id(t) if t == own => return Ok((own, Vec::new())),
+        TimelineTarget::Id(t) => vec![t],
+        TimelineTarget::Latest => {
+            let listing = repo
+                .storage
+                .list(layout::WAL_PREFIX)
+                .await
+                .map_err(|source| RepoError::Storage {
+                    key: layout::WAL_PREFIX.to_string(),
+                    source,
+                })?;
+            let mut tlis: Vec<TimelineId> = listing
+                .iter()
+                .filter_map(|o| {
+                    o.key
+                        .strip_prefix(layout::WAL_PREFIX)?
+                        .strip_suffix(".history")
+                })
+                .filter_map(|t| TimelineId::from_hex(t).ok())
+                .filter(|t| *t > own)
+                .collect();
+            tlis.sort();
+            tlis.reverse();
+            tlis
+        }
+    };
+    for tli in candidates {
+        let bytes = match repo.history(tli).await? {
+            Some(bytes) => bytes,
+            None if wanted == TimelineTarget::Latest => continue,
+            None => return Err(PlanError::UnknownTimeline(tli)),
+        };
+        let history =
+            parse_history(&bytes).map_err(|e| PlanError::BadHistory(tli, e.to_string()))?;
+        // It must branch from the backup's timeline after the backup became consistent.
+        match history.iter().find(|e| e.parent == own) {
+            Some(e) if e.switch_lsn >= backup.stop_lsn => return Ok((tli, history)),
+            _ if wanted == TimelineTarget::Latest => continue,
+            _ => {
+                return Err(PlanError::NotDescendant {
+                    timeline: tli,
+                    backup: backup.id.clone(),
+                })
+            }
+        }
+    }
+    Ok((own, Vec::new()))
+}
+
+/// Walk the archived WAL from the backup's start along the timelines recovery follows:
+/// each timeline up to the segment where the next one branches off (that segment itself
+/// comes from the new timeline, which holds a copy of the old one's part), then the final
+/// timeline to its end. Returns the final timeline, its WAL, the first segment, where the
+/// unbroken WAL ends, and the first missing segment if the WAL stops short.
+async fn follow_timelines(
+    repo: &Repository,
+    seg: WalSegmentSize,
+    backup: &BackupInfo,
+    wanted: TimelineTarget,
+) -> Result<
+    (
+        TimelineId,
+        ArchivedWal,
+        SegmentName,
+        Lsn,
+        Option<SegmentName>,
+    ),
+    PlanError,
+> {
+    let (last, history) = final_timeline(repo, backup, wanted).await?;
+    let own = TimelineId(backup.timeline);
+    let first = SegmentName::containing(own, backup.start_lsn, seg);
+    // Each timeline before the last, with the LSN where the next one branches off.
+    let branches = history
+        .iter()
+        .filter(|e| e.parent >= own)
+        .map(|e| (e.parent, e.switch_lsn));
+    let mut pos = backup.start_lsn;
+    for (tli, switch) in branches {
+        let wal = ArchivedWal::list(repo, tli, seg).await?;
+        let (end, _) = wal.unbroken_from(pos.segment_number(seg), seg);
+        let needed = switch.segment_start(seg);
+        if end < needed {
+            let missing = SegmentName::containing(tli, end, seg);
+            return Ok((tli, wal, first, end, Some(missing)));
+        }
+        pos = needed;
+    }
+    let wal = ArchivedWal::list(repo, last, seg).await?;
+    let (end, gap) = wal.unbroken_from(pos.segment_number(seg), seg);
+    Ok((
+        last,
+        wal,
+        first,
+        end,
+        gap.map(|g| SegmentName::new(last, g)),
+    ))
 }
 
 /// Where a restore point or transaction is in the archived WAL of `timeline`: the

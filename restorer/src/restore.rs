@@ -105,7 +105,14 @@ pub async fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     let seg = segment_size(&repo).await?;
-    let plan = plan(&repo, seg, &opts.target, opts.backup.as_ref()).await?;
+    let plan = plan(
+        &repo,
+        seg,
+        &opts.target,
+        opts.timeline,
+        opts.backup.as_ref(),
+    )
+    .await?;
     // Refuse before writing anything anywhere.
     for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
         if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {

@@ -459,6 +459,18 @@ impl Repository {
             })
     }
 
+    /// The history file of `timeline`, if archived (verified against its CRC-32).
+    pub async fn history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, RepoError> {
+        match self.read_document(&layout::history_key(timeline)).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(RepoError::Storage {
+                source: StorageError::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every complete backup (those with a `backup.json`), oldest first.
     pub async fn backups(&self) -> Result<Vec<BackupInfo>, RepoError> {
         let listing = self

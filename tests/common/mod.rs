@@ -206,6 +206,13 @@ impl Archiver {
         cmd
     }
 
+    /// Archive another cluster from now on (a promoted copy of the first: same system
+    /// identifier), keeping this archiver's catalog and spool.
+    pub fn follow(&mut self, cluster: &Cluster) {
+        assert!(self.child.is_none(), "stop the archiver first");
+        self.conninfo = cluster.conninfo();
+    }
+
     /// `tidemark init`, which must succeed.
     pub fn init(&self) {
         let out = run(self.command(&["init"]));
