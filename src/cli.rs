@@ -178,6 +178,20 @@ pub struct RestoreArgs {
     /// Chunks fetched and unpacked at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+    /// Start PostgreSQL on the restored directory, wait until recovery reaches the
+    /// target, and report where it stopped (the server keeps running)
+    #[arg(long)]
+    pub start: bool,
+    /// Directory of the PostgreSQL binaries for --start [default:
+    /// /usr/lib/postgresql/<major>/bin, else `postgres` on PATH]
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// Port for --start [default: a free one]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Seconds --start waits for recovery
+    #[arg(long, default_value_t = 3600)]
+    pub start_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -13,6 +13,7 @@ use tidemark_protocol::conninfo::ConnInfoError;
 use tidemark_protocol::replication::ReplicationError;
 use tidemark_restorer::plan::PlanError;
 use tidemark_restorer::restore::RestoreError;
+use tidemark_restorer::start::StartError;
 use tidemark_restorer::target::TargetError;
 use tidemark_restorer::unpack::UnpackError;
 use tidemark_store::backup::BadBackupId;
@@ -128,6 +129,9 @@ fn code(err: &anyhow::Error) -> u8 {
                 RestoreError::Unpack(_) | RestoreError::Io { .. } => LOCAL,
                 RestoreError::Task(_) => INTERNAL,
             };
+        }
+        if cause.is::<StartError>() {
+            return LOCAL;
         }
         if let Some(e) = cause.downcast_ref::<PlanError>() {
             return match e {

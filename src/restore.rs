@@ -4,6 +4,7 @@ use anyhow::Context;
 use tidemark_protocol::TimelineId;
 use tidemark_restorer::plan::Plan;
 use tidemark_restorer::restore::{segment_size, RestoreOptions};
+use tidemark_restorer::start::{start_and_wait, StartOptions};
 use tidemark_restorer::target::{RecoveryTarget, TargetAction, TargetArgs, TimelineTarget};
 use tidemark_store::backup::BackupId;
 use tidemark_store::repository::Repository;
@@ -69,7 +70,9 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         tablespace_root: args.tablespace_dir.clone(),
     };
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let started = std::time::Instant::now();
     let report = tidemark_restorer::restore::restore(repo, &options).await?;
+    let prepared = started.elapsed();
     print_plan(&report.plan);
     println!(
         "restored {} chunks ({:.1} MB) into {} in {:.1} s",
@@ -81,11 +84,69 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     for (oid, dir) in &report.tablespaces {
         println!("tablespace {oid} restored into {}", dir.display());
     }
+    if !args.start {
+        println!(
+            "recovery settings written; start PostgreSQL on {} to recover",
+            options.pgdata.display()
+        );
+        return Ok(());
+    }
+    let major = report.plan.backup.pg_major;
+    let start = StartOptions {
+        bindir: match &args.pg_bin {
+            Some(dir) => dir.clone(),
+            None => default_bindir(major),
+        },
+        port: match args.port {
+            Some(p) => p,
+            None => free_port().context("cannot find a free port for --start; pass --port")?,
+        },
+        timeout: std::time::Duration::from_secs(args.start_timeout),
+    };
+    let (pgdata, action, port) = (options.pgdata.clone(), options.action, start.port);
+    let recovering = std::time::Instant::now();
+    let restored =
+        tokio::task::spawn_blocking(move || start_and_wait(&pgdata, major, &start, action))
+            .await
+            .context("the --start task failed")??;
     println!(
-        "recovery settings written; start PostgreSQL on {} to recover",
-        options.pgdata.display()
+        "PostgreSQL {major} on port {port} (pid {}): {}",
+        restored.pid, restored.state
+    );
+    if let Some(stop) = &restored.stop {
+        println!("restored point: {stop}");
+    }
+    if let Some(t) = &restored.last_transaction {
+        println!("last transaction replayed: {t}");
+    }
+    if let Some(tli) = &restored.new_timeline {
+        println!("continues on timeline {tli}");
+    }
+    println!(
+        "timings: plan and fetch {:.1} s (of which fetch and unpack {:.1} s), recovery {:.1} s; server log {}",
+        prepared.as_secs_f64(),
+        report.fetch_time.as_secs_f64(),
+        recovering.elapsed().as_secs_f64(),
+        restored.log.display()
     );
     Ok(())
+}
+
+/// Debian's layout for `major`, else whatever `postgres` is on PATH.
+fn default_bindir(major: u32) -> std::path::PathBuf {
+    let debian = std::path::PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("postgres").exists() {
+        return debian;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).find(|d| d.join("postgres").exists()))
+        .unwrap_or(debian)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 pub async fn plan(

@@ -393,3 +393,73 @@ fn a_time_after_the_last_commit_on_an_idle_database_restores() {
         stderr(&out)
     );
 }
+
+#[test]
+fn restore_start_recovers_to_the_target_and_reports_where_it_stopped() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE events(id int, burst int)")
+        .unwrap();
+    burst(&cluster, 1);
+    backup(&archiver);
+    let b2 = burst(&cluster, 2);
+    burst(&cluster, 3);
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0);
+    share_with_postgres(&archiver.repo_dir_for_postgres());
+
+    let dir = tidemark_fixtures::test_dir("start");
+    let data = dir.path().join("data");
+    let port = tidemark_fixtures::free_port().to_string();
+    let out = run(archiver.command(&[
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target-lsn",
+        &b2.to_string(),
+        "--start",
+        "--port",
+        &port,
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    let pid: i32 = stdout
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout}"));
+    let count = std::process::Command::new(cluster.bin().tool("psql"))
+        .args(["-XAtq", "-h", "127.0.0.1", "-U", "postgres", "-p", &port, "-d", "postgres", "-c"])
+        .arg("SELECT string_agg(burst || ':' || n, ',' ORDER BY burst) FROM (SELECT burst, count(*) n FROM events GROUP BY burst) s")
+        .output()
+        .unwrap();
+    // SAFETY: signalling the server this test started.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        "1:300,2:300",
+        "{stdout}"
+    );
+    assert!(stdout.contains("promoted"), "{stdout}");
+    assert!(
+        stdout.contains("restored point: recovery stopping after"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("continues on timeline 2"), "{stdout}");
+    assert!(stdout.contains("timings: plan and fetch"), "{stdout}");
+    wait_for(
+        "the restored server to stop",
+        Duration::from_secs(30),
+        || {
+            // SAFETY: probing whether the pid still exists.
+            (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+        },
+    );
+}

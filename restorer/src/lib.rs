@@ -8,6 +8,7 @@ pub mod plan;
 pub mod prefetch;
 pub mod recovery_conf;
 pub mod restore;
+pub mod start;
 pub mod target;
 pub mod unpack;
 pub mod wal_fetch;
