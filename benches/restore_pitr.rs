@@ -45,6 +45,8 @@ fn sh(cmd: &mut Command) -> Result<()> {
 
 /// Start `postgres` on `data` as the postgres user and wait for the end of recovery.
 fn recover(bindir: &Path, data: &Path, port: u16) -> Result<(Duration, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(data, fs::Permissions::from_mode(0o700))?;
     sh(Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(data))?;
