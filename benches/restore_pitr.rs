@@ -231,7 +231,7 @@ fn main() -> Result<()> {
             .ok()
     };
     let fetch_b = figure("(of which fetch and unpack").unwrap_or(f64::NAN);
-    let replay_b = figure("recovery").unwrap_or(f64::NAN);
+    let replay_b = figure("s), recovery").unwrap_or(f64::NAN);
     if let Some(pid) = stdout
         .split("(pid ")
         .nth(1)
