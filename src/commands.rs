@@ -257,6 +257,8 @@ fn list_wal(cli: &Cli, json: bool) -> anyhow::Result<()> {
                     "crc32": format!("{:08x}", s.crc32),
                     "key": s.key,
                     "archived_at": s.archived_at.to_rfc3339(),
+                    "first_xact_time": s.summary.as_ref().and_then(|w| w.first_xact).map(|t| t.to_rfc3339()),
+                    "last_xact_time": s.summary.as_ref().and_then(|w| w.last_xact).map(|t| t.to_rfc3339()),
                 })
             })
             .collect();

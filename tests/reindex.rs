@@ -44,6 +44,11 @@ fn reindex_restores_the_catalog(repo: Repo) {
         before.iter().any(|r| r["partial"] == true),
         "the test wants a partial segment too"
     );
+    // What the WAL holds (transaction times) is indexed too, and comes back.
+    assert!(
+        before.iter().any(|r| !r["last_xact_time"].is_null()),
+        "no segment has a transaction time: {before:#?}"
+    );
 
     for suffix in ["", "-wal", "-shm"] {
         let mut path = archiver.catalog.clone().into_os_string();

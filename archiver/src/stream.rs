@@ -19,6 +19,7 @@ use tidemark_protocol::{parse_history, Lsn, SegmentName, TimelineId, WalSegmentS
 use tidemark_store::catalog::{Catalog, SegmentRecord};
 use tidemark_store::repository::{ArchivedObject, Repository};
 use tidemark_store::storage::Metadata;
+use tidemark_store::wal_summary::WalSummary;
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
@@ -498,10 +499,14 @@ impl Archiver {
     /// Record a finished job. Returns true when the acknowledged position moved.
     fn finished(&mut self, done: Done) -> Result<bool, ArchiverError> {
         match done {
-            Done::Segment { segment, object } => {
+            Done::Segment {
+                segment,
+                object,
+                meta,
+            } => {
                 let start = segment.name.start_lsn(self.seg);
                 let end = segment.name.end_lsn(self.seg);
-                self.record(segment.name, false, start, end, &object)?;
+                self.record(segment.name, false, start, end, &object, &meta)?;
                 Spool::remove(&segment)?;
                 self.remove_stale_partials(segment.name)?;
                 Ok(self.acks.stored(start, end))
@@ -510,6 +515,7 @@ impl Archiver {
                 name,
                 end_lsn,
                 object,
+                meta,
             } => {
                 self.partial_running = false;
                 let seg_start = name.start_lsn(self.seg);
@@ -518,7 +524,7 @@ impl Archiver {
                 {
                     self.partial_stored = Some((seg_start, end_lsn));
                 }
-                self.record(name, true, seg_start, end_lsn, &object)?;
+                self.record(name, true, seg_start, end_lsn, &object, &meta)?;
                 self.remove_stale_partials(name)?;
                 Ok(false)
             }
@@ -537,6 +543,7 @@ impl Archiver {
         start_lsn: Lsn,
         end_lsn: Lsn,
         object: &ArchivedObject,
+        meta: &Metadata,
     ) -> Result<(), ArchiverError> {
         tracing::debug!(key = %object.key, partial, %end_lsn, "archived");
         self.catalog.record_segment(&SegmentRecord {
@@ -549,6 +556,7 @@ impl Archiver {
             crc32: object.sealed.crc32,
             key: object.key.clone(),
             archived_at: Utc::now(),
+            summary: WalSummary::from_metadata(meta),
         })?;
         Ok(())
     }

@@ -22,11 +22,14 @@ pub enum Done {
     Segment {
         segment: SpooledSegment,
         object: ArchivedObject,
+        /// The metadata stored with it (its WAL summary, if any).
+        meta: Metadata,
     },
     Partial {
         name: SegmentName,
         end_lsn: Lsn,
         object: ArchivedObject,
+        meta: Metadata,
     },
     Removed {
         name: SegmentName,
@@ -68,7 +71,11 @@ impl Uploads {
                 repo.archive_segment(segment.name, seg, &segment.path, level, meta.clone())
             })
             .await?;
-            Ok(Done::Segment { segment, object })
+            Ok(Done::Segment {
+                segment,
+                object,
+                meta,
+            })
         });
     }
 
@@ -94,6 +101,7 @@ impl Uploads {
                 name: snapshot.name,
                 end_lsn,
                 object,
+                meta,
             })
         });
     }

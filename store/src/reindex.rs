@@ -10,6 +10,7 @@ use crate::layout::{self, WAL_PREFIX};
 use crate::meta;
 use crate::repository::{RepoError, Repository};
 use crate::storage::ObjectInfo;
+use crate::wal_summary::WalSummary;
 
 /// Metadata lookups running at once.
 const PARALLEL_HEADS: usize = 16;
@@ -112,6 +113,7 @@ async fn record(
         stored_size: head.info.size,
         crc32,
         key: info.key,
+        summary: WalSummary::from_metadata(m),
         archived_at: head
             .info
             .last_modified

@@ -26,6 +26,16 @@ const MIGRATIONS: &[&str] = &[
         archived_at  TEXT NOT NULL,
         PRIMARY KEY (timeline, segno, partial)
     );",
+    // 2: what each WAL object holds, for restore planning (from its WAL summary).
+    "ALTER TABLE segments ADD COLUMN first_xact_time TEXT;
+    ALTER TABLE segments ADD COLUMN last_xact_time TEXT;
+    CREATE TABLE restore_points (
+        timeline INTEGER NOT NULL,
+        lsn      INTEGER NOT NULL,
+        name     TEXT NOT NULL,
+        time     TEXT NOT NULL,
+        PRIMARY KEY (timeline, lsn)
+    );",
 ];
 
 /// Bring `conn` to the newest schema, one transaction per step.

@@ -5,6 +5,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId};
 
 use super::{Catalog, CatalogError};
+use crate::wal_summary::{RestorePoint, WalSummary};
 
 /// One archived WAL object, complete or partial.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +22,11 @@ pub struct SegmentRecord {
     /// Repository key of the object.
     pub key: String,
     pub archived_at: DateTime<Utc>,
+    /// What the WAL holds, when it was summarised (see `wal_summary`).
+    pub summary: Option<WalSummary>,
 }
 
-const COLUMNS: &str =
-    "timeline, segno, partial, start_lsn, end_lsn, raw_size, stored_size, crc32, key, archived_at";
+const COLUMNS: &str = "timeline, segno, partial, start_lsn, end_lsn, raw_size, stored_size, crc32, key, archived_at, first_xact_time, last_xact_time";
 
 /// LSNs and sizes are stored as SQLite's signed 64-bit integers, bit for bit.
 fn to_i64(v: u64) -> i64 {
@@ -52,6 +54,22 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<SegmentRecord, CatalogErro
         crc32: row.get::<_, i64>(7)? as u32,
         key: row.get(8)?,
         archived_at,
+        // Restore points live in their own table; the times are what listings show.
+        summary: match (
+            row.get::<_, Option<String>>(10)?,
+            row.get::<_, Option<String>>(11)?,
+        ) {
+            (Some(a), Some(b)) => Some(WalSummary {
+                first_xact: DateTime::parse_from_rfc3339(&a)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
+                last_xact: DateTime::parse_from_rfc3339(&b)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
+                ..WalSummary::default()
+            }),
+            _ => None,
+        },
     }))
 }
 
@@ -59,7 +77,7 @@ fn insert(conn: &rusqlite::Connection, rec: &SegmentRecord) -> Result<(), Catalo
     let tli = i64::from(rec.name.timeline.0);
     let segno = to_i64(rec.name.segno);
     conn.execute(
-        &format!("INSERT OR REPLACE INTO segments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+        &format!("INSERT OR REPLACE INTO segments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
         params![
             tli,
             segno,
@@ -71,8 +89,16 @@ fn insert(conn: &rusqlite::Connection, rec: &SegmentRecord) -> Result<(), Catalo
             i64::from(rec.crc32),
             rec.key,
             rec.archived_at.to_rfc3339(),
+            rec.summary.as_ref().and_then(|s| s.first_xact).map(|t| t.to_rfc3339()),
+            rec.summary.as_ref().and_then(|s| s.last_xact).map(|t| t.to_rfc3339()),
         ],
     )?;
+    for rp in rec.summary.iter().flat_map(|s| &s.restore_points) {
+        conn.execute(
+            "INSERT OR REPLACE INTO restore_points (timeline, lsn, name, time) VALUES (?1, ?2, ?3, ?4)",
+            params![tli, to_i64(rp.lsn.0), rp.name, rp.time.to_rfc3339()],
+        )?;
+    }
     if !rec.partial {
         conn.execute(
             "DELETE FROM segments WHERE timeline = ?1 AND segno = ?2 AND partial = 1",
@@ -96,11 +122,45 @@ impl Catalog {
     pub fn replace_segments(&self, records: &[SegmentRecord]) -> Result<(), CatalogError> {
         let tx = self.conn().unchecked_transaction()?;
         tx.execute("DELETE FROM segments", [])?;
+        tx.execute("DELETE FROM restore_points", [])?;
         for rec in records {
             insert(&tx, rec)?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every restore point found in the archived WAL, by timeline and LSN.
+    pub fn restore_points(&self) -> Result<Vec<(TimelineId, RestorePoint)>, CatalogError> {
+        let mut stmt = self.conn().prepare(
+            "SELECT timeline, lsn, name, time FROM restore_points ORDER BY timeline, lsn",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (tli, lsn, name, time) = row?;
+            let time = DateTime::parse_from_rfc3339(&time)
+                .map_err(|_| CatalogError::Invalid(format!("time {time:?}")))?
+                .with_timezone(&Utc);
+            let tli =
+                u32::try_from(tli).map_err(|_| CatalogError::Invalid(format!("timeline {tli}")))?;
+            out.push((
+                TimelineId(tli),
+                RestorePoint {
+                    lsn: Lsn(lsn as u64),
+                    name,
+                    time,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// Forget a partial row (its object was removed from the repository).
@@ -231,6 +291,7 @@ mod tests {
             crc32: 0xDEAD_BEEF,
             key: format!("wal/{tli}/{segno}{}", if partial { ".partial" } else { "" }),
             archived_at: Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap(),
+            summary: None,
         }
     }
 
@@ -289,5 +350,33 @@ mod tests {
         // Without it: the end of the newest unbroken run.
         assert_eq!(cat.first_missing(t, None).unwrap(), Some(9));
         assert_eq!(cat.first_missing(TimelineId(2), None).unwrap(), None);
+    }
+
+    #[test]
+    fn summaries_and_restore_points_are_indexed() {
+        let (_d, cat) = catalog();
+        let t = Utc.with_ymd_and_hms(2026, 11, 21, 9, 30, 0).unwrap();
+        let mut summary = WalSummary::default();
+        summary.xact(700, t);
+        summary.restore_points.push(RestorePoint {
+            lsn: Lsn(0x300_0028),
+            name: "before".into(),
+            time: t,
+        });
+        let mut r = rec(1, 3, false, 1 << 24);
+        r.summary = Some(summary);
+        cat.record_segment(&r).unwrap();
+        let got = cat.segments().unwrap().pop().unwrap().summary.unwrap();
+        assert_eq!((got.first_xact, got.last_xact), (Some(t), Some(t)));
+        let rps = cat.restore_points().unwrap();
+        assert_eq!(rps.len(), 1);
+        assert_eq!(
+            (rps[0].0, rps[0].1.name.as_str()),
+            (TimelineId(1), "before")
+        );
+        // reindex replaces them with what the repository says.
+        cat.replace_segments(&[rec(1, 3, false, 1 << 24)]).unwrap();
+        assert!(cat.restore_points().unwrap().is_empty());
+        assert_eq!(cat.segments().unwrap()[0].summary, None);
     }
 }
