@@ -10,15 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_fixtures::Cluster;
 use tidemark_protocol::WalSegmentSize;
-
-fn one_mb() -> ClusterOptions {
-    ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    }
-}
 
 fn sh(cmd: &mut Command) {
     let out = cmd.output().expect("run");

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_fixtures::Cluster;
 use tidemark_protocol::WalSegmentSize;
 
 fn listing(archiver: &Archiver) -> Vec<serde_json::Value> {
@@ -21,11 +21,7 @@ fn listing(archiver: &Archiver) -> Vec<serde_json::Value> {
 }
 
 fn reindex_restores_the_catalog(repo: Repo) {
-    let cluster = Cluster::start(ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
+    let cluster = Cluster::start(one_mb()).expect("cluster");
     let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
     archiver.init();
     archiver.start();
@@ -50,11 +46,7 @@ fn reindex_restores_the_catalog(repo: Repo) {
         "no segment has a transaction time: {before:#?}"
     );
 
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = archiver.catalog.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(path);
-    }
+    delete_catalog(&archiver);
     let out = run(archiver.command(&["reindex"]));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(listing(&archiver), before);

@@ -50,11 +50,7 @@ fn different_bytes_under_an_archived_name_are_refused_and_kept() {
     use tidemark_protocol::{SegmentName, TimelineId, WalSegmentSize};
     use tidemark_store::layout::wal_segment_key;
 
-    let cluster = Cluster::start(ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
+    let cluster = Cluster::start(one_mb()).expect("cluster");
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     let repo = Repo::file();
     let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);

@@ -11,13 +11,6 @@ use common::*;
 use tidemark_fixtures::{Cluster, ClusterOptions};
 use tidemark_protocol::{Lsn, WalSegmentSize};
 
-fn one_mb() -> ClusterOptions {
-    ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    }
-}
-
 /// Commit burst `n`: three transactions of rows tagged `n`; returns the WAL position
 /// after its last commit.
 fn burst(cluster: &Cluster, n: u32) -> Lsn {
@@ -131,11 +124,7 @@ fn restores_to_lsn_targets_latest_and_immediate_with_exactly_the_right_rows() {
     assert_eq!(archiver.terminate(), 0);
 
     // Restores need no catalog: lose it (the archiver's host is gone).
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = archiver.catalog.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(path);
-    }
+    delete_catalog(&archiver);
 
     // The plan names the backup it would use.
     let out = run(archiver.command(&["plan", "--target-lsn", &b2.to_string(), "--json"]));

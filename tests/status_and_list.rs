@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_fixtures::Cluster;
 use tidemark_protocol::{Lsn, WalSegmentSize};
 
 fn json(out: std::process::Output) -> serde_json::Value {
@@ -16,11 +16,7 @@ fn json(out: std::process::Output) -> serde_json::Value {
 
 #[test]
 fn status_reports_lag_and_list_shows_every_archived_segment() {
-    let cluster = Cluster::start(ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
+    let cluster = Cluster::start(one_mb()).expect("cluster");
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     let repo = Repo::file();
     let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);

@@ -9,18 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_fixtures::Cluster;
 use tidemark_protocol::WalSegmentSize;
 
 #[test]
 fn kill_9_and_restart_loses_nothing_and_the_slot_never_runs_ahead() {
-    let cluster = Arc::new(
-        Cluster::start(ClusterOptions {
-            wal_segsize_mb: 1,
-            ..ClusterOptions::default()
-        })
-        .expect("cluster"),
-    );
+    let cluster = Arc::new(Cluster::start(one_mb()).expect("cluster"));
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     hold_wal(&cluster);
     let repo = Repo::s3("crash");
@@ -102,11 +96,7 @@ fn kill_9_and_restart_loses_nothing_and_the_slot_never_runs_ahead() {
 
 #[test]
 fn a_postgres_restart_mid_stream_is_followed_without_a_gap() {
-    let mut cluster = Cluster::start(ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
+    let mut cluster = Cluster::start(one_mb()).expect("cluster");
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     hold_wal(&cluster);
     let repo = Repo::file();

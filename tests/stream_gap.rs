@@ -7,16 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_fixtures::Cluster;
 use tidemark_protocol::WalSegmentSize;
 
 #[test]
 fn wal_removed_by_the_server_stops_streaming_with_a_clear_error() {
-    let cluster = Cluster::start(ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
+    let cluster = Cluster::start(one_mb()).expect("cluster");
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     let repo = Repo::file();
     let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);

@@ -6,16 +6,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions, OutageProxy};
+use tidemark_fixtures::{Cluster, OutageProxy};
 use tidemark_protocol::WalSegmentSize;
 
 #[test]
 fn an_s3_outage_delays_archiving_but_loses_nothing() {
-    let cluster = Cluster::start(ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
+    let cluster = Cluster::start(one_mb()).expect("cluster");
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     hold_wal(&cluster);
     let s3 = tidemark_fixtures::s3().expect("S3 test server");

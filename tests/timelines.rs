@@ -7,15 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_fixtures::Cluster;
 use tidemark_protocol::WalSegmentSize;
-
-fn one_mb() -> ClusterOptions {
-    ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    }
-}
 
 fn rows(cluster: &Cluster, burst: u32) {
     cluster

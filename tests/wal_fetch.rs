@@ -9,20 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, ClusterOptions, OutageProxy};
+use tidemark_fixtures::{Cluster, OutageProxy};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 const SEG: u64 = 1 << 20;
 
 fn seg() -> WalSegmentSize {
     WalSegmentSize::new(SEG).unwrap()
-}
-
-fn one_mb() -> ClusterOptions {
-    ClusterOptions {
-        wal_segsize_mb: 1,
-        ..ClusterOptions::default()
-    }
 }
 
 /// `tidemark --repo URL wal-fetch FILE DEST ARGS…` run in `cwd` (a data directory).

@@ -408,16 +408,7 @@ async fn wait_for_wal(
     let key = layout::wal_segment_key(last, seg);
     let deadline = Instant::now() + patience;
     loop {
-        if repo
-            .storage
-            .head(&key)
-            .await
-            .map_err(|source| tidemark_store::repository::RepoError::Storage {
-                key: key.clone(),
-                source,
-            })?
-            .is_some()
-        {
+        if repo.head(&key).await?.is_some() {
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -93,14 +93,7 @@ impl ArchivedWal {
         seg: WalSegmentSize,
     ) -> Result<Self, RepoError> {
         let prefix = layout::wal_timeline_prefix(timeline);
-        let listing = repo
-            .storage
-            .list(&prefix)
-            .await
-            .map_err(|source| RepoError::Storage {
-                key: prefix.clone(),
-                source,
-            })?;
+        let listing = repo.list(&prefix).await?;
         let mut complete = BTreeSet::new();
         let mut partial_segnos = Vec::new();
         for info in listing {
@@ -120,14 +113,7 @@ impl ArchivedWal {
             .filter(|(n, _)| top.is_none_or(|t| n.segno > t))
             .max_by_key(|(n, _)| n.segno)
         {
-            let head = repo
-                .storage
-                .head(&key)
-                .await
-                .map_err(|source| RepoError::Storage {
-                    key: key.clone(),
-                    source,
-                })?;
+            let head = repo.head(&key).await?;
             let end = head
                 .and_then(|h| h.metadata.get(tidemark_store::meta::END_LSN).cloned())
                 .and_then(|v| v.parse::<Lsn>().ok());
@@ -305,14 +291,7 @@ async fn final_timeline(
         TimelineTarget::Id(t) if t == own => return Ok((own, Vec::new())),
         TimelineTarget::Id(t) => vec![t],
         TimelineTarget::Latest => {
-            let listing = repo
-                .storage
-                .list(layout::WAL_PREFIX)
-                .await
-                .map_err(|source| RepoError::Storage {
-                    key: layout::WAL_PREFIX.to_string(),
-                    source,
-                })?;
+            let listing = repo.list(layout::WAL_PREFIX).await?;
             let mut tlis: Vec<TimelineId> = listing
                 .iter()
                 .filter_map(|o| {
@@ -427,11 +406,7 @@ async fn locate(
     }
     let heads: Vec<(u64, Option<WalSummary>)> = futures::stream::iter(keys)
         .map(|(segno, key)| async move {
-            let head = repo
-                .storage
-                .head(&key)
-                .await
-                .map_err(|source| RepoError::Storage { key, source })?;
+            let head = repo.head(&key).await?;
             Ok::<_, RepoError>((
                 segno,
                 head.and_then(|h| WalSummary::from_metadata(&h.metadata)),
@@ -496,14 +471,7 @@ async fn xact_after(
             .map(|&s| layout::wal_segment_key(SegmentName::new(timeline, s), seg)),
     );
     for key in keys {
-        let head = repo
-            .storage
-            .head(&key)
-            .await
-            .map_err(|source| RepoError::Storage {
-                key: key.clone(),
-                source,
-            })?;
+        let head = repo.head(&key).await?;
         let Some(summary) = head.and_then(|h| WalSummary::from_metadata(&h.metadata)) else {
             return Ok(true);
         };

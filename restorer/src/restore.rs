@@ -159,7 +159,7 @@ pub async fn restore(
 }
 
 /// `<pgdata><suffix>`, beside the data directory.
-fn sibling(pgdata: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(pgdata: &Path, suffix: &str) -> PathBuf {
     let mut name = pgdata.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

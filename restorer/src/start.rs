@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::restore::sibling;
 use crate::target::TargetAction;
 
 /// How to run the restored cluster.
@@ -188,12 +189,6 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 #[cfg(test)]

@@ -38,14 +38,7 @@ pub async fn reindex_wal(
     catalog: &Catalog,
     seg: WalSegmentSize,
 ) -> Result<ReindexSummary, ReindexError> {
-    let listing = repo
-        .storage
-        .list(WAL_PREFIX)
-        .await
-        .map_err(|source| RepoError::Storage {
-            key: WAL_PREFIX.to_string(),
-            source,
-        })?;
+    let listing = repo.list(WAL_PREFIX).await?;
     let mut summary = ReindexSummary::default();
     let mut wal = Vec::new();
     for info in listing {
@@ -86,16 +79,9 @@ async fn record(
     info: ObjectInfo,
     seg: WalSegmentSize,
 ) -> Result<Result<SegmentRecord, String>, RepoError> {
-    let head = match repo.storage.head(&info.key).await {
-        Ok(Some(head)) => head,
-        // Removed since the listing (a superseded partial): not part of the archive.
-        Ok(None) => return Ok(Err(info.key)),
-        Err(source) => {
-            return Err(RepoError::Storage {
-                key: info.key,
-                source,
-            })
-        }
+    // Removed since the listing (a superseded partial): not part of the archive.
+    let Some(head) = repo.head(&info.key).await? else {
+        return Ok(Err(info.key));
     };
     let m = &head.metadata;
     let end_lsn = m.get(meta::END_LSN).and_then(|v| v.parse::<Lsn>().ok());

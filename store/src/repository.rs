@@ -23,7 +23,8 @@ use crate::identity::{RepoIdentity, FORMAT_VERSION};
 use crate::layout::{self, IDENTITY_KEY};
 use crate::meta;
 use crate::storage::{
-    Body, FsStorage, Metadata, PutOutcome, S3Options, S3Storage, Storage, StorageError,
+    Body, FsStorage, Metadata, ObjectHead, ObjectInfo, PutOutcome, S3Options, S3Storage, Storage,
+    StorageError,
 };
 use crate::sync_bridge::BlockingReader;
 use crate::url::RepoUrl;
@@ -459,6 +460,22 @@ impl Repository {
             })
     }
 
+    /// `Storage::head` with the key as error context.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectHead>, RepoError> {
+        self.storage
+            .head(key)
+            .await
+            .map_err(RepoError::storage(key))
+    }
+
+    /// `Storage::list` with the prefix as error context.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, RepoError> {
+        self.storage
+            .list(prefix)
+            .await
+            .map_err(RepoError::storage(prefix))
+    }
+
     /// The history file of `timeline`, if archived (verified against its CRC-32).
     pub async fn history(&self, timeline: TimelineId) -> Result<Option<Vec<u8>>, RepoError> {
         match self.read_document(&layout::history_key(timeline)).await {
@@ -473,11 +490,7 @@ impl Repository {
 
     /// Every complete backup (those with a `backup.json`), oldest first.
     pub async fn backups(&self) -> Result<Vec<BackupInfo>, RepoError> {
-        let listing = self
-            .storage
-            .list(layout::BACKUPS_PREFIX)
-            .await
-            .map_err(RepoError::storage(layout::BACKUPS_PREFIX))?;
+        let listing = self.list(layout::BACKUPS_PREFIX).await?;
         let mut out = Vec::new();
         for info in listing {
             let Some(dir) = info.key.strip_suffix(layout::BACKUP_INFO_FILE) else {

@@ -548,3 +548,20 @@ pub fn share_with_postgres(dir: &Path) {
         .expect("chmod");
     assert!(ok.success());
 }
+
+/// A cluster with 1 MiB WAL segments: many segments from little data.
+pub fn one_mb() -> tidemark_fixtures::ClusterOptions {
+    tidemark_fixtures::ClusterOptions {
+        wal_segsize_mb: 1,
+        ..tidemark_fixtures::ClusterOptions::default()
+    }
+}
+
+/// Lose the archiver's catalog (and SQLite's side files), as when its host is gone.
+pub fn delete_catalog(archiver: &Archiver) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = archiver.catalog.clone().into_os_string();
+        path.push(suffix);
+        let _ = fs::remove_file(path);
+    }
+}
