@@ -64,6 +64,11 @@ pub enum Command {
     },
     /// Rebuild the local catalog from the repository alone
     Reindex,
+    /// Track the application's bucket, or restore it to an instant
+    Objects {
+        #[command(subcommand)]
+        what: ObjectsCommand,
+    },
     /// List what the repository holds
     List {
         #[command(subcommand)]
@@ -192,6 +197,93 @@ pub struct RestoreArgs {
     /// Seconds --start waits for recovery
     #[arg(long, default_value_t = 3600)]
     pub start_timeout: u64,
+    /// Also restore this tracked application bucket to the same instant (the bucket may be
+    /// omitted when the catalog tracks exactly one). A time target is used as is; other
+    /// targets need --start and use the commit time where recovery stopped.
+    #[arg(long, value_name = "BUCKET", num_args = 0..=1, default_missing_value = "")]
+    pub objects: Option<String>,
+    #[command(flatten)]
+    pub objects_dest: ObjectsDestination,
+    /// With --start: run this SQL on the restored cluster; it returns object keys, and the
+    /// report lists those missing from the restored bucket
+    #[arg(long, value_name = "SQL")]
+    pub verify_refs: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ObjectsDestination {
+    /// Restore the bucket into this new bucket or empty prefix: s3://bucket[/prefix]
+    #[arg(long, value_name = "URL", conflicts_with = "objects_in_place")]
+    pub objects_to: Option<String>,
+    /// Restore the bucket in place: new versions and delete markers, no version deleted
+    #[arg(long)]
+    pub objects_in_place: bool,
+    /// Objects copied at once
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub objects_concurrency: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectsCommand {
+    /// Record the bucket's history continuously (or once with --once)
+    Track(TrackArgs),
+    /// Restore the bucket as it stood at an instant
+    Restore(ObjectsRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrackArgs {
+    /// The application's bucket
+    #[arg(long)]
+    pub bucket: String,
+    #[command(flatten)]
+    pub tracking: TrackingOpts,
+    /// One pass, then exit
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrackingOpts {
+    /// Only keys starting with this
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// versions: record S3 versions (needs versioning); copy: copy objects into the
+    /// repository (no versioning; the interval is then the bucket's RPO)
+    #[arg(long, value_enum, default_value_t = TrackModeArg::Versions)]
+    pub mode: TrackModeArg,
+    /// Seconds between passes
+    #[arg(
+        long = "track-interval",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    pub interval: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrackModeArg {
+    Versions,
+    Copy,
+}
+
+#[derive(Debug, Args)]
+pub struct ObjectsRestoreArgs {
+    /// The tracked bucket [default: the only one tracked]
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// The instant, on PostgreSQL's clock, with a zone
+    #[arg(long)]
+    pub target_time: String,
+    #[command(flatten)]
+    pub destination: ObjectsDestination,
+    /// Run this SQL on --pg (e.g. the restored cluster); it returns object keys, and the
+    /// report lists those missing from the restored bucket
+    #[arg(long, value_name = "SQL")]
+    pub verify_refs: Option<String>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -244,4 +336,9 @@ pub struct StreamArgs {
     /// Spool directory for received WAL [default: beside the catalog]
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
+    /// Also track this application bucket (repeatable), as `objects track` does
+    #[arg(long, value_name = "BUCKET")]
+    pub track_bucket: Vec<String>,
+    #[command(flatten)]
+    pub tracking: TrackingOpts,
 }

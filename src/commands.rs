@@ -12,7 +12,7 @@ use tidemark_store::repository::Repository;
 use tidemark_store::storage::S3Options;
 use tidemark_store::url::RepoUrl;
 
-use crate::cli::{BackupArgs, Checkpoint, Cli, Command, ListWhat, StreamArgs};
+use crate::cli::{BackupArgs, Checkpoint, Cli, Command, ListWhat, ObjectsCommand, StreamArgs};
 use crate::failure::Usage;
 use crate::paths;
 
@@ -22,6 +22,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::Reindex => reindex(&cli).await,
+        Command::Objects {
+            what: ObjectsCommand::Track(args),
+        } => crate::objects::track(&cli, args).await,
+        Command::Objects {
+            what: ObjectsCommand::Restore(args),
+        } => crate::objects::restore(&cli, args).await,
         Command::Restore(args) => crate::restore::restore(&cli, args).await,
         Command::Plan {
             target,
@@ -50,7 +56,7 @@ pub(crate) fn repo_url(cli: &Cli) -> anyhow::Result<RepoUrl> {
     Ok(raw.parse::<RepoUrl>()?)
 }
 
-fn conninfo(cli: &Cli) -> anyhow::Result<ConnInfo> {
+pub(crate) fn conninfo(cli: &Cli) -> anyhow::Result<ConnInfo> {
     let raw = cli.pg.as_deref().ok_or(Usage(
         "no PostgreSQL connection given; HINT: pass --pg 'host=... user=...' or a postgres:// URL (or set TIDEMARK_PG)",
     ))?;
@@ -61,7 +67,7 @@ fn conninfo(cli: &Cli) -> anyhow::Result<ConnInfo> {
     Ok(info)
 }
 
-fn catalog_path(cli: &Cli, url: &RepoUrl) -> PathBuf {
+pub(crate) fn catalog_path(cli: &Cli, url: &RepoUrl) -> PathBuf {
     cli.catalog
         .clone()
         .unwrap_or_else(|| paths::default_catalog(&url.to_string()))
@@ -92,7 +98,7 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
     let mut config = StreamConfig::new(
         args.spool
             .clone()
-            .unwrap_or_else(|| paths::default_spool(&catalog_path)),
+            .unwrap_or_else(|| paths::beside_catalog(&catalog_path, "spool")),
     );
     config.slot = args.slot.clone();
     config.partial_interval = Duration::from_secs_f64(args.partial_interval);
@@ -102,15 +108,29 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
         Duration::try_from_secs_f64(args.complete_marker_interval.max(0.0))
             .map_err(|_| Usage("--complete-marker-interval must be a number of seconds"))?;
 
+    let tracking: Vec<_> = args
+        .track_bucket
+        .iter()
+        .map(|b| crate::objects::track_options(&catalog_path, b, &args.tracking, false))
+        .collect::<anyhow::Result<_>>()?;
+    let s3 = S3Options::from_env()?;
+
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(forward_signals(tx));
-    tidemark_archiver::stream::stream(&pg, repo, &catalog_path, config, rx).await?;
+    // Bucket tracking runs beside streaming and stops with it. A tracker fails only when
+    // it cannot start (missing bucket, no versioning), and that stops the whole command.
+    let trackers = tracking.iter().map(|options| {
+        tidemark_archiver::objects_track::track(&repo, &catalog_path, &pg, &s3, options, rx.clone())
+    });
+    let streaming =
+        tidemark_archiver::stream::stream(&pg, repo.clone(), &catalog_path, config, rx.clone());
+    tokio::try_join!(streaming, futures::future::try_join_all(trackers))?;
     tracing::info!("stopped; in-flight uploads finished");
     Ok(())
 }
 
 /// Count SIGINT/SIGTERM into the shutdown channel.
-async fn forward_signals(tx: tokio::sync::watch::Sender<u32>) {
+pub(crate) async fn forward_signals(tx: tokio::sync::watch::Sender<u32>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -149,10 +169,9 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
     let pg = conninfo(cli)?;
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
-    let work_dir = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| paths::default_spool(&catalog_path(cli, &url)).join("backup-work"));
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        paths::beside_catalog(&catalog_path(cli, &url), "spool").join("backup-work")
+    });
     let config = tidemark_archiver::backup::BackupConfig {
         label: args.label.clone(),
         fast_checkpoint: args.checkpoint == Checkpoint::Fast,
@@ -212,11 +231,12 @@ async fn reindex(cli: &Cli) -> anyhow::Result<()> {
     ))?;
     let seg = tidemark_protocol::WalSegmentSize::new(identity.wal_segment_size)?;
     let path = catalog_path(cli, &url);
-    let catalog = Catalog::open(&path)?;
+    let mut catalog = Catalog::open(&path)?;
     catalog.bind(&url.to_string(), identity.system_identifier)?;
     let summary = tidemark_store::reindex::reindex_wal(&repo, &catalog, seg).await?;
+    let passes = tidemark_store::reindex::reindex_objects(&repo, &mut catalog).await?;
     println!(
-        "indexed {} segments and {} partial segments from {url} into {}",
+        "indexed {} segments, {} partial segments and {passes} object-tracking passes from {url} into {}",
         summary.segments,
         summary.partials,
         path.display()
@@ -227,7 +247,7 @@ async fn reindex(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_existing_catalog(cli: &Cli, url: &RepoUrl) -> anyhow::Result<Catalog> {
+pub(crate) fn open_existing_catalog(cli: &Cli, url: &RepoUrl) -> anyhow::Result<Catalog> {
     let path = catalog_path(cli, url);
     if !path.exists() {
         return Err(Usage(

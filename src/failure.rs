@@ -4,13 +4,15 @@
 //! 0 success; 1 internal error; 2 usage or malformed input; 3 PostgreSQL unreachable,
 //! refused the login or lacks privileges; 4 repository storage unreachable, missing or
 //! denied; 5 the repository refused the operation (another cluster's repository, not
-//! initialised, split-brain WAL); 6 local files (catalog, spool) failed.
+//! initialised, split-brain WAL, a bucket without versioning, an object target outside
+//! the tracked window, a non-empty destination); 6 local files (catalog, spool) failed.
 //! `wal-fetch` has its own contract with PostgreSQL: 0 restored, 1 absent, 200 failed
 //! (1 in standby mode).
 
 use tidemark_archiver::ArchiverError;
 use tidemark_protocol::conninfo::ConnInfoError;
 use tidemark_protocol::replication::ReplicationError;
+use tidemark_restorer::objects::ObjectRestoreError;
 use tidemark_restorer::plan::PlanError;
 use tidemark_restorer::restore::RestoreError;
 use tidemark_restorer::start::StartError;
@@ -101,7 +103,9 @@ fn code(err: &anyhow::Error) -> u8 {
                 | ArchiverError::WalNotArchived { .. }
                 | ArchiverError::Tar(_)
                 | ArchiverError::DivergentTimeline { .. }
-                | ArchiverError::BadHistory { .. } => REFUSED,
+                | ArchiverError::BadHistory { .. }
+                | ArchiverError::VersioningOff { .. } => REFUSED,
+                ArchiverError::Bucket { .. } => STORAGE,
                 ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
             };
         }
@@ -128,6 +132,13 @@ fn code(err: &anyhow::Error) -> u8 {
                 RestoreError::Unpack(UnpackError::Hostile { .. }) => REFUSED,
                 RestoreError::Unpack(_) | RestoreError::Io { .. } => LOCAL,
                 RestoreError::Task(_) => INTERNAL,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<ObjectRestoreError>() {
+            return match e {
+                ObjectRestoreError::Bucket { .. } => STORAGE,
+                ObjectRestoreError::Repository(e) => repo_code(e),
+                _ => REFUSED,
             };
         }
         if cause.is::<StartError>() {

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod failure;
 mod fetch;
+mod objects;
 mod paths;
 mod restore;
 

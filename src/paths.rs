@@ -1,4 +1,5 @@
-//! Default locations of the local catalog and spool, one pair per repository.
+//! Default locations of the local catalog and its working directories, one set per
+//! repository.
 
 use std::path::PathBuf;
 
@@ -32,10 +33,12 @@ pub fn default_catalog(repo_url: &str) -> PathBuf {
     state_dir().join(format!("{}.db", slug(repo_url)))
 }
 
-/// The spool sits beside the catalog: `<catalog>.spool/`.
-pub fn default_spool(catalog: &std::path::Path) -> PathBuf {
+/// Working directories sit beside the catalog: `<catalog>.<what>/` (the spool, backup
+/// chunks, object copies).
+pub fn beside_catalog(catalog: &std::path::Path, what: &str) -> PathBuf {
     let mut name = catalog.as_os_str().to_owned();
-    name.push(".spool");
+    name.push(".");
+    name.push(what);
     PathBuf::from(name)
 }
 
@@ -49,7 +52,7 @@ mod tests {
         assert_ne!(slug("s3://a/b"), slug("s3://a_b"));
         assert!(!slug("file:///x/../y").contains('/'));
         assert_eq!(
-            default_spool(std::path::Path::new("/s/r.db")),
+            beside_catalog(std::path::Path::new("/s/r.db"), "spool"),
             PathBuf::from("/s/r.db.spool")
         );
     }

@@ -1,11 +1,15 @@
 //! `restore` and `plan`: resolve the target options, call the restorer, report.
 
 use anyhow::Context;
+use chrono::Utc;
+use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::TimelineId;
 use tidemark_restorer::plan::Plan;
 use tidemark_restorer::restore::{segment_size, RestoreOptions};
-use tidemark_restorer::start::{start_and_wait, StartOptions};
-use tidemark_restorer::target::{RecoveryTarget, TargetAction, TargetArgs, TimelineTarget};
+use tidemark_restorer::start::{start_and_wait, Restored, StartOptions};
+use tidemark_restorer::target::{
+    parse_time, RecoveryTarget, TargetAction, TargetArgs, TimelineTarget,
+};
 use tidemark_store::backup::BackupId;
 use tidemark_store::repository::Repository;
 use tidemark_store::storage::S3Options;
@@ -43,6 +47,30 @@ fn shell_quote(s: &str) -> String {
 pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
     let target = target(&args.target)?;
+    let time_target = match &target {
+        RecoveryTarget::Time(t) => Some(t.with_timezone(&Utc)),
+        _ => None,
+    };
+    if args.verify_refs.is_some() && !(args.start && args.objects.is_some()) {
+        return Err(Usage("--verify-refs checks the restored bucket against the restored cluster; HINT: use it with --objects and --start").into());
+    }
+    if args.objects.is_some() && time_target.is_none() && !args.start {
+        return Err(Usage("with a target other than a time, --objects needs --start: the bucket's instant is the commit time where recovery stopped").into());
+    }
+    // Object-side checks come first, so bad input there writes nothing at all.
+    let objects = match &args.objects {
+        Some(bucket) => Some(
+            crate::objects::prepare(
+                cli,
+                &url,
+                Some(bucket.as_str()),
+                &args.objects_dest,
+                time_target,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let backup = args
         .backup
         .as_deref()
@@ -129,7 +157,45 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         recovering.elapsed().as_secs_f64(),
         restored.log.display()
     );
+    let Some(objects) = objects else {
+        return Ok(());
+    };
+    let instant = match time_target {
+        Some(t) => t,
+        None => stop_instant(&restored)?,
+    };
+    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let (objects_report, writer) = objects.run(&repo, instant).await?;
+    crate::objects::print_report(&objects_report);
+    if let Some(sql) = &args.verify_refs {
+        let pg = restored_conninfo(cli, port)?;
+        let (checked, missing) = crate::objects::verify_refs(&pg, sql, &writer).await?;
+        crate::objects::print_verification(checked, &missing);
+    }
     Ok(())
+}
+
+/// The commit time of the last transaction recovery replayed: where it stopped.
+fn stop_instant(restored: &Restored) -> anyhow::Result<chrono::DateTime<Utc>> {
+    let text = restored.last_transaction.as_deref().ok_or(Usage(
+        "recovery replayed no transaction, so it gives no instant for the bucket; HINT: use tidemark objects restore --target-time",
+    ))?;
+    Ok(parse_time(text)?.with_timezone(&Utc))
+}
+
+/// The restored server (TCP on loopback, `port`), as the user and database of --pg, else
+/// `postgres`.
+fn restored_conninfo(cli: &Cli, port: u16) -> anyhow::Result<ConnInfo> {
+    let given = cli.pg.as_deref().map(str::parse::<ConnInfo>).transpose()?;
+    let user = given.as_ref().map_or("postgres", |c| c.user.as_str());
+    let dbname = given
+        .as_ref()
+        .and_then(|c| c.dbname.as_deref())
+        .unwrap_or("postgres");
+    let mut info =
+        format!("host=127.0.0.1 port={port} user={user} dbname={dbname}").parse::<ConnInfo>()?;
+    info.set_password(given.and_then(|c| c.password().map(str::to_string)));
+    Ok(info)
 }
 
 /// Debian's layout for `major`, else whatever `postgres` is on PATH.

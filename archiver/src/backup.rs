@@ -225,7 +225,7 @@ impl Chunks<'_> {
                 ..
             } = cur;
             let stored = with_retry("upload backup chunk", || {
-                repo.store_backup_chunk(key.clone(), &path, level)
+                repo.store_compressed(key.clone(), &path, level, meta::KIND_BACKUP_CHUNK)
             })
             .await?;
             let _ = fs::remove_file(&path);

@@ -59,6 +59,16 @@ pub enum ArchiverError {
     /// A second signal arrived while uploads were still finishing.
     #[error("interrupted again while finishing uploads; {pending} segment(s) stay in the spool and are uploaded on the next start")]
     Interrupted { pending: usize },
+    /// The application bucket could not be read.
+    #[error("application bucket {bucket}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: tidemark_store::StorageError,
+    },
+    /// Version tracking was asked of a bucket without versioning.
+    #[error("bucket {bucket} does not have versioning enabled (it is {state}), so its old versions are not kept and cannot be recorded; nothing was recorded; HINT: enable it (aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled) or track with --mode copy, which copies the objects into the repository")]
+    VersioningOff { bucket: String, state: &'static str },
     /// A background task died (a bug).
     #[error("internal task failed: {0}")]
     Task(String),

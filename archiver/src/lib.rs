@@ -1,5 +1,5 @@
 //! tidemark-archiver: the archiving jobs — `init`, `stream` (replication -> spool ->
-//! compress -> upload -> catalog -> slot feedback) and `status`.
+//! compress -> upload -> catalog -> slot feedback), `backup`, `objects track` and `status`.
 //!
 //! Architecture invariant: the archiver never imports the restorer; it reaches the
 //! repository only through `tidemark-store` and PostgreSQL only through
@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod error;
 mod events;
 pub mod init;
+pub mod objects_track;
 pub mod spool;
 pub mod status;
 pub mod stream;

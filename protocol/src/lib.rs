@@ -18,8 +18,8 @@ pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use lsn::Lsn;
 pub use replication::{
     BackupEvent, BaseBackup, BaseBackupOptions, ReplicationClient, ReplicationError,
-    ReplicationStream, ServerError, SlotInfo, StartOutcome, StreamMessage, SystemIdentity,
-    Tablespace,
+    ReplicationStream, ServerError, SlotInfo, SqlSession, StartOutcome, StreamMessage,
+    SystemIdentity, Tablespace,
 };
 pub use segment::{SegmentName, WalSegmentSize};
 pub use timeline::TimelineId;

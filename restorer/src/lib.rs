@@ -1,9 +1,11 @@
 //! tidemark-restorer: the restore side — `wal-fetch` for PostgreSQL's `restore_command`
-//! with its prefetch cache; restore planning and base backup unpacking come next.
+//! with its prefetch cache, restore planning, base backup unpacking and recovery, and the
+//! application bucket's point-in-time restore.
 //!
 //! Architecture invariant: never imports `tidemark-archiver`; reaches the repository only
 //! through `tidemark-store`, and works without a catalog.
 
+pub mod objects;
 pub mod plan;
 pub mod prefetch;
 pub mod recovery_conf;

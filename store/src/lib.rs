@@ -2,12 +2,14 @@
 //! local SQLite catalog. Architecture invariant: knows nothing of replication.
 
 pub mod backup;
+pub mod bucket;
 pub mod catalog;
 pub mod crashsafe;
 pub mod envelope;
 pub mod identity;
 pub mod layout;
 pub mod meta;
+pub mod objects;
 pub mod reindex;
 pub mod repository;
 mod serde_text;

@@ -19,6 +19,10 @@ pub const KIND_BACKUP_INFO: &str = "backup-info";
 pub const KIND_BACKUP_MANIFEST: &str = "backup-manifest";
 /// The archiver's archive-complete marker of a timeline.
 pub const KIND_WAL_COMPLETE: &str = "wal-complete";
+/// One pass of application-bucket tracking (`objects/<bucket>/passes/…`).
+pub const KIND_OBJECT_PASS: &str = "object-pass";
+/// A copy of an application object, content-addressed (`objects/<bucket>/blobs/…`).
+pub const KIND_OBJECT_BLOB: &str = "object-blob";
 /// The repository identity file.
 pub const KIND_IDENTITY: &str = "identity";
 /// Timeline, decimal.

@@ -1,5 +1,6 @@
-//! `reindex`: rebuild the catalog's index of archived WAL from the repository alone
-//! (DESIGN invariant 2) — a listing of `wal/`, then each object's metadata.
+//! `reindex`: rebuild the catalog from the repository alone (DESIGN invariant 2) — the
+//! WAL index from a listing of `wal/` and each object's metadata, and application-bucket
+//! history from the pass records under `objects/`.
 
 use chrono::Utc;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -69,6 +70,20 @@ pub async fn reindex_wal(
     }
     catalog.replace_segments(&records)?;
     Ok(summary)
+}
+
+/// Replace the catalog's application-bucket history with the repository's pass records;
+/// returns how many records were loaded.
+pub async fn reindex_objects(
+    repo: &Repository,
+    catalog: &mut Catalog,
+) -> Result<usize, ReindexError> {
+    let passes = crate::objects::load_passes(repo).await?;
+    catalog.clear_object_history()?;
+    for pass in &passes {
+        catalog.record_pass(pass)?;
+    }
+    Ok(passes.len())
 }
 
 /// The catalog row for one WAL object, or `Err(key)` when its metadata is missing or

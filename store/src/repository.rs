@@ -380,17 +380,18 @@ impl Repository {
         self.judge_put(key, sealed, outcome)
     }
 
-    /// Compresses `src` (a tar file of whole entries) and stores it at `key` if absent
-    /// (same-bytes rule when present).
-    pub async fn store_backup_chunk(
+    /// Compresses the local file `src` (a backup chunk, a copied application object) and
+    /// stores it at `key` with metadata `kind` if absent (same-bytes rule when present).
+    pub async fn store_compressed(
         &self,
         key: String,
         src: &Path,
         level: i32,
+        kind: &str,
     ) -> Result<ArchivedObject, RepoError> {
         let (sealed, compressed) = compress_next_to(src, None, level, &key).await?;
         let mut metadata = sealed.metadata();
-        metadata.insert(meta::KIND.to_string(), meta::KIND_BACKUP_CHUNK.to_string());
+        metadata.insert(meta::KIND.to_string(), kind.to_string());
         let outcome = self
             .storage
             .put_if_absent(&key, Body::File(compressed.to_path_buf()), &metadata)
@@ -516,7 +517,7 @@ impl Repository {
 
     /// A small object read whole (at most `MAX_DOCUMENT_BYTES`) and checked against the
     /// CRC-32 in its metadata.
-    async fn read_document(&self, key: &str) -> Result<Vec<u8>, RepoError> {
+    pub(crate) async fn read_document(&self, key: &str) -> Result<Vec<u8>, RepoError> {
         let mut get = self
             .storage
             .get(key)
@@ -1061,7 +1062,10 @@ mod tests {
         let tar = dir.path().join("chunk.tar");
         std::fs::write(&tar, vec![0u8; 10240]).unwrap();
         let key = layout::backup_chunk_key(&id, "base.tar", 0);
-        let chunk = repo.store_backup_chunk(key.clone(), &tar, 1).await.unwrap();
+        let chunk = repo
+            .store_compressed(key.clone(), &tar, 1, meta::KIND_BACKUP_CHUNK)
+            .await
+            .unwrap();
         // Not complete yet: no backup.json.
         assert!(repo.backups().await.unwrap().is_empty());
         let info = BackupInfo {

@@ -64,7 +64,7 @@ impl ReplicationClient {
     /// Unix sockets, as libpq); auth: trust, cleartext, md5, SCRAM-SHA-256 (without
     /// channel binding). The whole attempt is bounded by `connect_timeout`.
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationClient, ReplicationError> {
-        let session = startup::connect(info).await?;
+        let session = startup::connect(info, startup::SessionKind::Walsender).await?;
         Ok(ReplicationClient {
             conn: session.conn,
             server_version_num: version_num(&session.server_version),
@@ -233,20 +233,29 @@ impl ReplicationClient {
 
     /// Run one replication command and collect its response.
     async fn query(&mut self, sql: &str) -> Result<QueryResponse, ReplicationError> {
-        self.send_query(sql).await?;
-        let mut response = QueryResponse::default();
-        loop {
-            match self.conn.read_message().await? {
-                Backend::Message(m) => {
-                    if response.absorb(m)? {
-                        return response.finish();
-                    }
+        simple_query(&mut self.conn, sql).await
+    }
+}
+
+/// Send `sql` as a simple query and collect the whole response.
+pub(crate) async fn simple_query(
+    conn: &mut Connection,
+    sql: &str,
+) -> Result<QueryResponse, ReplicationError> {
+    frontend::query(sql, &mut conn.write_buf)?;
+    conn.flush().await?;
+    let mut response = QueryResponse::default();
+    loop {
+        match conn.read_message().await? {
+            Backend::Message(m) => {
+                if response.absorb(m)? {
+                    return response.finish();
                 }
-                Backend::CopyBothResponse => {
-                    return Err(ReplicationError::Protocol(format!(
-                        "unexpected CopyBothResponse to {sql:?}"
-                    )))
-                }
+            }
+            Backend::CopyBothResponse => {
+                return Err(ReplicationError::Protocol(format!(
+                    "unexpected CopyBothResponse to {sql:?}"
+                )))
             }
         }
     }

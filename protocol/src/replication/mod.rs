@@ -1,6 +1,6 @@
 //! The physical replication client: a walsender connection (`ReplicationClient`) and
 //! its CopyBoth WAL stream (`ReplicationStream`) and BASE_BACKUP's archive stream
-//! (`BaseBackup`), spoken over `postgres-protocol`'s
+//! (`BaseBackup`), plus a plain SQL session (`SqlSession`), spoken over `postgres-protocol`'s
 //! message codecs on a tokio socket.
 
 mod base_backup;
@@ -8,6 +8,7 @@ mod client;
 mod connection;
 mod error;
 mod query;
+mod sql;
 mod startup;
 mod stream;
 mod tls;
@@ -18,4 +19,5 @@ pub use error::{
     ReplicationError, ServerError, SQLSTATE_DUPLICATE_OBJECT, SQLSTATE_INSUFFICIENT_PRIVILEGE,
     SQLSTATE_INVALID_AUTHORIZATION, SQLSTATE_INVALID_PASSWORD,
 };
+pub use sql::SqlSession;
 pub use stream::{ReplicationStream, StreamMessage};

@@ -133,6 +133,28 @@ impl QueryResponse {
             .collect()
     }
 
+    /// The first column of every row as text (`None` for NULL); no rows when the statement
+    /// returned no result set.
+    pub(crate) fn first_column_text(
+        &self,
+        command: &str,
+    ) -> Result<Vec<Option<String>>, ReplicationError> {
+        self.rows
+            .iter()
+            .map(|row| {
+                row.first()
+                    .cloned()
+                    .flatten()
+                    .map(|b| {
+                        String::from_utf8(b.to_vec()).map_err(|_| {
+                            ReplicationError::Protocol(format!("{command} returned non-utf8 text"))
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
     /// Whether the response has at least one row.
     pub(crate) fn has_rows(&self) -> bool {
         !self.rows.is_empty()

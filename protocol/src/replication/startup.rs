@@ -1,6 +1,6 @@
-//! Opening a walsender connection: socket, SSLRequest and TLS handshake per `sslmode`,
-//! the startup message with `replication=true`, and authentication (trust, cleartext,
-//! MD5, SCRAM-SHA-256), all within `connect_timeout`.
+//! Opening a connection: socket, SSLRequest and TLS handshake per `sslmode`, the startup
+//! message (with `replication=true` for a walsender, without for a plain SQL session), and
+//! authentication (trust, cleartext, MD5, SCRAM-SHA-256), all within `connect_timeout`.
 
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -14,7 +14,16 @@ use super::error::ReplicationError;
 use super::tls;
 use crate::conninfo::{ConnInfo, Host, SslMode};
 
-/// A logged-in connection, ready for replication commands.
+/// Which kind of backend the startup message asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionKind {
+    /// A physical walsender (`replication=true`): replication commands only.
+    Walsender,
+    /// An ordinary backend: SQL.
+    Sql,
+}
+
+/// A logged-in connection, ready for replication commands or SQL.
 pub(crate) struct Session {
     pub(crate) conn: Connection,
     /// The `server_version` parameter, e.g. `15.18 (Debian 15.18-1.pgdg120+1)`.
@@ -22,9 +31,12 @@ pub(crate) struct Session {
 }
 
 /// Connect and log in, giving up after `info.connect_timeout`.
-pub(crate) async fn connect(info: &ConnInfo) -> Result<Session, ReplicationError> {
+pub(crate) async fn connect(
+    info: &ConnInfo,
+    kind: SessionKind,
+) -> Result<Session, ReplicationError> {
     let target = info.endpoint();
-    let attempt = establish(info, &target);
+    let attempt = establish(info, &target, kind);
     match info.connect_timeout {
         None => attempt.await,
         Some(timeout) => tokio::time::timeout(timeout, attempt)
@@ -33,7 +45,11 @@ pub(crate) async fn connect(info: &ConnInfo) -> Result<Session, ReplicationError
     }
 }
 
-async fn establish(info: &ConnInfo, target: &str) -> Result<Session, ReplicationError> {
+async fn establish(
+    info: &ConnInfo,
+    target: &str,
+    kind: SessionKind,
+) -> Result<Session, ReplicationError> {
     let connect_error = |source| ReplicationError::Connect {
         target: target.to_string(),
         source,
@@ -54,7 +70,10 @@ async fn establish(info: &ConnInfo, target: &str) -> Result<Session, Replication
         }
     };
     let mut conn = Connection::new(socket);
-    let mut params = vec![("user", info.user.as_str()), ("replication", "true")];
+    let mut params = vec![("user", info.user.as_str())];
+    if kind == SessionKind::Walsender {
+        params.push(("replication", "true"));
+    }
     if let Some(db) = &info.dbname {
         params.push(("database", db));
     }
@@ -64,7 +83,7 @@ async fn establish(info: &ConnInfo, target: &str) -> Result<Session, Replication
     frontend::startup_message(params, &mut conn.write_buf)?;
     conn.flush().await?;
     let server_version = authenticate(&mut conn, info, target).await?;
-    tracing::debug!(target_addr = %target, %server_version, "walsender connection ready");
+    tracing::debug!(target_addr = %target, %server_version, ?kind, "connection ready");
     Ok(Session {
         conn,
         server_version,

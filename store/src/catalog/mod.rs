@@ -5,6 +5,7 @@
 //! bucket. One writer (the archiver), WAL journal mode, schema versioned by
 //! `PRAGMA user_version` with forward-only migrations in [`schema`].
 
+mod objects;
 mod schema;
 mod segments;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension};
 
+pub use objects::TrackedBucket;
 pub use segments::SegmentRecord;
 
 /// What can go wrong with the catalog.

@@ -36,6 +36,29 @@ const MIGRATIONS: &[&str] = &[
         time     TEXT NOT NULL,
         PRIMARY KEY (timeline, lsn)
     );",
+    // 3: application-bucket history (tracking passes and object versions).
+    "CREATE TABLE object_passes (
+        bucket          TEXT NOT NULL,
+        at              TEXT NOT NULL,
+        prefix          TEXT NOT NULL,
+        mode            TEXT NOT NULL,
+        complete_as_of  TEXT NOT NULL,
+        min_offset_ms   INTEGER NOT NULL,
+        max_offset_ms   INTEGER NOT NULL,
+        PRIMARY KEY (bucket, at)
+    );
+    CREATE TABLE object_versions (
+        bucket         TEXT NOT NULL,
+        seq            INTEGER NOT NULL,
+        key            TEXT NOT NULL,
+        version_id     TEXT NOT NULL,
+        last_modified  TEXT NOT NULL,
+        size           INTEGER NOT NULL,
+        etag           TEXT NOT NULL,
+        delete_marker  INTEGER NOT NULL CHECK (delete_marker IN (0, 1)),
+        blob           TEXT,
+        PRIMARY KEY (bucket, seq)
+    );",
 ];
 
 /// Bring `conn` to the newest schema, one transaction per step.

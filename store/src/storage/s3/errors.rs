@@ -7,7 +7,7 @@ use aws_smithy_runtime_api::http::Response;
 use crate::storage::StorageError;
 
 /// What a failed call was doing, for error messages.
-pub(super) struct Call<'a> {
+pub(crate) struct Call<'a> {
     pub operation: &'static str,
     /// Repository-relative key (or list prefix); empty for bucket-level calls.
     pub key: &'a str,
@@ -16,18 +16,18 @@ pub(super) struct Call<'a> {
 }
 
 /// The HTTP status of a service error, if the server answered.
-pub(super) fn status<E>(err: &SdkError<E, Response>) -> Option<u16> {
+pub(crate) fn status<E>(err: &SdkError<E, Response>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
 /// True for the answers to a failed `If-None-Match: *`: 412, or 409 (a concurrent
 /// conditional write in progress).
-pub(super) fn is_precondition_failure<E>(err: &SdkError<E, Response>) -> bool {
+pub(crate) fn is_precondition_failure<E>(err: &SdkError<E, Response>) -> bool {
     matches!(err, SdkError::ServiceError(_)) && matches!(status(err), Some(412 | 409))
 }
 
 /// Maps a failed SDK call.
-pub(super) fn map_sdk_error<E>(err: SdkError<E, Response>, call: &Call<'_>) -> StorageError
+pub(crate) fn map_sdk_error<E>(err: SdkError<E, Response>, call: &Call<'_>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

@@ -7,7 +7,7 @@
 //! a 5 s connect timeout and a 60 s per-attempt timeout. `put_if_absent` relies on
 //! `If-None-Match: *`. Files over 64 MiB are uploaded in 16 MiB parts streamed from disk.
 
-mod errors;
+pub(crate) mod errors;
 mod multipart;
 
 use std::collections::HashMap;
@@ -110,57 +110,10 @@ impl S3Storage {
         prefix: &str,
         options: &S3Options,
     ) -> Result<Self, StorageError> {
-        let env_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-            .iter()
-            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(tls::Provider::Rustls(
-                        tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build(),
-            )
-            .load()
-            .await;
-        let custom_endpoint = options
-            .endpoint
-            .clone()
-            .or(env_endpoint)
-            .or_else(|| sdk.endpoint_url().map(str::to_string));
-        let region = sdk
-            .region()
-            .map_or(DEFAULT_REGION.to_string(), |r| r.to_string());
-        let is_aws = custom_endpoint
-            .as_deref()
-            .is_none_or(|e| e.contains(".amazonaws.com"));
-        let path_style = options.path_style.unwrap_or(custom_endpoint.is_some());
-        let when_required = options.checksums_when_required.unwrap_or(!is_aws);
-
-        let mut config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style);
-        if sdk.region().is_none() {
-            config = config.region(Region::new(DEFAULT_REGION));
-        }
-        if let Some(endpoint) = &options.endpoint {
-            config = config.endpoint_url(endpoint);
-        }
-        if when_required {
-            config = config
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        }
-        let endpoint =
-            custom_endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        debug!(bucket, prefix, %endpoint, %region, path_style, when_required, "connecting to s3");
+        let (client, endpoint) = build_client(options).await;
+        debug!(bucket, prefix, %endpoint, "connecting to s3");
         let storage = S3Storage {
-            client: Client::from_conf(config.build()),
+            client,
             bucket: bucket.to_string(),
             prefix: match prefix.trim_matches('/') {
                 "" => String::new(),
@@ -376,6 +329,60 @@ impl Storage for S3Storage {
     }
 }
 
+/// An S3 client from the AWS environment and `options`, and the endpoint it talks to (for
+/// error messages). Shared by the repository backend and the application-bucket client.
+pub(crate) async fn build_client(options: &S3Options) -> (Client, String) {
+    let env_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await;
+    let custom_endpoint = options
+        .endpoint
+        .clone()
+        .or(env_endpoint)
+        .or_else(|| sdk.endpoint_url().map(str::to_string));
+    let region = sdk
+        .region()
+        .map_or(DEFAULT_REGION.to_string(), |r| r.to_string());
+    let is_aws = custom_endpoint
+        .as_deref()
+        .is_none_or(|e| e.contains(".amazonaws.com"));
+    let path_style = options.path_style.unwrap_or(custom_endpoint.is_some());
+    let when_required = options.checksums_when_required.unwrap_or(!is_aws);
+
+    let mut config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style);
+    if sdk.region().is_none() {
+        config = config.region(Region::new(DEFAULT_REGION));
+    }
+    if let Some(endpoint) = &options.endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    if when_required {
+        config = config
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    }
+    let endpoint = custom_endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    debug!(%endpoint, %region, path_style, when_required, "s3 client");
+    (Client::from_conf(config.build()), endpoint)
+}
+
 fn to_s3_metadata(meta: &Metadata) -> HashMap<String, String> {
     meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
@@ -387,11 +394,11 @@ fn from_s3_metadata(meta: Option<&HashMap<String, String>>) -> Metadata {
         .collect()
 }
 
-fn size_of(len: Option<i64>) -> u64 {
+pub(crate) fn size_of(len: Option<i64>) -> u64 {
     len.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
 }
 
-fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
+pub(crate) fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.secs(), t.subsec_nanos())
 }
 
