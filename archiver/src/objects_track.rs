@@ -197,9 +197,9 @@ impl<'a> Tracker<'a> {
             bucket: self.options.bucket.clone(),
             prefix: self.options.prefix.clone(),
             mode: self.options.mode,
-            // The Date is truncated and stamped at the end of the first page: one second
-            // earlier is surely before the listing began.
-            complete_as_of: reading.date - chrono::Duration::seconds(1),
+            // S3 listings are strongly consistent: everything written before the server
+            // received the first page's request is in the listing.
+            complete_as_of: reading.received_no_earlier_than(),
             clock: ClockSample::measure(pg, reading),
             versions,
         };

@@ -68,6 +68,12 @@ impl ServerReading {
         )
     }
 
+    /// A lower bound on the server's clock when it received the request: it answered at
+    /// `date` or later, at most one round trip after receiving.
+    pub fn received_no_earlier_than(&self) -> DateTime<Utc> {
+        self.date - (self.received - self.sent)
+    }
+
     fn from_capture(c: Captured) -> Option<ServerReading> {
         Some(ServerReading {
             date: c.date?,

@@ -1,0 +1,674 @@
+//! The application bucket restored to the same instant as the database: a workload
+//! changes rows of a `files` table and the objects they name in lockstep, with idle gaps;
+//! for each target the restored cluster's rows and the restored bucket agree exactly (every
+//! key a row names holds the bytes the row says, and no other key exists). Versioned
+//! buckets (tracked inside `stream`) into new buckets and in place, unversioned buckets
+//! (copied), the catalog rebuilt by `reindex`, `--verify-refs`, and bad input.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use tidemark_fixtures::{Cluster, S3};
+use tidemark_protocol::WalSegmentSize;
+use tidemark_store::catalog::Catalog;
+
+type Files = BTreeMap<String, String>;
+
+/// The application: rows in `files` and the objects they name, changed the way careful
+/// applications do it — the object is written before the row names it, and the row is
+/// deleted before the object.
+struct App<'a> {
+    cluster: &'a Cluster,
+    s3: &'a S3,
+    bucket: String,
+    files: Files,
+}
+
+impl App<'_> {
+    fn put(&mut self, key: &str, body: &str) {
+        self.s3
+            .put_object(&self.bucket, key, body.as_bytes())
+            .unwrap();
+        let sql = if self.files.contains_key(key) {
+            format!("UPDATE files SET body = '{body}' WHERE key = '{key}'")
+        } else {
+            format!("INSERT INTO files VALUES ('{key}', '{body}')")
+        };
+        self.cluster.psql(&sql).unwrap();
+        self.files.insert(key.to_string(), body.to_string());
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.cluster
+            .psql(&format!("DELETE FROM files WHERE key = '{key}'"))
+            .unwrap();
+        self.s3.delete_object(&self.bucket, key).unwrap();
+        self.files.remove(key);
+    }
+
+    /// An idle gap with an instant (PostgreSQL's clock) in its middle, and what the
+    /// application held at that instant.
+    fn gap(&self) -> (String, Files) {
+        std::thread::sleep(Duration::from_millis(1500));
+        let t = pg_now(self.cluster);
+        std::thread::sleep(Duration::from_millis(1500));
+        (t, self.files.clone())
+    }
+}
+
+fn pg_now(cluster: &Cluster) -> String {
+    cluster
+        .psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+        .unwrap()
+}
+
+/// Every object in `bucket` with its bytes.
+fn bucket_files(s3: &S3, bucket: &str) -> Files {
+    s3.list_keys(bucket)
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            let body = String::from_utf8(s3.get_object(bucket, &k).unwrap()).unwrap();
+            (k, body)
+        })
+        .collect()
+}
+
+fn psql_port(cluster: &Cluster, port: &str, sql: &str) -> String {
+    let out = std::process::Command::new(cluster.bin().tool("psql"))
+        .args([
+            "-XAtq",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            port,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A cluster restored with `--start`, stopped when dropped.
+struct Started {
+    port: String,
+    pid: i32,
+    stdout: String,
+}
+
+impl Started {
+    fn rows(&self, cluster: &Cluster) -> Files {
+        psql_port(
+            cluster,
+            &self.port,
+            "SELECT key || '=' || body FROM files ORDER BY key",
+        )
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // SAFETY: signalling the server this test started.
+        unsafe { libc::kill(self.pid, libc::SIGINT) };
+        let pid = self.pid;
+        wait_for(
+            "the restored server to stop",
+            Duration::from_secs(30),
+            || {
+                // SAFETY: probing whether the pid still exists.
+                (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+            },
+        );
+    }
+}
+
+/// `restore --start` with `args`; `env` reaches the application bucket when the
+/// repository is not on the same S3 server.
+fn restore_started(archiver: &Archiver, env: &[(String, String)], args: &[&str]) -> Started {
+    let dir = tidemark_fixtures::test_dir("objects-restore");
+    let data = dir.path().join("data");
+    let port = tidemark_fixtures::free_port().to_string();
+    let mut all = vec![
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port,
+    ];
+    all.extend_from_slice(args);
+    let mut cmd = archiver.command(&all);
+    cmd.envs(env.iter().cloned());
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "restore {args:?}: {stdout}{}",
+        stderr(&out)
+    );
+    let pid = stdout
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout}"));
+    // The data directory must outlive the server.
+    std::mem::forget(dir);
+    Started { port, pid, stdout }
+}
+
+fn backup(archiver: &Archiver) {
+    let out = run(archiver.command(&["backup"]));
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+}
+
+fn wait_for_tracking(archiver: &Archiver, bucket: &str, passes_after: usize) {
+    wait_for("tracking passes", Duration::from_secs(60), || {
+        let catalog = Catalog::open(&archiver.catalog).ok()?;
+        let history = catalog.object_history(bucket).ok()?;
+        (history.passes.len() > passes_after).then_some(())
+    });
+}
+
+fn pass_count(archiver: &Archiver, bucket: &str) -> usize {
+    Catalog::open(&archiver.catalog)
+        .unwrap()
+        .object_history(bucket)
+        .unwrap()
+        .passes
+        .len()
+}
+
+#[test]
+fn versioned_bucket_and_database_restore_to_the_same_instant() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::s3("objects-repo");
+    let bucket = s3.create_bucket("app", true).unwrap();
+    let mut archiver = Archiver::new(
+        &cluster,
+        &repo,
+        &[
+            "--partial-interval",
+            "1",
+            "--track-bucket",
+            &bucket,
+            "--track-interval",
+            "1",
+        ],
+    );
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE files(key text PRIMARY KEY, body text NOT NULL)")
+        .unwrap();
+    backup(&archiver);
+    wait_for_tracking(&archiver, &bucket, 0);
+    let mut app = App {
+        cluster: &cluster,
+        s3: &s3,
+        bucket: bucket.clone(),
+        files: Files::new(),
+    };
+
+    for n in 1..=3 {
+        app.put(&format!("f{n}"), &format!("one-{n}"));
+    }
+    let (t1, at1) = app.gap();
+    app.put("f1", "two-1");
+    app.remove("f2");
+    // Created and deleted within the same second: only the listing order tells.
+    app.put("gone", "brief");
+    app.remove("gone");
+    app.put("f4", "one-4");
+    let lsn2 = cluster.psql("SELECT pg_current_wal_lsn()").unwrap();
+    let (t2, at2) = app.gap();
+    app.remove("f1");
+    app.put("f3", "two-3");
+    app.put("f5", "one-5");
+    let (t3, at3) = app.gap();
+    app.put("f6", "after-all");
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+    let passes = pass_count(&archiver, &bucket);
+    wait_for_tracking(&archiver, &bucket, passes + 1);
+    assert_eq!(archiver.terminate(), 0);
+    assert_eq!(at1.len(), 3);
+    assert_ne!(at1, at2);
+    assert_ne!(at2, at3);
+
+    // Time targets, each into a fresh bucket (the last into one tidemark creates).
+    let new_bucket = format!("{}-new", &bucket[..bucket.len().min(50)]);
+    let mut t3_cluster = None;
+    for (i, (t, expected)) in [(&t1, &at1), (&t2, &at2), (&t3, &at3)]
+        .into_iter()
+        .enumerate()
+    {
+        let dest = if i == 2 {
+            new_bucket.clone()
+        } else {
+            s3.create_bucket("dest", false).unwrap()
+        };
+        let to = format!("s3://{dest}");
+        let started = restore_started(
+            &archiver,
+            &[],
+            &[
+                "--target-time",
+                t,
+                "--objects",
+                &bucket,
+                "--objects-to",
+                &to,
+                "--verify-refs",
+                "SELECT key FROM files",
+            ],
+        );
+        assert_eq!(
+            &started.rows(&cluster),
+            expected,
+            "rows at {t}: {}",
+            started.stdout
+        );
+        assert_eq!(
+            &bucket_files(&s3, &dest),
+            expected,
+            "bucket at {t}: {}",
+            started.stdout
+        );
+        assert!(
+            started
+                .stdout
+                .contains(&format!("{} objects restored", expected.len())),
+            "{}",
+            started.stdout
+        );
+        assert!(
+            started
+                .stdout
+                .contains("0 missing from the restored bucket"),
+            "{}",
+            started.stdout
+        );
+        assert!(
+            started.stdout.contains("instant: database "),
+            "{}",
+            started.stdout
+        );
+        if i == 2 {
+            t3_cluster = Some(started);
+        }
+    }
+    assert!(s3.bucket_exists(&new_bucket).unwrap());
+
+    // An LSN target: the bucket follows the commit time where recovery stopped.
+    let dest = s3.create_bucket("dest-lsn", false).unwrap();
+    let started = restore_started(
+        &archiver,
+        &[],
+        &[
+            "--target-lsn",
+            &lsn2,
+            "--objects",
+            "",
+            "--objects-to",
+            &format!("s3://{dest}/restored"),
+            "--verify-refs",
+            "SELECT key FROM files",
+        ],
+    );
+    assert_eq!(started.rows(&cluster), at2, "{}", started.stdout);
+    let prefixed: Files = at2
+        .iter()
+        .map(|(k, v)| (format!("restored/{k}"), v.clone()))
+        .collect();
+    assert_eq!(bucket_files(&s3, &dest), prefixed, "{}", started.stdout);
+    assert!(
+        started
+            .stdout
+            .contains("0 missing from the restored bucket"),
+        "{}",
+        started.stdout
+    );
+    drop(started);
+
+    // The bucket deliberately restored to another time than the database: the check
+    // counts the keys the T3 rows name that the T1 bucket lacks.
+    let t3_cluster = t3_cluster.expect("the T3 restore");
+    let dest = s3.create_bucket("dest-skew", false).unwrap();
+    let skew_pg = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        t3_cluster.port
+    );
+    let mut cmd = tidemark(&repo);
+    cmd.arg("--repo")
+        .arg(repo.url())
+        .arg("--catalog")
+        .arg(&archiver.catalog);
+    cmd.args([
+        "--pg",
+        &skew_pg,
+        "objects",
+        "restore",
+        "--target-time",
+        &t1,
+        "--objects-to",
+        &format!("s3://{dest}"),
+        "--verify-refs",
+        "SELECT key FROM files",
+    ]);
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    let missing: Vec<&String> = at3.keys().filter(|k| !at1.contains_key(*k)).collect();
+    assert!(!missing.is_empty());
+    assert!(
+        stdout.contains(&format!(
+            "{} key(s) referenced, {} missing",
+            at3.len(),
+            missing.len()
+        )),
+        "{stdout}"
+    );
+    for key in missing {
+        assert!(stdout.contains(&format!("missing: {key}\n")), "{stdout}");
+    }
+    drop(t3_cluster);
+
+    // Catalog lost: reindex brings the history back, and the restore gives the same state.
+    delete_catalog(&archiver);
+    let out = run(archiver.command(&["reindex"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dest = s3.create_bucket("dest-reindex", false).unwrap();
+    let out = run(archiver.command(&[
+        "objects",
+        "restore",
+        "--bucket",
+        &bucket,
+        "--target-time",
+        &t2,
+        "--objects-to",
+        &format!("s3://{dest}"),
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(bucket_files(&s3, &dest), at2);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["restored"], at2.len());
+    assert!(
+        report["clock_uncertainty_ms"].as_i64().unwrap() < 1000,
+        "{report}"
+    );
+
+    // In place: new versions and delete markers; every old version is kept.
+    let versions_before = s3.list_versions(&bucket).unwrap();
+    let out = run(archiver.command(&[
+        "objects",
+        "restore",
+        "--target-time",
+        &t1,
+        "--objects-in-place",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    assert_eq!(bucket_files(&s3, &bucket), at1, "{stdout}");
+    let versions_after = s3.list_versions(&bucket).unwrap();
+    for v in &versions_before {
+        assert!(versions_after.contains(v), "version {v} was lost");
+    }
+    assert!(versions_after.len() > versions_before.len());
+    assert!(stdout.contains("removed"), "{stdout}");
+}
+
+#[test]
+fn unversioned_bucket_is_copied_into_the_repository_and_restored() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::file();
+    let bucket = s3.create_bucket("plain", false).unwrap();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE files(key text PRIMARY KEY, body text NOT NULL)")
+        .unwrap();
+    backup(&archiver);
+    let track = || {
+        let mut cmd = archiver.command(&[
+            "objects", "track", "--bucket", &bucket, "--mode", "copy", "--once",
+        ]);
+        cmd.envs(s3.env());
+        let out = run(cmd);
+        assert!(out.status.success(), "track: {}", stderr(&out));
+    };
+    track();
+    let mut app = App {
+        cluster: &cluster,
+        s3: &s3,
+        bucket: bucket.clone(),
+        files: Files::new(),
+    };
+    app.put("a", "same");
+    app.put("b", "same");
+    app.put("c", "one-c");
+    // The tracking interval is the bucket's RPO: a pass after each gap's instant.
+    let (t1, at1) = app.gap();
+    track();
+    app.put("a", "two-a");
+    app.remove("b");
+    app.put("d", "one-d");
+    let (t2, at2) = app.gap();
+    track();
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0);
+
+    // Identical bytes are stored once.
+    let blobs = repo
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains("/blobs/") && k.ends_with(".zst"))
+        .count();
+    assert_eq!(blobs, 4, "same, one-c, two-a, one-d");
+
+    // A deletion is seen by the next pass and stamped with its time: until then the
+    // restored bucket keeps the object (an orphan is harmless; a missing object is a 404).
+    let mut seen2 = at2.clone();
+    seen2.insert("b".into(), "same".into());
+    for (t, expected) in [(&t1, &at1), (&t2, &seen2)] {
+        let dest = s3.create_bucket("plain-dest", false).unwrap();
+        let mut cmd = archiver.command(&[
+            "objects",
+            "restore",
+            "--target-time",
+            t,
+            "--objects-to",
+            &format!("s3://{dest}"),
+        ]);
+        cmd.envs(s3.env());
+        let out = run(cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(&bucket_files(&s3, &dest), expected, "at {t}");
+    }
+    share_with_postgres(&archiver.repo_dir_for_postgres());
+    let started = {
+        let dest = s3.create_bucket("plain-db", false).unwrap();
+        let mut args = vec!["--target-time", &t1, "--objects", "", "--objects-to"];
+        let to = format!("s3://{dest}");
+        args.push(&to);
+        args.extend(["--verify-refs", "SELECT key FROM files"]);
+        let started = restore_started(&archiver, &s3.env(), &args);
+        assert_eq!(bucket_files(&s3, &dest), at1);
+        started
+    };
+    assert_eq!(started.rows(&cluster), at1);
+    assert!(
+        started
+            .stdout
+            .contains("0 missing from the restored bucket"),
+        "{}",
+        started.stdout
+    );
+
+    // Without versioning an in-place restore would overwrite and delete: refused.
+    let mut cmd = archiver.command(&[
+        "objects",
+        "restore",
+        "--target-time",
+        &t1,
+        "--objects-in-place",
+    ]);
+    cmd.envs(s3.env());
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tracked by copying"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(bucket_files(&s3, &bucket), at2);
+}
+
+#[test]
+fn bad_object_requests_are_refused_and_write_nothing() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::file();
+    let archiver = Archiver::new(&cluster, &repo, &[]);
+    archiver.init();
+    let plain = s3.create_bucket("unversioned", false).unwrap();
+    let versioned = s3.create_bucket("versioned", true).unwrap();
+    let objects_in_repo = || {
+        repo.keys()
+            .into_iter()
+            .filter(|k| k.starts_with("objects/"))
+            .count()
+    };
+    let cmd = |args: &[&str]| {
+        let mut cmd = archiver.command(args);
+        cmd.envs(s3.env());
+        run(cmd)
+    };
+    let refused = |out: &std::process::Output, code: i32, needle: &str| {
+        let err = stderr(out);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(needle), "{err:?} should say {needle:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    };
+
+    // Version tracking of a bucket without versioning.
+    let out = cmd(&["objects", "track", "--bucket", &plain, "--once"]);
+    refused(&out, 5, "does not have versioning enabled");
+    // A missing bucket.
+    let out = cmd(&[
+        "objects",
+        "track",
+        "--bucket",
+        "tidemark-no-such-bucket",
+        "--once",
+    ]);
+    refused(&out, 4, "does not exist");
+    assert_eq!(objects_in_repo(), 0);
+    assert!(!archiver.catalog.exists() || pass_count(&archiver, &plain) == 0);
+
+    s3.put_object(&versioned, "k", b"v1").unwrap();
+    let before = pg_now(&cluster);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = cmd(&["objects", "track", "--bucket", &versioned, "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = objects_in_repo();
+    assert!(records > 0);
+
+    // A target before tracking began.
+    let dest = s3.create_bucket("bad-dest", false).unwrap();
+    let to = format!("s3://{dest}");
+    let out = cmd(&[
+        "objects",
+        "restore",
+        "--target-time",
+        &before,
+        "--objects-to",
+        &to,
+    ]);
+    refused(&out, 5, "before tracking");
+    // A target after the newest pass.
+    std::thread::sleep(Duration::from_millis(1100));
+    let later = pg_now(&cluster);
+    let out = cmd(&[
+        "objects",
+        "restore",
+        "--target-time",
+        &later,
+        "--objects-to",
+        &to,
+    ]);
+    refused(&out, 5, "after the newest tracking pass");
+    assert!(s3.list_keys(&dest).unwrap().is_empty());
+    // A malformed time; no destination.
+    let out = cmd(&[
+        "objects",
+        "restore",
+        "--target-time",
+        "yesterday",
+        "--objects-to",
+        &to,
+    ]);
+    refused(&out, 2, "yesterday");
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = cmd(&["objects", "track", "--bucket", &versioned, "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cmd(&["objects", "restore", "--target-time", &later]);
+    refused(&out, 2, "--objects-to");
+    // A destination that is not empty: nothing is written to it.
+    s3.put_object(&dest, "precious", b"keep").unwrap();
+    let out = cmd(&[
+        "objects",
+        "restore",
+        "--target-time",
+        &later,
+        "--objects-to",
+        &to,
+    ]);
+    refused(&out, 5, "is not empty");
+    assert_eq!(
+        bucket_files(&s3, &dest),
+        Files::from([("precious".into(), "keep".into())])
+    );
+    // A database restore with an LSN target cannot pick the bucket's instant without --start.
+    let data = tidemark_fixtures::test_dir("bad-objects");
+    let out = cmd(&[
+        "restore",
+        "--pgdata",
+        data.path().join("d").to_str().unwrap(),
+        "--target-lsn",
+        "0/3000000",
+        "--objects",
+        "",
+        "--objects-to",
+        &to,
+    ]);
+    refused(&out, 2, "needs --start");
+    assert!(!data.path().join("d").exists());
+    // Nothing was recorded by the refused calls: only the two passes.
+    assert_eq!(pass_count(&archiver, &versioned), 2);
+    assert_eq!(s3.list_versions(&versioned).unwrap().len(), 1);
+}
