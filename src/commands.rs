@@ -155,7 +155,25 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
     let catalog = open_existing_catalog(cli, &url)?;
     let pg = cli.pg.as_deref().map(str::parse::<ConnInfo>).transpose()?;
-    let report = tidemark_archiver::status::status(&url.to_string(), &catalog, pg.as_ref()).await?;
+    // The database window needs the backups; status still reports the rest without them.
+    let backups = match Repository::open(&url, &S3Options::from_env()?).await {
+        Ok(repo) => repo.backups().await.map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let oldest_backup_end = match backups {
+        Ok(backups) => backups.first().map(|b| b.stop_time),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot list backups; the database window is not shown");
+            None
+        }
+    };
+    let report = tidemark_archiver::status::status(
+        &url.to_string(),
+        &catalog,
+        oldest_backup_end,
+        pg.as_ref(),
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -252,6 +252,12 @@ fn versioned_bucket_and_database_restore_to_the_same_instant() {
     wait_for_tracking(&archiver, &bucket, passes + 1);
     assert_eq!(archiver.terminate(), 0);
     assert_eq!(at1.len(), 3);
+    let out = run(archiver.command(&["status", "--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["buckets"][0]["bucket"], bucket.as_str(), "{status}");
+    assert_eq!(status["buckets"][0]["mode"], "versions", "{status}");
+    assert!(status["database_window"]["from"].is_string(), "{status}");
     assert_ne!(at1, at2);
     assert_ne!(at2, at3);
 

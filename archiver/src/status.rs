@@ -1,4 +1,5 @@
-//! `tidemark status`: how far archiving has got and how far behind the server it is.
+//! `tidemark status`: how far archiving has got, how far behind the server it is, and the
+//! window each store (the database, each tracked bucket) can be restored to.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -26,6 +27,26 @@ pub struct StatusReport {
     /// Data that would be lost if the server vanished now, in seconds: the lag, since
     /// WAL beyond the archived point may have been written any time after it was stored.
     pub rpo_estimate_seconds: Option<f64>,
+    /// Instants the database can be restored to: from the oldest backup's end to the
+    /// newest archived WAL.
+    pub database_window: Option<Window>,
+    /// Instants (PostgreSQL's clock) each tracked bucket can be restored to: its first to
+    /// its newest tracking pass.
+    pub buckets: Vec<BucketWindow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Window {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BucketWindow {
+    pub bucket: String,
+    pub mode: &'static str,
+    pub versions: u64,
+    pub window: Window,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,13 +65,28 @@ pub struct ServerPoint {
     pub system_identifier: String,
 }
 
-/// Build the report from the catalog and, if `conninfo` is given, the server.
+/// Build the report from the catalog, the oldest backup's end (`oldest_backup_end`) and,
+/// if `conninfo` is given, the server.
 pub async fn status(
     repository: &str,
     catalog: &Catalog,
+    oldest_backup_end: Option<DateTime<Utc>>,
     conninfo: Option<&ConnInfo>,
 ) -> Result<StatusReport, ArchiverError> {
     let newest = catalog.newest()?;
+    let buckets = catalog
+        .tracked_buckets()?
+        .into_iter()
+        .map(|b| BucketWindow {
+            mode: b.mode.as_str(),
+            versions: b.versions,
+            window: Window {
+                from: b.first_pass,
+                to: b.last_pass,
+            },
+            bucket: b.bucket,
+        })
+        .collect();
     let mut report = StatusReport {
         repository: repository.to_string(),
         catalog: catalog.path().display().to_string(),
@@ -66,6 +102,14 @@ pub async fn status(
         lag_bytes: None,
         lag_seconds: None,
         rpo_estimate_seconds: None,
+        database_window: match (oldest_backup_end, &newest) {
+            (Some(from), Some(n)) if n.archived_at >= from => Some(Window {
+                from,
+                to: n.archived_at,
+            }),
+            _ => None,
+        },
+        buckets,
     };
     let Some(conninfo) = conninfo else {
         return Ok(report);
@@ -127,6 +171,30 @@ impl std::fmt::Display for StatusReport {
         {
             writeln!(f, "lag:            {bytes} bytes, {secs:.1} s")?;
             writeln!(f, "RPO estimate:   {rpo:.1} s")?;
+        }
+        let secs = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match &self.database_window {
+            Some(w) => writeln!(
+                f,
+                "restorable:     database {} .. {}",
+                secs(&w.from),
+                secs(&w.to)
+            )?,
+            None => writeln!(
+                f,
+                "restorable:     database: no backup with archived WAL after it yet"
+            )?,
+        }
+        for b in &self.buckets {
+            writeln!(
+                f,
+                "                bucket {} ({}, {} versions) {} .. {}",
+                b.bucket,
+                b.mode,
+                b.versions,
+                secs(&b.window.from),
+                secs(&b.window.to)
+            )?;
         }
         Ok(())
     }
