@@ -402,19 +402,29 @@ impl Repository {
 
     /// Writes `backup.json`, the record that makes a backup complete: last, once.
     pub async fn put_backup_info(&self, info: &BackupInfo) -> Result<ArchivedObject, RepoError> {
-        let json = serde_json::to_vec_pretty(info).map_err(|e| RepoError::Task {
-            message: format!("cannot serialise backup.json: {e}"),
-        })?;
-        let metadata =
-            Metadata::from([(meta::KIND.to_string(), meta::KIND_BACKUP_INFO.to_string())]);
-        let sealed = plain_seal(&json);
-        self.store_plain(
+        self.store_document(
             layout::backup_info_key(&info.id),
-            Body::Bytes(Bytes::from(json)),
-            sealed,
-            metadata,
+            info,
+            meta::KIND_BACKUP_INFO,
         )
         .await
+    }
+
+    /// Stores `value` as a JSON document at `key` with metadata `kind`, if absent
+    /// (same-bytes rule when present).
+    pub async fn store_document(
+        &self,
+        key: String,
+        value: &impl serde::Serialize,
+        kind: &str,
+    ) -> Result<ArchivedObject, RepoError> {
+        let json = serde_json::to_vec_pretty(value).map_err(|e| RepoError::Task {
+            message: format!("cannot serialise {key}: {e}"),
+        })?;
+        let metadata = Metadata::from([(meta::KIND.to_string(), kind.to_string())]);
+        let sealed = plain_seal(&json);
+        self.store_plain(key, Body::Bytes(Bytes::from(json)), sealed, metadata)
+            .await
     }
 
     /// Record that the repository holds all of the server's WAL on `timeline` up to `lsn`

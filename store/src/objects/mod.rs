@@ -8,7 +8,6 @@
 pub mod clock;
 mod state;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +15,6 @@ pub use self::clock::{estimate, ClockEstimate, ClockSample, PgReading};
 pub use self::state::{state_at, BucketState};
 use crate::meta;
 use crate::repository::{RepoError, Repository};
-use crate::storage::{Body, Metadata};
 
 /// Where all application-bucket history lives in the repository.
 pub const OBJECTS_PREFIX: &str = "objects/";
@@ -134,18 +132,7 @@ pub async fn store_pass(repo: &Repository, record: &PassRecord) -> Result<(), Re
             versions: versions.to_vec(),
             ..record.clone()
         };
-        let key = pass_key(record, n);
-        let json = serde_json::to_vec(&part).map_err(|e| RepoError::Task {
-            message: format!("cannot serialise {key}: {e}"),
-        })?;
-        let sealed = crate::Sealed {
-            crc32: crc32fast::hash(&json),
-            raw_size: json.len() as u64,
-            stored_size: json.len() as u64,
-        };
-        let metadata =
-            Metadata::from([(meta::KIND.to_string(), meta::KIND_OBJECT_PASS.to_string())]);
-        repo.store_plain(key, Body::Bytes(Bytes::from(json)), sealed, metadata)
+        repo.store_document(pass_key(record, n), &part, meta::KIND_OBJECT_PASS)
             .await?;
     }
     Ok(())
