@@ -607,37 +607,26 @@ fn bad_object_requests_are_refused_and_write_nothing() {
     // A target before tracking began.
     let dest = s3.create_bucket("bad-dest", false).unwrap();
     let to = format!("s3://{dest}");
-    let out = cmd(&[
-        "objects",
-        "restore",
-        "--target-time",
-        &before,
-        "--objects-to",
-        &to,
-    ]);
+    let restore_at = |t: &str| {
+        cmd(&[
+            "objects",
+            "restore",
+            "--target-time",
+            t,
+            "--objects-to",
+            &to,
+        ])
+    };
+    let out = restore_at(&before);
     refused(&out, 5, "before tracking");
     // A target after the newest pass.
     std::thread::sleep(Duration::from_millis(1100));
     let later = pg_now(&cluster);
-    let out = cmd(&[
-        "objects",
-        "restore",
-        "--target-time",
-        &later,
-        "--objects-to",
-        &to,
-    ]);
+    let out = restore_at(&later);
     refused(&out, 5, "after the newest tracking pass");
     assert!(s3.list_keys(&dest).unwrap().is_empty());
     // A malformed time; no destination.
-    let out = cmd(&[
-        "objects",
-        "restore",
-        "--target-time",
-        "yesterday",
-        "--objects-to",
-        &to,
-    ]);
+    let out = restore_at("yesterday");
     refused(&out, 2, "yesterday");
     std::thread::sleep(Duration::from_millis(1100));
     let out = cmd(&["objects", "track", "--bucket", &versioned, "--once"]);
@@ -646,14 +635,7 @@ fn bad_object_requests_are_refused_and_write_nothing() {
     refused(&out, 2, "--objects-to");
     // A destination that is not empty: nothing is written to it.
     s3.put_object(&dest, "precious", b"keep").unwrap();
-    let out = cmd(&[
-        "objects",
-        "restore",
-        "--target-time",
-        &later,
-        "--objects-to",
-        &to,
-    ]);
+    let out = restore_at(&later);
     refused(&out, 5, "is not empty");
     assert_eq!(
         bucket_files(&s3, &dest),

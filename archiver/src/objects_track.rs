@@ -132,12 +132,18 @@ impl<'a> Tracker<'a> {
         if history.passes.is_empty() {
             // A new catalog on a repository that already tracks this bucket: continue its
             // history (sequence numbers, known versions) instead of starting another.
-            for pass in objects::load_passes(repo).await? {
-                if pass.bucket == options.bucket {
-                    catalog.record_pass(&pass)?;
-                }
+            for pass in objects::load_passes(repo, Some(&options.bucket)).await? {
+                catalog.record_pass(&pass)?;
             }
             history = catalog.object_history(&options.bucket)?;
+        }
+        if options.mode == TrackMode::Copy {
+            std::fs::create_dir_all(&options.work_dir).map_err(|source| {
+                ArchiverError::Repository(tidemark_store::RepoError::Local {
+                    path: options.work_dir.clone(),
+                    source,
+                })
+            })?;
         }
         Ok(Tracker {
             repo,
@@ -152,11 +158,10 @@ impl<'a> Tracker<'a> {
 
     /// PostgreSQL's clock, reconnecting once if the session was lost.
     async fn pg_reading(&mut self) -> Result<PgReading, ArchiverError> {
-        let sql = match self.sql.take() {
+        let mut sql = match self.sql.take() {
             Some(sql) => sql,
             None => SqlSession::connect(self.pg).await?,
         };
-        let mut sql = sql;
         let sent = Utc::now();
         let now = sql.now().await?;
         let received = Utc::now();
@@ -170,17 +175,13 @@ impl<'a> Tracker<'a> {
 
     async fn pass(&mut self) -> Result<PassOutcome, ArchiverError> {
         let pg = self.pg_reading().await?;
-        let bucket_err = |source| ArchiverError::Bucket {
-            bucket: self.options.bucket.clone(),
-            source,
-        };
         let (versions, reading) = match self.options.mode {
             TrackMode::Versions => {
                 let listing = self
                     .bucket
                     .list_versions(&self.options.prefix)
                     .await
-                    .map_err(bucket_err)?;
+                    .map_err(|e| self.bucket_error(e))?;
                 (self.new_versions(listing.entries), listing.reading)
             }
             TrackMode::Copy => {
@@ -188,7 +189,7 @@ impl<'a> Tracker<'a> {
                     .bucket
                     .list_current(&self.options.prefix)
                     .await
-                    .map_err(bucket_err)?;
+                    .map_err(|e| self.bucket_error(e))?;
                 let changes = self.copy_changes(listing.entries, listing.reading).await?;
                 (changes, listing.reading)
             }
@@ -276,12 +277,6 @@ impl<'a> Tracker<'a> {
                     .is_none_or(|v| v.etag != o.etag || v.size != o.size)
             })
             .collect();
-        std::fs::create_dir_all(&self.options.work_dir).map_err(|source| {
-            ArchiverError::Repository(tidemark_store::RepoError::Local {
-                path: self.options.work_dir.clone(),
-                source,
-            })
-        })?;
         let copied: Vec<Option<TrackedVersion>> = stream::iter(changed)
             .map(|o| self.copy_object(o))
             .buffered(COPY_CONCURRENCY)
@@ -316,14 +311,10 @@ impl<'a> Tracker<'a> {
         &self,
         listed: &CurrentObject,
     ) -> Result<Option<TrackedVersion>, ArchiverError> {
-        let bucket_err = |source| ArchiverError::Bucket {
-            bucket: self.options.bucket.clone(),
-            source,
-        };
         let mut object = match self.bucket.get(&listed.key).await {
             Ok(o) => o,
             Err(StorageError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(bucket_err(e)),
+            Err(e) => return Err(self.bucket_error(e)),
         };
         let tmp = tempfile::Builder::new()
             .prefix(".tidemark-object-")
@@ -338,7 +329,7 @@ impl<'a> Tracker<'a> {
         let mut size = 0u64;
         loop {
             let n = object.body.read(&mut buf).await.map_err(|e| {
-                bucket_err(StorageError::Backend {
+                self.bucket_error(StorageError::Backend {
                     operation: "GetObject",
                     key: listed.key.clone(),
                     message: e.to_string(),
@@ -380,6 +371,13 @@ impl<'a> Tracker<'a> {
             delete_marker: false,
             blob: Some(sha),
         }))
+    }
+
+    fn bucket_error(&self, source: StorageError) -> ArchiverError {
+        ArchiverError::Bucket {
+            bucket: self.options.bucket.clone(),
+            source,
+        }
     }
 
     fn local_error(&self, source: std::io::Error) -> ArchiverError {

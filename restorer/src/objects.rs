@@ -60,9 +60,6 @@ pub struct ObjectRestoreReport {
     pub bytes: u64,
     /// Keys that changed so close to the instant that the clocks cannot order the change.
     pub uncertain_keys: Vec<String>,
-    /// The keys that exist in the restored bucket, as the database names them.
-    #[serde(skip)]
-    pub keys: BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,34 +201,21 @@ impl Writer {
                 })
             }
             Destination::Copy { bucket: to, prefix } => {
-                let not_empty = || ObjectRestoreError::DestinationNotEmpty {
-                    destination: format!("s3://{to}/{prefix}"),
-                };
-                match AppBucket::connect(to, s3).await {
-                    Ok(dest) => {
-                        if dest.has_objects(prefix).await.map_err(bucket_err(to))? {
-                            return Err(not_empty());
-                        }
-                        Ok(Writer {
-                            source,
-                            dest,
-                            dest_prefix: prefix.clone(),
-                            in_place: false,
-                        })
-                    }
-                    Err(StorageError::BucketMissing { .. }) => {
-                        let (dest, _) = AppBucket::connect_or_create(to, s3)
-                            .await
-                            .map_err(bucket_err(to))?;
-                        Ok(Writer {
-                            source,
-                            dest,
-                            dest_prefix: prefix.clone(),
-                            in_place: false,
-                        })
-                    }
-                    Err(e) => Err(bucket_err(to)(e)),
+                // A bucket created just now is empty; an existing one must be, under prefix.
+                let (dest, created) = AppBucket::connect_or_create(to, s3)
+                    .await
+                    .map_err(bucket_err(to))?;
+                if !created && dest.has_objects(prefix).await.map_err(bucket_err(to))? {
+                    return Err(ObjectRestoreError::DestinationNotEmpty {
+                        destination: format!("s3://{to}/{prefix}"),
+                    });
                 }
+                Ok(Writer {
+                    source,
+                    dest,
+                    dest_prefix: prefix.clone(),
+                    in_place: false,
+                })
             }
         }
     }
@@ -262,7 +246,6 @@ impl Writer {
             unchanged: 0,
             bytes: 0,
             uncertain_keys: plan.uncertain_keys.clone(),
-            keys: plan.live.keys().cloned().collect(),
         };
         // Each step: restore this version, or (None) put a delete marker on the key.
         let mut steps: Vec<(String, Option<&TrackedVersion>)> = Vec::new();

@@ -78,7 +78,7 @@ pub async fn reindex_objects(
     repo: &Repository,
     catalog: &mut Catalog,
 ) -> Result<usize, ReindexError> {
-    let passes = crate::objects::load_passes(repo).await?;
+    let passes = crate::objects::load_passes(repo, None).await?;
     catalog.clear_object_history()?;
     for pass in &passes {
         catalog.record_pass(pass)?;

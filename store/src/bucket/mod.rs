@@ -15,8 +15,8 @@ use chrono::{DateTime, Duration, Utc};
 use tokio::io::AsyncRead;
 
 use self::capture::{Capture, Captured, EntryKind};
-use crate::storage::s3::errors::{map_sdk_error, status, Call};
-use crate::storage::s3::{build_client, size_of, to_chrono};
+use crate::storage::s3::errors::{map_sdk_error, Call};
+use crate::storage::s3::{bucket_exists, build_client, size_of, to_chrono};
 use crate::storage::{validate_key, validate_prefix, S3Options, StorageError};
 
 /// A bucket's versioning state.
@@ -95,7 +95,6 @@ pub struct Listing<T> {
 pub struct BucketObject {
     pub etag: String,
     pub last_modified: Option<DateTime<Utc>>,
-    pub size: u64,
     pub body: std::pin::Pin<Box<dyn AsyncRead + Send>>,
 }
 
@@ -167,11 +166,7 @@ impl AppBucket {
     }
 
     async fn exists(&self) -> Result<bool, StorageError> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
-            Ok(_) => Ok(true),
-            Err(e) if status(&e) == Some(404) => Ok(false),
-            Err(e) => Err(map_sdk_error(e, &self.call("HeadBucket", ""))),
-        }
+        bucket_exists(&self.client, &self.call("HeadBucket", "")).await
     }
 
     /// The bucket's versioning state.
@@ -347,7 +342,6 @@ impl AppBucket {
                 .trim_matches('"')
                 .to_string(),
             last_modified: out.last_modified().and_then(to_chrono),
-            size: size_of(out.content_length()),
             body: Box::pin(out.body.into_async_read()),
         })
     }

@@ -138,11 +138,18 @@ pub async fn store_pass(repo: &Repository, record: &PassRecord) -> Result<(), Re
     Ok(())
 }
 
-/// Every pass record in the repository, of every bucket, in key order (oldest first per
-/// bucket). A record that does not parse or names another bucket is an error.
-pub async fn load_passes(repo: &Repository) -> Result<Vec<PassRecord>, RepoError> {
+/// The pass records of `bucket` (of every bucket when `None`), in key order (oldest first
+/// per bucket). A record that does not parse or names another bucket is an error.
+pub async fn load_passes(
+    repo: &Repository,
+    bucket: Option<&str>,
+) -> Result<Vec<PassRecord>, RepoError> {
+    let prefix = match bucket {
+        Some(b) => format!("{OBJECTS_PREFIX}{b}/passes/"),
+        None => OBJECTS_PREFIX.to_string(),
+    };
     let mut out = Vec::new();
-    for info in repo.list(OBJECTS_PREFIX).await? {
+    for info in repo.list(&prefix).await? {
         let Some(rest) = info.key.strip_prefix(OBJECTS_PREFIX) else {
             continue;
         };
@@ -212,7 +219,9 @@ mod tests {
         store_pass(&repo, &record).await.unwrap();
         // Same pass again (a retry after a crash): same bytes, accepted.
         store_pass(&repo, &record).await.unwrap();
-        let loaded = load_passes(&repo).await.unwrap();
+        let loaded = load_passes(&repo, None).await.unwrap();
+        assert_eq!(load_passes(&repo, Some("app")).await.unwrap(), loaded);
+        assert!(load_passes(&repo, Some("other")).await.unwrap().is_empty());
         assert_eq!(loaded.len(), 3);
         let versions: Vec<_> = loaded.into_iter().flat_map(|p| p.versions).collect();
         assert_eq!(versions, record.versions);

@@ -126,14 +126,11 @@ impl S3Storage {
     }
 
     async fn check_bucket(&self) -> Result<(), StorageError> {
-        let call = self.call("HeadBucket", "");
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
-            Ok(_) => Ok(()),
-            // HEAD answers carry no error code: a bare 404 means no such bucket.
-            Err(e) if errors::status(&e) == Some(404) => Err(StorageError::BucketMissing {
+        match bucket_exists(&self.client, &self.call("HeadBucket", "")).await? {
+            true => Ok(()),
+            false => Err(StorageError::BucketMissing {
                 bucket: self.bucket.clone(),
             }),
-            Err(e) => Err(map_sdk_error(e, &call)),
         }
     }
 
@@ -381,6 +378,16 @@ pub(crate) async fn build_client(options: &S3Options) -> (Client, String) {
     let endpoint = custom_endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
     debug!(%endpoint, %region, path_style, when_required, "s3 client");
     (Client::from_conf(config.build()), endpoint)
+}
+
+/// Whether `call.bucket` exists. HEAD answers carry no error code: a bare 404 means no
+/// such bucket.
+pub(crate) async fn bucket_exists(client: &Client, call: &Call<'_>) -> Result<bool, StorageError> {
+    match client.head_bucket().bucket(call.bucket).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if errors::status(&e) == Some(404) => Ok(false),
+        Err(e) => Err(map_sdk_error(e, call)),
+    }
 }
 
 fn to_s3_metadata(meta: &Metadata) -> HashMap<String, String> {
