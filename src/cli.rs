@@ -64,6 +64,9 @@ pub enum Command {
     },
     /// Rebuild the local catalog from the repository alone
     Reindex,
+    /// Remove what the retention window no longer needs: old backups, their WAL, and
+    /// bucket history from before the database's window
+    Expire(ExpireArgs),
     /// Track the application's bucket, or restore it to an instant
     Objects {
         #[command(subcommand)]
@@ -91,6 +94,54 @@ pub enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// How far back every store stays restorable: a number and a unit (s, m, h, d, w),
+    /// e.g. 14d or 36h
+    #[arg(long, value_name = "DURATION", value_parser = parse_retention)]
+    pub retention: chrono::Duration,
+    /// Show what would be removed; remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A retention such as `14d`, `36h` or `1w2d`: numbers each followed by a unit.
+fn parse_retention(raw: &str) -> Result<chrono::Duration, String> {
+    let bad = || {
+        format!("{raw:?} is not a retention; write a number and a unit (s, m, h, d, w), e.g. 14d or 36h")
+    };
+    let mut total = chrono::Duration::zero();
+    let mut digits = String::new();
+    for c in raw.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        let unit = match c {
+            's' => chrono::Duration::try_seconds(n),
+            'm' => chrono::Duration::try_minutes(n),
+            'h' => chrono::Duration::try_hours(n),
+            'd' => chrono::Duration::try_days(n),
+            'w' => chrono::Duration::try_weeks(n),
+            _ => None,
+        };
+        total = unit.and_then(|u| total.checked_add(&u)).ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || total <= chrono::Duration::zero() {
+        return Err(bad());
+    }
+    // Beyond a century the window reaches before any backup could exist: expire nothing.
+    if total > chrono::Duration::days(36_500) {
+        return Err(format!("{raw:?} is longer than 100 years"));
+    }
+    Ok(total)
 }
 
 #[derive(Debug, Args)]
@@ -341,4 +392,32 @@ pub struct StreamArgs {
     pub track_bucket: Vec<String>,
     #[command(flatten)]
     pub tracking: TrackingOpts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retentions_parse_and_junk_is_refused() {
+        let d = chrono::Duration::days;
+        assert_eq!(parse_retention("14d"), Ok(d(14)));
+        assert_eq!(parse_retention("1w2d"), Ok(d(9)));
+        assert_eq!(parse_retention("36h"), Ok(chrono::Duration::hours(36)));
+        assert_eq!(parse_retention("90s"), Ok(chrono::Duration::seconds(90)));
+        for bad in [
+            "",
+            "14",
+            "d",
+            "0d",
+            "-1d",
+            "14x",
+            "1.5d",
+            "14 d",
+            "99999999999999999999d",
+            "200000w",
+        ] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -22,6 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status { json } => status(&cli, *json).await,
         Command::Reindex => reindex(&cli).await,
+        Command::Expire(args) => crate::expire::expire(&cli, args).await,
         Command::Objects {
             what: ObjectsCommand::Track(args),
         } => crate::objects::track(&cli, args).await,

@@ -5,7 +5,7 @@
 //! refused the login or lacks privileges; 4 repository storage unreachable, missing or
 //! denied; 5 the repository refused the operation (another cluster's repository, not
 //! initialised, split-brain WAL, a bucket without versioning, an object target outside
-//! the tracked window, a non-empty destination); 6 local files (catalog, spool) failed.
+//! the tracked window, a non-empty destination, a lease another process holds); 6 local files (catalog, spool) failed.
 //! `wal-fetch` has its own contract with PostgreSQL: 0 restored, 1 absent, 200 failed
 //! (1 in standby mode).
 
@@ -20,6 +20,7 @@ use tidemark_restorer::target::TargetError;
 use tidemark_restorer::unpack::UnpackError;
 use tidemark_store::backup::BadBackupId;
 use tidemark_store::catalog::CatalogError;
+use tidemark_store::lease::LeaseError;
 use tidemark_store::reindex::ReindexError;
 use tidemark_store::repository::RepoError;
 use tidemark_store::storage::StorageError;
@@ -96,6 +97,8 @@ fn code(err: &anyhow::Error) -> u8 {
                 ArchiverError::Postgres(_) => POSTGRES,
                 ArchiverError::Repository(e) => repo_code(e),
                 ArchiverError::Catalog(e) => catalog_code(e),
+                ArchiverError::Lease(LeaseError::Repository(e)) => repo_code(e),
+                ArchiverError::Lease(LeaseError::Held { .. }) => REFUSED,
                 ArchiverError::Spool(_) => LOCAL,
                 ArchiverError::NotInitialised { .. }
                 | ArchiverError::Append(_)

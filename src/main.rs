@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod expire;
 mod failure;
 mod fetch;
 mod objects;

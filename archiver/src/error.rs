@@ -15,6 +15,9 @@ pub enum ArchiverError {
     /// The repository refused or failed an operation.
     #[error(transparent)]
     Repository(#[from] RepoError),
+    /// A repository lease could not be taken.
+    #[error(transparent)]
+    Lease(#[from] tidemark_store::lease::LeaseError),
     /// The local catalog failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),

@@ -1,5 +1,6 @@
 //! tidemark-archiver: the archiving jobs — `init`, `stream` (replication -> spool ->
-//! compress -> upload -> catalog -> slot feedback), `backup`, `objects track` and `status`.
+//! compress -> upload -> catalog -> slot feedback), `backup`, `objects track`, `expire`
+//! (the retention window) and `status`.
 //!
 //! Architecture invariant: the archiver never imports the restorer; it reaches the
 //! repository only through `tidemark-store` and PostgreSQL only through
@@ -10,6 +11,7 @@ pub mod backup;
 pub mod cluster;
 pub mod error;
 mod events;
+pub mod expire;
 pub mod init;
 pub mod objects_track;
 pub mod spool;

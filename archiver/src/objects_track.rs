@@ -16,6 +16,7 @@ use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::SqlSession;
 use tidemark_store::bucket::{AppBucket, CurrentObject, ListedVersion, ServerReading, Versioning};
 use tidemark_store::catalog::Catalog;
+use tidemark_store::lease::{self, Lease};
 use tidemark_store::meta;
 use tidemark_store::objects::{
     self, state_at, ClockSample, ObjectHistory, PassRecord, PgReading, TrackMode, TrackedVersion,
@@ -31,6 +32,10 @@ use crate::error::ArchiverError;
 
 /// Objects copied at once in copy mode.
 const COPY_CONCURRENCY: usize = 8;
+/// How long a pass may hold the bucket's lease, and the least time it waits for it
+/// (`expire` holds it while it folds the bucket's history).
+const LEASE_TTL: Duration = Duration::from_secs(3600);
+const LEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// What to track and how.
 #[derive(Debug, Clone)]
@@ -173,7 +178,22 @@ impl<'a> Tracker<'a> {
         })
     }
 
+    /// One pass, under the bucket's lease (so `expire` never folds history under it).
     async fn pass(&mut self) -> Result<PassOutcome, ArchiverError> {
+        let lease = Lease::take(
+            self.repo,
+            &objects::lease_name(&self.options.bucket),
+            &lease::holder("tidemark objects track"),
+            LEASE_TTL,
+            self.options.interval.max(LEASE_WAIT),
+        )
+        .await?;
+        let outcome = self.leased_pass().await;
+        lease.release().await?;
+        outcome
+    }
+
+    async fn leased_pass(&mut self) -> Result<PassOutcome, ArchiverError> {
         let pg = self.pg_reading().await?;
         let (versions, reading) = match self.options.mode {
             TrackMode::Versions => {
@@ -203,6 +223,7 @@ impl<'a> Tracker<'a> {
             complete_as_of: reading.received_no_earlier_than(),
             clock: ClockSample::measure(pg, reading),
             versions,
+            folded: false,
         };
         objects::store_pass(self.repo, &record).await?;
         self.catalog.record_pass(&record)?;
@@ -215,6 +236,7 @@ impl<'a> Tracker<'a> {
     }
 
     /// Versions and delete markers not recorded yet, each key's oldest first, numbered.
+    /// Settled ones that the history lacks were dropped by `expire`, and stay dropped.
     fn new_versions(&self, listed: Vec<ListedVersion>) -> Vec<TrackedVersion> {
         let known: HashSet<(&str, &str)> = self
             .history
@@ -222,8 +244,12 @@ impl<'a> Tracker<'a> {
             .iter()
             .map(|v| (v.key.as_str(), v.version_id.as_str()))
             .collect();
+        let settled = self.history.settled_before();
         let mut by_key: BTreeMap<String, Vec<ListedVersion>> = BTreeMap::new();
         for v in listed {
+            if settled.is_some_and(|s| v.last_modified <= s) {
+                continue;
+            }
             if !known.contains(&(v.key.as_str(), v.version_id.as_str())) {
                 by_key.entry(v.key.clone()).or_default().push(v);
             }

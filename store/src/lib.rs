@@ -8,6 +8,7 @@ pub mod crashsafe;
 pub mod envelope;
 pub mod identity;
 pub mod layout;
+pub mod lease;
 pub mod meta;
 pub mod objects;
 pub mod reindex;

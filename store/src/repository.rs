@@ -158,7 +158,7 @@ impl RepoError {
         }
     }
 
-    fn storage(key: &str) -> impl FnOnce(StorageError) -> RepoError + '_ {
+    pub(crate) fn storage(key: &str) -> impl FnOnce(StorageError) -> RepoError + '_ {
         move |source| RepoError::Storage {
             key: key.to_string(),
             source,
@@ -475,6 +475,14 @@ impl Repository {
     pub async fn head(&self, key: &str) -> Result<Option<ObjectHead>, RepoError> {
         self.storage
             .head(key)
+            .await
+            .map_err(RepoError::storage(key))
+    }
+
+    /// `Storage::delete` with the key as error context (`Ok` when already absent).
+    pub async fn delete(&self, key: &str) -> Result<(), RepoError> {
+        self.storage
+            .delete(key)
             .await
             .map_err(RepoError::storage(key))
     }

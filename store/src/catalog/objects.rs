@@ -44,38 +44,31 @@ impl Catalog {
     /// Records a pass and its versions; recording the same pass again changes nothing.
     pub fn record_pass(&mut self, pass: &PassRecord) -> Result<(), CatalogError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO object_passes (bucket, at, prefix, mode, complete_as_of, min_offset_ms, max_offset_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                pass.bucket,
-                text(pass.clock.at),
-                pass.prefix,
-                pass.mode.as_str(),
-                text(pass.complete_as_of),
-                pass.clock.min_offset_ms,
-                pass.clock.max_offset_ms
-            ],
-        )?;
+        insert_pass(&tx, pass)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces the passes `replaced` (and their versions) of one bucket by the folded
+    /// record `with`, in one transaction (see `objects::compact`).
+    pub fn replace_passes(
+        &mut self,
+        replaced: &[PassRecord],
+        with: &PassRecord,
+    ) -> Result<(), CatalogError> {
+        let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare(
-                "INSERT OR IGNORE INTO object_versions (bucket, seq, key, version_id, last_modified, size, etag, delete_marker, blob)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for v in &pass.versions {
-                insert.execute(params![
-                    pass.bucket,
-                    v.seq,
-                    v.key,
-                    v.version_id,
-                    text(v.last_modified),
-                    v.size as i64,
-                    v.etag,
-                    i64::from(v.delete_marker),
-                    v.blob
-                ])?;
+            let mut pass = tx.prepare("DELETE FROM object_passes WHERE bucket = ?1 AND at = ?2")?;
+            let mut version =
+                tx.prepare("DELETE FROM object_versions WHERE bucket = ?1 AND seq = ?2")?;
+            for r in replaced {
+                pass.execute(params![r.bucket, text(r.clock.at)])?;
+                for v in &r.versions {
+                    version.execute(params![r.bucket, v.seq])?;
+                }
             }
         }
+        insert_pass(&tx, with)?;
         tx.commit()?;
         Ok(())
     }
@@ -142,6 +135,41 @@ impl Catalog {
     }
 }
 
+/// Inserts a pass and its versions; rows already there are kept.
+fn insert_pass(tx: &rusqlite::Transaction<'_>, pass: &PassRecord) -> Result<(), CatalogError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO object_passes (bucket, at, prefix, mode, complete_as_of, min_offset_ms, max_offset_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            pass.bucket,
+            text(pass.clock.at),
+            pass.prefix,
+            pass.mode.as_str(),
+            text(pass.complete_as_of),
+            pass.clock.min_offset_ms,
+            pass.clock.max_offset_ms
+        ],
+    )?;
+    let mut insert = tx.prepare(
+        "INSERT OR IGNORE INTO object_versions (bucket, seq, key, version_id, last_modified, size, etag, delete_marker, blob)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for v in &pass.versions {
+        insert.execute(params![
+            pass.bucket,
+            v.seq,
+            v.key,
+            v.version_id,
+            text(v.last_modified),
+            v.size as i64,
+            v.etag,
+            i64::from(v.delete_marker),
+            v.blob
+        ])?;
+    }
+    Ok(())
+}
+
 fn pass_from_row(row: &Row<'_>) -> Result<PassSummary, CatalogError> {
     Ok(PassSummary {
         prefix: row.get(1)?,
@@ -185,6 +213,7 @@ mod tests {
                 max_offset_ms: 7,
             },
             versions: vec![v.clone()],
+            folded: false,
         };
         cat.record_pass(&pass).unwrap();
         cat.record_pass(&pass).unwrap();

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Row};
-use tidemark_protocol::{Lsn, SegmentName, TimelineId};
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 use super::{Catalog, CatalogError};
 use crate::wal_summary::{RestorePoint, WalSummary};
@@ -161,6 +161,29 @@ impl Catalog {
             ));
         }
         Ok(out)
+    }
+
+    /// Forgets WAL objects removed from the repository (by `expire`): their rows, and the
+    /// restore points inside them.
+    pub fn forget_segments(
+        &self,
+        removed: &[(SegmentName, &str)],
+        seg: WalSegmentSize,
+    ) -> Result<(), CatalogError> {
+        let tx = self.conn().unchecked_transaction()?;
+        for (name, key) in removed {
+            tx.execute("DELETE FROM segments WHERE key = ?1", [key])?;
+            tx.execute(
+                "DELETE FROM restore_points WHERE timeline = ?1 AND lsn >= ?2 AND lsn < ?3",
+                params![
+                    i64::from(name.timeline.0),
+                    to_i64(name.start_lsn(seg).0),
+                    to_i64(name.end_lsn(seg).0)
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Forget a partial row (its object was removed from the repository).

@@ -53,7 +53,7 @@ impl ClockEstimate {
 }
 
 /// Samples within this distance of the target are combined.
-const NEAR: i64 = 3600;
+pub(crate) const NEAR: i64 = 3600;
 
 /// The offset at PostgreSQL time `t`: the intersection of the bounds of every sample
 /// within an hour of `t` (clocks drift slowly; each sample's one-second `Date` granularity

@@ -6,12 +6,14 @@
 //! (`objects/<bucket>/blobs/<sha256>.zst`, content-addressed, deduplicated).
 
 pub mod clock;
+mod compact;
 mod state;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use self::clock::{estimate, ClockEstimate, ClockSample, PgReading};
+pub use self::compact::{compact, referenced_blobs, Compaction, SETTLE_MARGIN};
 pub use self::state::{state_at, BucketState};
 use crate::meta;
 use crate::repository::{RepoError, Repository};
@@ -72,6 +74,17 @@ pub struct PassRecord {
     pub complete_as_of: DateTime<Utc>,
     pub clock: ClockSample,
     pub versions: Vec<TrackedVersion>,
+    /// Written by `expire`: the passes up to this one folded into one record (see
+    /// `compact`), stored under its own key beside the pass it stands for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub folded: bool,
+}
+
+/// A pass record and the repository key it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPass {
+    pub key: String,
+    pub record: PassRecord,
 }
 
 /// A bucket's whole recorded history.
@@ -100,42 +113,77 @@ impl ObjectHistory {
     pub fn next_seq(&self) -> i64 {
         self.versions.iter().map(|v| v.seq + 1).max().unwrap_or(1)
     }
+
+    /// Versions the object store wrote before this instant (its clock) are settled: the
+    /// first pass listed every one of them, or `expire` kept those live at it — so one
+    /// listed again and not in the history is a superseded version `expire` dropped, not
+    /// a new one.
+    pub fn settled_before(&self) -> Option<DateTime<Utc>> {
+        self.passes
+            .first()
+            .map(|p| p.complete_as_of - SETTLE_MARGIN)
+    }
+}
+
+/// The SHA-256 of the blob at `key`, if `key` is one of `bucket`'s blobs.
+pub fn blob_sha<'k>(bucket: &str, key: &'k str) -> Option<&'k str> {
+    let (_, file) = key.strip_prefix(&blobs_prefix(bucket))?.split_once('/')?;
+    let sha = file.strip_suffix(".zst")?;
+    (blob_key(bucket, sha) == key).then_some(sha)
+}
+
+/// The repository lease (`locks/`) that a tracking pass and `expire` take on `bucket`'s
+/// history.
+pub fn lease_name(bucket: &str) -> String {
+    format!("objects-{bucket}")
 }
 
 /// Key of the content-addressed copy with SHA-256 `sha`.
 pub fn blob_key(bucket: &str, sha: &str) -> String {
     format!(
-        "{OBJECTS_PREFIX}{bucket}/blobs/{}/{sha}.zst",
+        "{}{}/{sha}.zst",
+        blobs_prefix(bucket),
         &sha[..2.min(sha.len())]
     )
 }
 
+/// `objects/<bucket>/passes/<time>-<part>.json`, or `<time>-folded-<part>.json` for a
+/// folded record (it sorts after the pass of the same time it stands for).
 fn pass_key(record: &PassRecord, part: usize) -> String {
     format!(
-        "{OBJECTS_PREFIX}{}/passes/{}-{part:04}.json",
+        "{OBJECTS_PREFIX}{}/passes/{}-{}{part:04}.json",
         record.bucket,
-        record.clock.at.format("%Y%m%dT%H%M%S%.6fZ")
+        record.clock.at.format("%Y%m%dT%H%M%S%.6fZ"),
+        if record.folded { "folded-" } else { "" }
     )
 }
 
-/// Writes a pass to the repository (split into parts of at most 5,000 versions). A pass
-/// without new versions is still written: it carries the clock sample and extends the
-/// restorable window.
-pub async fn store_pass(repo: &Repository, record: &PassRecord) -> Result<(), RepoError> {
+/// Where `bucket`'s copied objects live.
+pub fn blobs_prefix(bucket: &str) -> String {
+    format!("{OBJECTS_PREFIX}{bucket}/blobs/")
+}
+
+/// Writes a pass to the repository (split into parts of at most 5,000 versions) and
+/// returns the keys written. A pass without new versions is still written: it carries the
+/// clock sample and extends the restorable window.
+pub async fn store_pass(repo: &Repository, record: &PassRecord) -> Result<Vec<String>, RepoError> {
     let parts: Vec<&[TrackedVersion]> = if record.versions.is_empty() {
         vec![&[]]
     } else {
         record.versions.chunks(VERSIONS_PER_RECORD).collect()
     };
+    let mut keys = Vec::with_capacity(parts.len());
     for (n, versions) in parts.into_iter().enumerate() {
         let part = PassRecord {
             versions: versions.to_vec(),
             ..record.clone()
         };
-        repo.store_document(pass_key(record, n), &part, meta::KIND_OBJECT_PASS)
+        let stored = repo
+            .store_document(pass_key(record, n), &part, meta::KIND_OBJECT_PASS)
             .await?;
+        keys.push(stored.key);
     }
-    Ok(())
+    Ok(keys)
 }
 
 /// The pass records of `bucket` (of every bucket when `None`), in key order (oldest first
@@ -144,6 +192,15 @@ pub async fn load_passes(
     repo: &Repository,
     bucket: Option<&str>,
 ) -> Result<Vec<PassRecord>, RepoError> {
+    let stored = load_stored_passes(repo, bucket).await?;
+    Ok(stored.into_iter().map(|p| p.record).collect())
+}
+
+/// `load_passes`, with each record's key.
+pub async fn load_stored_passes(
+    repo: &Repository,
+    bucket: Option<&str>,
+) -> Result<Vec<StoredPass>, RepoError> {
     let prefix = match bucket {
         Some(b) => format!("{OBJECTS_PREFIX}{b}/passes/"),
         None => OBJECTS_PREFIX.to_string(),
@@ -171,7 +228,10 @@ pub async fn load_passes(
                 reason: format!("it describes bucket {}", record.bucket),
             });
         }
-        out.push(record);
+        out.push(StoredPass {
+            key: info.key,
+            record,
+        });
     }
     Ok(out)
 }
@@ -215,6 +275,7 @@ mod tests {
             versions: (0..12_001)
                 .map(|i| version(i, &format!("k{i}"), 1, false))
                 .collect(),
+            folded: false,
         };
         store_pass(&repo, &record).await.unwrap();
         // Same pass again (a retry after a crash): same bytes, accepted.
@@ -226,5 +287,16 @@ mod tests {
         let versions: Vec<_> = loaded.into_iter().flat_map(|p| p.versions).collect();
         assert_eq!(versions, record.versions);
         assert_eq!(blob_key("app", "abcdef"), "objects/app/blobs/ab/abcdef.zst");
+        assert_eq!(
+            blob_sha("app", "objects/app/blobs/ab/abcdef.zst"),
+            Some("abcdef")
+        );
+        for other in [
+            "objects/app/blobs/cd/abcdef.zst",
+            "objects/app/blobs/ab/abcdef",
+            "objects/other/blobs/ab/abcdef.zst",
+        ] {
+            assert_eq!(blob_sha("app", other), None, "{other}");
+        }
     }
 }

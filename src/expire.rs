@@ -1,0 +1,90 @@
+//! `tidemark expire`: applies the retention window and prints what went.
+
+use tidemark_archiver::expire::{ExpireOptions, ExpireReport};
+use tidemark_store::catalog::Catalog;
+use tidemark_store::repository::Repository;
+use tidemark_store::storage::S3Options;
+
+use crate::cli::{Cli, ExpireArgs};
+use crate::commands::{catalog_path, repo_url};
+use crate::failure::Usage;
+
+pub async fn expire(cli: &Cli, args: &ExpireArgs) -> anyhow::Result<()> {
+    let url = repo_url(cli)?;
+    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let identity = repo.identity().await?.ok_or(Usage(
+        "the repository has no tidemark.json; HINT: check --repo",
+    ))?;
+    let seg = tidemark_protocol::WalSegmentSize::new(identity.wal_segment_size)?;
+    // The repository is the truth; a catalog on this machine is kept in step with it.
+    let path = catalog_path(cli, &url);
+    let mut catalog = match path.exists() {
+        true => Some(Catalog::open(&path)?),
+        false => None,
+    };
+    let options = ExpireOptions {
+        retention: args.retention,
+        dry_run: args.dry_run,
+    };
+    let report = tidemark_archiver::expire::expire(&repo, catalog.as_mut(), seg, options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, catalog.is_none());
+    }
+    Ok(())
+}
+
+fn print_report(r: &ExpireReport, no_catalog: bool) {
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string();
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    println!("retention window begins {}", time(r.cutoff));
+    let removed_bytes: u64 = r.backups_removed.iter().map(|b| b.bytes).sum();
+    println!(
+        "{verb} {} backups ({:.1} MB){}",
+        r.backups_removed.len(),
+        mb(removed_bytes),
+        r.backups_removed
+            .iter()
+            .map(|b| format!("\n  {} (ended {})", b.id, time(b.stop_time)))
+            .collect::<String>()
+    );
+    println!(
+        "kept {} backups: {}",
+        r.backups_kept.len(),
+        r.backups_kept
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "{verb} {} WAL objects ({:.1} MB)",
+        r.wal_removed,
+        mb(r.wal_bytes_removed)
+    );
+    match r.database_window_from {
+        Some(t) => println!("database restorable from {}", time(t)),
+        None => println!("database: no complete backup, so nothing is expired"),
+    }
+    for b in &r.buckets {
+        match &b.skipped {
+            Some(why) => println!("bucket {}: left as it is: {why}", b.bucket),
+            None => println!(
+                "bucket {}: {verb} {} versions and {} copies ({:.1} MB), folding {} pass records into one{}",
+                b.bucket,
+                b.versions_dropped,
+                b.blobs_removed,
+                mb(b.blob_bytes_removed),
+                b.passes_folded,
+                b.window_from
+                    .map(|t| format!("; restorable from {}", time(t)))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    if no_catalog && !r.dry_run {
+        println!("no catalog on this machine was updated; run `tidemark reindex` where one is");
+    }
+}
