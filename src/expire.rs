@@ -25,6 +25,7 @@ pub async fn expire(cli: &Cli, args: &ExpireArgs) -> anyhow::Result<()> {
     let options = ExpireOptions {
         retention: args.retention,
         dry_run: args.dry_run,
+        lease_wait: std::time::Duration::from_secs(60),
     };
     let report = tidemark_archiver::expire::expire(&repo, catalog.as_mut(), seg, options).await?;
     if args.json {

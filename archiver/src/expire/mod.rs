@@ -34,6 +34,8 @@ pub struct ExpireOptions {
     pub retention: chrono::Duration,
     /// Report what would be removed, remove nothing.
     pub dry_run: bool,
+    /// How long to wait for a bucket's lease while a tracking pass holds it.
+    pub lease_wait: std::time::Duration,
 }
 
 /// What `expire` removed (or, in a dry run, would remove).
@@ -109,8 +111,7 @@ pub async fn expire(
     }
     // Bucket history reaches back as far as the database: no further.
     if let Some(window_start) = report.database_window_from {
-        report.buckets =
-            buckets::expire_buckets(repo, catalog, window_start, options.dry_run).await?;
+        report.buckets = buckets::expire_buckets(repo, catalog, window_start, &options).await?;
     }
     Ok(report)
 }

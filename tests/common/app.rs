@@ -1,0 +1,188 @@
+//! The application side of the end-to-end tests: a `files` table and the objects its
+//! rows name, changed in lockstep; reading a bucket back; and clusters restored with
+//! `--start`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tidemark_fixtures::{Cluster, S3};
+use tidemark_store::catalog::Catalog;
+
+use super::{run, stderr, wait_for, Archiver};
+
+pub type Files = BTreeMap<String, String>;
+
+/// The application: rows in `files` and the objects they name, changed the way careful
+/// applications do it — the object is written before the row names it, and the row is
+/// deleted before the object.
+pub struct App<'a> {
+    pub cluster: &'a Cluster,
+    pub s3: &'a S3,
+    pub bucket: String,
+    pub files: Files,
+}
+
+impl App<'_> {
+    pub fn put(&mut self, key: &str, body: &str) {
+        self.s3
+            .put_object(&self.bucket, key, body.as_bytes())
+            .unwrap();
+        let sql = if self.files.contains_key(key) {
+            format!("UPDATE files SET body = '{body}' WHERE key = '{key}'")
+        } else {
+            format!("INSERT INTO files VALUES ('{key}', '{body}')")
+        };
+        self.cluster.psql(&sql).unwrap();
+        self.files.insert(key.to_string(), body.to_string());
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.cluster
+            .psql(&format!("DELETE FROM files WHERE key = '{key}'"))
+            .unwrap();
+        self.s3.delete_object(&self.bucket, key).unwrap();
+        self.files.remove(key);
+    }
+
+    /// An idle gap with an instant (PostgreSQL's clock) in its middle, and what the
+    /// application held at that instant.
+    pub fn gap(&self) -> (String, Files) {
+        std::thread::sleep(Duration::from_millis(1500));
+        let t = pg_now(self.cluster);
+        std::thread::sleep(Duration::from_millis(1500));
+        (t, self.files.clone())
+    }
+}
+
+pub fn pg_now(cluster: &Cluster) -> String {
+    cluster
+        .psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+        .unwrap()
+}
+
+/// Every object in `bucket` with its bytes.
+pub fn bucket_files(s3: &S3, bucket: &str) -> Files {
+    s3.list_keys(bucket)
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            let body = String::from_utf8(s3.get_object(bucket, &k).unwrap()).unwrap();
+            (k, body)
+        })
+        .collect()
+}
+
+pub fn psql_port(cluster: &Cluster, port: &str, sql: &str) -> String {
+    let out = std::process::Command::new(cluster.bin().tool("psql"))
+        .args([
+            "-XAtq",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            port,
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A cluster restored with `--start`, stopped when dropped.
+pub struct Started {
+    pub port: String,
+    pub pid: i32,
+    pub stdout: String,
+}
+
+impl Started {
+    pub fn rows(&self, cluster: &Cluster) -> Files {
+        psql_port(
+            cluster,
+            &self.port,
+            "SELECT key || '=' || body FROM files ORDER BY key",
+        )
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // SAFETY: signalling the server this test started.
+        unsafe { libc::kill(self.pid, libc::SIGINT) };
+        let pid = self.pid;
+        wait_for(
+            "the restored server to stop",
+            Duration::from_secs(30),
+            || {
+                // SAFETY: probing whether the pid still exists.
+                (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+            },
+        );
+    }
+}
+
+/// `restore --start` with `args`; `env` reaches the application bucket when the
+/// repository is not on the same S3 server.
+pub fn restore_started(archiver: &Archiver, env: &[(String, String)], args: &[&str]) -> Started {
+    let dir = tidemark_fixtures::test_dir("objects-restore");
+    let data = dir.path().join("data");
+    let port = tidemark_fixtures::free_port().to_string();
+    let mut all = vec![
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port,
+    ];
+    all.extend_from_slice(args);
+    let mut cmd = archiver.command(&all);
+    cmd.envs(env.iter().cloned());
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "restore {args:?}: {stdout}{}",
+        stderr(&out)
+    );
+    let pid = stdout
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout}"));
+    // The data directory must outlive the server.
+    std::mem::forget(dir);
+    Started { port, pid, stdout }
+}
+
+/// Waits until the catalog holds more than `passes_after` tracking passes of `bucket`.
+pub fn wait_for_tracking(archiver: &Archiver, bucket: &str, passes_after: usize) {
+    wait_for("tracking passes", Duration::from_secs(60), || {
+        let catalog = Catalog::open(&archiver.catalog).ok()?;
+        let history = catalog.object_history(bucket).ok()?;
+        (history.passes.len() > passes_after).then_some(())
+    });
+}
+
+pub fn pass_count(archiver: &Archiver, bucket: &str) -> usize {
+    Catalog::open(&archiver.catalog)
+        .unwrap()
+        .object_history(bucket)
+        .unwrap()
+        .passes
+        .len()
+}
