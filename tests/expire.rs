@@ -46,30 +46,8 @@ fn expire_keeps_every_instant_of_the_window_restorable_in_both_stores() {
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     let s3 = tidemark_fixtures::s3().expect("S3 test server");
     let repo = Repo::s3("expire-repo");
-    let bucket = s3.create_bucket("app", true).unwrap();
-    let mut archiver = Archiver::new(
-        &cluster,
-        &repo,
-        &[
-            "--partial-interval",
-            "1",
-            "--track-bucket",
-            &bucket,
-            "--track-interval",
-            "1",
-        ],
-    );
-    archiver.init();
-    archiver.start();
-    cluster
-        .psql("CREATE TABLE files(key text PRIMARY KEY, body text NOT NULL)")
-        .unwrap();
-    let mut app = App {
-        cluster: &cluster,
-        s3: &s3,
-        bucket: bucket.clone(),
-        files: Files::new(),
-    };
+    let (mut archiver, bucket) = tracked_archiver(&cluster, &s3, &repo);
+    let mut app = App::new(&cluster, &s3, &bucket);
 
     app.put("f1", "one-1");
     backup(&archiver); // A
@@ -199,35 +177,7 @@ fn expire_keeps_every_instant_of_the_window_restorable_in_both_stores() {
     // Inside the window both stores restore exactly, from B and from C.
     for (t, expected) in [(&t_b, &at_b), (&t_c, &at_c)] {
         let dest = s3.create_bucket("dest", false).unwrap();
-        let to = format!("s3://{dest}");
-        let started = restore_started(
-            &archiver,
-            &[],
-            &[
-                "--target-time",
-                t,
-                "--objects",
-                &bucket,
-                "--objects-to",
-                &to,
-                "--verify-refs",
-                "SELECT key FROM files",
-            ],
-        );
-        assert_eq!(
-            &started.rows(&cluster),
-            expected,
-            "rows at {t}: {}",
-            started.stdout
-        );
-        assert_eq!(&bucket_files(&s3, &dest), expected, "bucket at {t}");
-        assert!(
-            started
-                .stdout
-                .contains("0 missing from the restored bucket"),
-            "{}",
-            started.stdout
-        );
+        restore_both_checked(&archiver, &cluster, &s3, &bucket, t, &dest, expected);
     }
 
     // Before the window: refused, with nothing written.

@@ -25,32 +25,10 @@ fn versioned_bucket_and_database_restore_to_the_same_instant() {
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     let s3 = tidemark_fixtures::s3().expect("S3 test server");
     let repo = Repo::s3("objects-repo");
-    let bucket = s3.create_bucket("app", true).unwrap();
-    let mut archiver = Archiver::new(
-        &cluster,
-        &repo,
-        &[
-            "--partial-interval",
-            "1",
-            "--track-bucket",
-            &bucket,
-            "--track-interval",
-            "1",
-        ],
-    );
-    archiver.init();
-    archiver.start();
-    cluster
-        .psql("CREATE TABLE files(key text PRIMARY KEY, body text NOT NULL)")
-        .unwrap();
+    let (mut archiver, bucket) = tracked_archiver(&cluster, &s3, &repo);
     backup(&archiver);
     wait_for_tracking(&archiver, &bucket, 0);
-    let mut app = App {
-        cluster: &cluster,
-        s3: &s3,
-        bucket: bucket.clone(),
-        files: Files::new(),
-    };
+    let mut app = App::new(&cluster, &s3, &bucket);
 
     for n in 1..=3 {
         app.put(&format!("f{n}"), &format!("one-{n}"));
@@ -96,47 +74,7 @@ fn versioned_bucket_and_database_restore_to_the_same_instant() {
         } else {
             s3.create_bucket("dest", false).unwrap()
         };
-        let to = format!("s3://{dest}");
-        let started = restore_started(
-            &archiver,
-            &[],
-            &[
-                "--target-time",
-                t,
-                "--objects",
-                &bucket,
-                "--objects-to",
-                &to,
-                "--verify-refs",
-                "SELECT key FROM files",
-            ],
-        );
-        assert_eq!(
-            &started.rows(&cluster),
-            expected,
-            "rows at {t}: {}",
-            started.stdout
-        );
-        assert_eq!(
-            &bucket_files(&s3, &dest),
-            expected,
-            "bucket at {t}: {}",
-            started.stdout
-        );
-        assert!(
-            started
-                .stdout
-                .contains(&format!("{} objects restored", expected.len())),
-            "{}",
-            started.stdout
-        );
-        assert!(
-            started
-                .stdout
-                .contains("0 missing from the restored bucket"),
-            "{}",
-            started.stdout
-        );
+        let started = restore_both_checked(&archiver, &cluster, &s3, &bucket, t, &dest, expected);
         assert!(
             started.stdout.contains("instant: database "),
             "{}",
@@ -290,12 +228,7 @@ fn unversioned_bucket_is_copied_into_the_repository_and_restored() {
         assert!(out.status.success(), "track: {}", stderr(&out));
     };
     track();
-    let mut app = App {
-        cluster: &cluster,
-        s3: &s3,
-        bucket: bucket.clone(),
-        files: Files::new(),
-    };
+    let mut app = App::new(&cluster, &s3, &bucket);
     app.put("a", "same");
     app.put("b", "same");
     app.put("c", "one-c");

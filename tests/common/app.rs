@@ -8,7 +8,7 @@ use std::time::Duration;
 use tidemark_fixtures::{Cluster, S3};
 use tidemark_store::catalog::Catalog;
 
-use super::{run, stderr, wait_for, Archiver};
+use super::{run, stderr, wait_for, Archiver, Repo};
 
 pub type Files = BTreeMap<String, String>;
 
@@ -22,7 +22,40 @@ pub struct App<'a> {
     pub files: Files,
 }
 
-impl App<'_> {
+/// A cluster with a `files` table, archived into `repo` by `stream`, which also tracks a
+/// new versioned bucket (one pass a second). Returns the running archiver and the bucket.
+pub fn tracked_archiver(cluster: &Cluster, s3: &S3, repo: &Repo) -> (Archiver, String) {
+    let bucket = s3.create_bucket("app", true).unwrap();
+    let mut archiver = Archiver::new(
+        cluster,
+        repo,
+        &[
+            "--partial-interval",
+            "1",
+            "--track-bucket",
+            &bucket,
+            "--track-interval",
+            "1",
+        ],
+    );
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE files(key text PRIMARY KEY, body text NOT NULL)")
+        .unwrap();
+    (archiver, bucket)
+}
+
+impl<'a> App<'a> {
+    pub fn new(cluster: &'a Cluster, s3: &'a S3, bucket: &str) -> App<'a> {
+        App {
+            cluster,
+            s3,
+            bucket: bucket.to_string(),
+            files: Files::new(),
+        }
+    }
+
     pub fn put(&mut self, key: &str, body: &str) {
         self.s3
             .put_object(&self.bucket, key, body.as_bytes())
@@ -185,4 +218,42 @@ pub fn pass_count(archiver: &Archiver, bucket: &str) -> usize {
         .unwrap()
         .passes
         .len()
+}
+
+/// A coordinated restore to time `t` (`restore --start --objects … --objects-to s3://dest
+/// --verify-refs`), checked: the restored rows and the restored bucket both equal
+/// `expected`, and no row names a missing object.
+pub fn restore_both_checked(
+    archiver: &Archiver,
+    cluster: &Cluster,
+    s3: &S3,
+    bucket: &str,
+    t: &str,
+    dest: &str,
+    expected: &Files,
+) -> Started {
+    let to = format!("s3://{dest}");
+    let started = restore_started(
+        archiver,
+        &[],
+        &[
+            "--target-time",
+            t,
+            "--objects",
+            bucket,
+            "--objects-to",
+            &to,
+            "--verify-refs",
+            "SELECT key FROM files",
+        ],
+    );
+    let out = &started.stdout;
+    assert_eq!(&started.rows(cluster), expected, "rows at {t}: {out}");
+    assert_eq!(&bucket_files(s3, dest), expected, "bucket at {t}: {out}");
+    assert!(
+        out.contains(&format!("{} objects restored", expected.len())),
+        "{out}"
+    );
+    assert!(out.contains("0 missing from the restored bucket"), "{out}");
+    started
 }
