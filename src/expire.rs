@@ -22,6 +22,10 @@ pub async fn expire(cli: &Cli, args: &ExpireArgs) -> anyhow::Result<()> {
         true => Some(Catalog::open(&path)?),
         false => None,
     };
+    if let Some(catalog) = &catalog {
+        // Never edit the catalog of another repository.
+        catalog.bind(&url.to_string(), identity.system_identifier)?;
+    }
     let options = ExpireOptions {
         retention: args.retention,
         dry_run: args.dry_run,

@@ -231,6 +231,37 @@ fn a_malformed_retention_and_a_wrong_repository_are_refused_with_nothing_removed
         std::fs::read(not_a_repo.path().join("keep.txt")).unwrap(),
         b"mine"
     );
+    // A catalog bound to another repository is never edited.
+    let identity = tidemark_store::RepoIdentity::new(42, 17, 1 << 20);
+    let url_of_repo = repo.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r =
+            tidemark_store::Repository::create(&url_of_repo.parse().unwrap(), &Default::default())
+                .await
+                .unwrap();
+        r.ensure_identity(&identity).await.unwrap();
+    });
+    let other = not_a_repo.path().join("other.db");
+    Catalog::open(&other)
+        .unwrap()
+        .bind("file:///elsewhere", 42)
+        .unwrap();
+    let out = tidemark(&[
+        "--repo",
+        &url_of_repo,
+        "--catalog",
+        other.to_str().unwrap(),
+        "expire",
+        "--retention",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("file:///elsewhere"),
+        "{}",
+        stderr(&out)
+    );
     let gone = format!("file://{}/absent", not_a_repo.path().display());
     let out = tidemark(&["--repo", &gone, "expire", "--retention", "1s"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));

@@ -254,6 +254,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn versions_an_hour_before_the_first_pass_are_settled() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let clock = ClockSample {
+            at,
+            min_offset_ms: 0,
+            max_offset_ms: 0,
+        };
+        let mut history = ObjectHistory::default();
+        assert_eq!(history.settled_before(), None);
+        history.passes.push(PassSummary {
+            prefix: String::new(),
+            mode: TrackMode::Versions,
+            complete_as_of: at + chrono::Duration::seconds(2),
+            clock,
+        });
+        assert_eq!(
+            history.settled_before(),
+            Some(at + chrono::Duration::seconds(2) - SETTLE_MARGIN)
+        );
+    }
+
     #[tokio::test]
     async fn passes_round_trip_through_the_repository_in_parts() {
         let dir = tempfile::tempdir().unwrap();
