@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tidemark_archiver::stream::StreamConfig;
 use tidemark_protocol::conninfo::ConnInfo;
+use tidemark_protocol::WalSegmentSize;
 use tidemark_store::catalog::Catalog;
+use tidemark_store::identity::RepoIdentity;
 use tidemark_store::repository::Repository;
 use tidemark_store::storage::S3Options;
 use tidemark_store::url::RepoUrl;
@@ -242,13 +244,21 @@ async fn list_backups(cli: &Cli, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reindex(cli: &Cli) -> anyhow::Result<()> {
+/// The repository at `--repo`, which must have its identity, with its WAL segment size.
+pub(crate) async fn open_identified(
+    cli: &Cli,
+) -> anyhow::Result<(RepoUrl, Repository, RepoIdentity, WalSegmentSize)> {
     let url = repo_url(cli)?;
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let identity = repo.identity().await?.ok_or(Usage(
         "the repository has no tidemark.json; HINT: check --repo, or run `tidemark init`",
     ))?;
-    let seg = tidemark_protocol::WalSegmentSize::new(identity.wal_segment_size)?;
+    let seg = WalSegmentSize::new(identity.wal_segment_size)?;
+    Ok((url, repo, identity, seg))
+}
+
+async fn reindex(cli: &Cli) -> anyhow::Result<()> {
+    let (url, repo, identity, seg) = open_identified(cli).await?;
     let path = catalog_path(cli, &url);
     let mut catalog = Catalog::open(&path)?;
     catalog.bind(&url.to_string(), identity.system_identifier)?;

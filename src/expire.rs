@@ -2,20 +2,12 @@
 
 use tidemark_archiver::expire::{ExpireOptions, ExpireReport};
 use tidemark_store::catalog::Catalog;
-use tidemark_store::repository::Repository;
-use tidemark_store::storage::S3Options;
 
 use crate::cli::{Cli, ExpireArgs};
-use crate::commands::{catalog_path, repo_url};
-use crate::failure::Usage;
+use crate::commands::{catalog_path, open_identified};
 
 pub async fn expire(cli: &Cli, args: &ExpireArgs) -> anyhow::Result<()> {
-    let url = repo_url(cli)?;
-    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
-    let identity = repo.identity().await?.ok_or(Usage(
-        "the repository has no tidemark.json; HINT: check --repo",
-    ))?;
-    let seg = tidemark_protocol::WalSegmentSize::new(identity.wal_segment_size)?;
+    let (url, repo, identity, seg) = open_identified(cli).await?;
     // The repository is the truth; a catalog on this machine is kept in step with it.
     let path = catalog_path(cli, &url);
     let mut catalog = match path.exists() {

@@ -294,12 +294,7 @@ async fn final_timeline(
             let listing = repo.list(layout::WAL_PREFIX).await?;
             let mut tlis: Vec<TimelineId> = listing
                 .iter()
-                .filter_map(|o| {
-                    o.key
-                        .strip_prefix(layout::WAL_PREFIX)?
-                        .strip_suffix(".history")
-                })
-                .filter_map(|t| TimelineId::from_hex(t).ok())
+                .filter_map(|o| layout::parse_history_key(&o.key))
                 .filter(|t| *t > own)
                 .collect();
             tlis.sort();

@@ -51,6 +51,12 @@ pub fn history_key(tli: TimelineId) -> String {
     format!("{WAL_PREFIX}{}", tli.history_file_name())
 }
 
+/// The timeline whose history file `key` is, or `None` for any other key.
+pub fn parse_history_key(key: &str) -> Option<TimelineId> {
+    let tli = key.strip_prefix(WAL_PREFIX)?.strip_suffix(".history")?;
+    TimelineId::from_hex(tli).ok()
+}
+
 /// `backups/<ID>/backup.json`.
 pub fn backup_info_key(id: &BackupId) -> String {
     format!("{BACKUPS_PREFIX}{id}/{BACKUP_INFO_FILE}")
@@ -120,6 +126,11 @@ mod tests {
             })
         );
         assert_eq!(history_key(TimelineId(2)), "wal/00000002.history");
+        assert_eq!(
+            parse_history_key("wal/00000002.history"),
+            Some(TimelineId(2))
+        );
+        assert_eq!(parse_history_key("wal/00000002/00000002.history"), None);
         assert_eq!(wal_timeline_prefix(TimelineId(2)), "wal/00000002/");
 
         let one_mb = WalSegmentSize::new(1 << 20).unwrap();

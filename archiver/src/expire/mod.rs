@@ -140,12 +140,7 @@ async fn archived_wal(
             });
             continue;
         }
-        let Some(tli) = info
-            .key
-            .strip_prefix(layout::WAL_PREFIX)
-            .and_then(|k| k.strip_suffix(".history"))
-            .and_then(|t| TimelineId::from_hex(t).ok())
-        else {
+        let Some(tli) = layout::parse_history_key(&info.key) else {
             continue;
         };
         let Some(bytes) = repo.history(tli).await? else {
