@@ -381,9 +381,9 @@ pub struct StreamArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub upload_concurrency: u16,
     /// Seconds between rewrites of the archive-complete marker while idle (it proves a
-    /// time target after the last commit reachable)
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
-    pub complete_marker_interval: f64,
+    /// time target after the last commit reachable) [default: the partial interval]
+    #[arg(long, value_name = "SECONDS")]
+    pub complete_marker_interval: Option<f64>,
     /// Spool directory for received WAL [default: beside the catalog]
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,

@@ -107,9 +107,12 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
     config.partial_interval = Duration::from_secs_f64(args.partial_interval);
     config.compression_level = args.compression_level;
     config.upload_concurrency = usize::from(args.upload_concurrency);
-    config.complete_marker_interval =
-        Duration::try_from_secs_f64(args.complete_marker_interval.max(0.0))
-            .map_err(|_| Usage("--complete-marker-interval must be a number of seconds"))?;
+    config.complete_marker_interval = Duration::try_from_secs_f64(
+        args.complete_marker_interval
+            .unwrap_or(args.partial_interval)
+            .max(0.0),
+    )
+    .map_err(|_| Usage("--complete-marker-interval must be a number of seconds"))?;
 
     let tracking: Vec<_> = args
         .track_bucket

@@ -42,18 +42,9 @@ fn backup(archiver: &Archiver) -> String {
 /// Restore with `args` into a fresh directory, verify it, start it, and return the
 /// bursts present (burst -> rows).
 fn restore_and_count(archiver: &Archiver, cluster: &Cluster, args: &[&str]) -> String {
-    let dir = tidemark_fixtures::test_dir("pitr");
-    let data = dir.path().join("data");
-    let mut cmd_args = vec!["restore", "--pgdata", data.to_str().unwrap()];
-    cmd_args.extend_from_slice(args);
-    let out = run(archiver.command(&cmd_args));
-    assert!(out.status.success(), "restore {args:?}: {}", stderr(&out));
-    verify_backup(cluster, &data);
-    share_with_postgres(&archiver.repo_dir_for_postgres());
-    let restored = Cluster::start_prepared(dir, one_mb()).expect("restored cluster starts");
-    wait_for("the end of recovery", Duration::from_secs(120), || {
-        (restored.psql("SELECT pg_is_in_recovery()").ok()? == "f").then_some(())
-    });
+    let dir = restore_into(archiver, args);
+    verify_backup(cluster, &dir.path().join("data"));
+    let restored = start_recovered(dir, one_mb());
     amcheck(&restored);
     restored
         .psql("SELECT string_agg(burst || ':' || n, ',' ORDER BY burst) FROM (SELECT burst, count(*) n FROM events GROUP BY burst) s")

@@ -113,20 +113,7 @@ fn sigterm_uploads_the_received_tail_and_exits_0() {
         .psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
         .unwrap();
     let flush = lsn(&cluster.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
-    // The archiver has received it once the server reports it written by the archiver.
-    wait_for(
-        "the archiver to receive the WAL",
-        Duration::from_secs(30),
-        || {
-            archiver.assert_running();
-            let written = cluster
-                .psql(
-                    "SELECT write_lsn FROM pg_stat_replication WHERE application_name = 'tidemark'",
-                )
-                .ok()?;
-            (!written.is_empty() && lsn(&written) >= flush).then_some(())
-        },
-    );
+    wait_received(&mut archiver, &cluster, flush);
     assert!(
         archiver.archived_end() < flush,
         "tail archived before SIGTERM: the test proves nothing"

@@ -92,3 +92,17 @@ impl EventTracker {
         summary.metadata()
     }
 }
+
+/// How many of `data`'s bytes (the received prefix of segment `name`, left in the spool by
+/// an earlier run) are valid WAL: up to the end of the last complete, checksummed record.
+/// Whatever follows (a torn record, bytes a host crash never wrote) is not stored.
+pub fn valid_prefix_len(name: SegmentName, data: &[u8], seg: WalSegmentSize) -> u64 {
+    let start = name.start_lsn(seg);
+    let mut decoder = WalDecoder::new(start, seg);
+    decoder.feed(data);
+    while let Ok(Some(_)) = decoder.next_record() {}
+    decoder
+        .decoded_up_to()
+        .bytes_since(start)
+        .min(data.len() as u64)
+}

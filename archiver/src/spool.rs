@@ -8,12 +8,15 @@
 //!   once it is stored in the repository and recorded in the catalog.
 //!
 //! After a crash, complete files are trusted (they were fsync'd before the rename) and
-//! uploaded first; a `.partial` file is discarded and streamed again from the server,
-//! which still holds it because the slot was never acknowledged past it.
+//! uploaded first; a `.partial` file is handed back too, so that its valid prefix reaches
+//! the repository even when the server that sent it is gone (it is fsync'd whenever the
+//! connection ends or the archiver stops on an error).
+//!
+//! The directory is `0700` and its files `0600`: they hold raw WAL.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
@@ -72,42 +75,53 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Open (creating) the spool directory. Leftover `.partial` files are removed; the
-    /// complete segments left by an earlier run are returned, oldest first.
-    pub fn open(
-        dir: &Path,
-        seg: WalSegmentSize,
-    ) -> Result<(Spool, Vec<SpooledSegment>), SpoolError> {
-        fs::create_dir_all(dir).map_err(at(dir))?;
-        let mut leftovers = Vec::new();
+    /// Open (creating, `0700`) the spool directory and prove it writable. Returns what an
+    /// earlier run left: complete segments, oldest first, and the segment it was receiving.
+    pub fn open(dir: &Path, seg: WalSegmentSize) -> Result<(Spool, Leftovers), SpoolError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(at(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(at(dir))?;
+        probe(dir)?;
+        let mut left = Leftovers::default();
         for entry in fs::read_dir(dir).map_err(at(dir))? {
             let entry = entry.map_err(at(dir))?;
             let path = entry.path();
             let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
+            let len = entry.metadata().map_err(at(&path))?.len();
             if let Some(stem) = file_name.strip_suffix(PARTIAL_SUFFIX) {
-                if SegmentName::parse(stem, seg).is_ok() {
-                    tracing::info!(file = %path.display(), "discarding incomplete spooled segment; it will be streamed again");
-                    fs::remove_file(&path).map_err(at(&path))?;
+                if let Ok(name) = SegmentName::parse(stem, seg) {
+                    let found = LeftoverPartial { name, path, len };
+                    // Only one segment is received at a time; an older one is stale.
+                    match &left.partial {
+                        Some(p) if p.name > found.name => remove(&found.path)?,
+                        Some(p) => {
+                            remove(&p.path)?;
+                            left.partial = Some(found);
+                        }
+                        None => left.partial = Some(found),
+                    }
                 }
             } else if let Ok(name) = SegmentName::parse(file_name, seg) {
-                let len = entry.metadata().map_err(at(&path))?.len();
                 if len == seg.bytes() {
-                    leftovers.push(SpooledSegment { name, path });
+                    left.complete.push(SpooledSegment { name, path });
                 } else {
                     // Never produced by this spool; do not guess, but do not upload it either.
                     tracing::warn!(file = %path.display(), len, "ignoring spool file of the wrong size");
                 }
             }
         }
-        leftovers.sort_by_key(|s| s.name);
+        left.complete.sort_by_key(|s| s.name);
         let spool = Spool {
             dir: dir.to_path_buf(),
             seg,
             current: None,
         };
-        Ok((spool, leftovers))
+        Ok((spool, left))
     }
 
     /// The LSN the next received byte must have, if a segment is open.
@@ -134,6 +148,7 @@ impl Spool {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&path)
             .map_err(at(&path))?;
         self.current = Some(Current {
@@ -148,10 +163,7 @@ impl Spool {
     fn discard_current(&mut self) -> Result<(), SpoolError> {
         if let Some(cur) = self.current.take() {
             drop(cur.file);
-            match fs::remove_file(&cur.path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&cur.path)(e)),
-                _ => {}
-            }
+            remove(&cur.path)?;
         }
         Ok(())
     }
@@ -221,10 +233,79 @@ impl Spool {
         }))
     }
 
+    /// fsync what was received of the current segment, so that it survives a crash of
+    /// the host as well as of the process.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        match &self.current {
+            Some(cur) => cur.file.sync_data().map_err(at(&cur.path)),
+            None => Ok(()),
+        }
+    }
+
     /// Remove an uploaded segment's file.
     pub fn remove(segment: &SpooledSegment) -> Result<(), SpoolError> {
-        fs::remove_file(&segment.path).map_err(at(&segment.path))
+        remove(&segment.path)
     }
+}
+
+/// What an earlier run left in the spool.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Complete segments not yet stored, oldest first.
+    pub complete: Vec<SpooledSegment>,
+    /// The segment that run was receiving.
+    pub partial: Option<LeftoverPartial>,
+}
+
+/// The received prefix of a segment, left by an earlier run.
+#[derive(Debug)]
+pub struct LeftoverPartial {
+    pub name: SegmentName,
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+impl LeftoverPartial {
+    /// A read-only view for uploading it, of the first `len` bytes.
+    pub fn snapshot(&self, len: u64) -> Result<PartialSnapshot, SpoolError> {
+        Ok(PartialSnapshot {
+            name: self.name,
+            file: File::open(&self.path).map_err(at(&self.path))?,
+            path: self.path.clone(),
+            len,
+        })
+    }
+
+    /// Remove the file (its bytes are stored, or the server sends them again).
+    pub fn remove(self) -> Result<(), SpoolError> {
+        remove(&self.path)
+    }
+}
+
+fn remove(path: &Path) -> Result<(), SpoolError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(at(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Fail now, before a slot exists, if received WAL could not be written (read-only or
+/// full disk, wrong owner): write, fsync and remove a small file.
+fn probe(dir: &Path) -> Result<(), SpoolError> {
+    let path = dir.join(".probe");
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|f| {
+            f.write_all_at(&[0u8; 8192], 0)?;
+            f.sync_all()
+        });
+    let removed = remove(&path);
+    written.map_err(at(&path))?;
+    removed
 }
 
 /// Why received WAL could not be appended.
@@ -252,7 +333,7 @@ mod tests {
     fn appends_across_segments_and_completes_them() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, left) = Spool::open(dir.path(), seg()).unwrap();
-        assert!(left.is_empty());
+        assert!(left.complete.is_empty() && left.partial.is_none());
         let start = Lsn(3 << 20);
         spool.begin(TimelineId(1), start).unwrap();
         let data: Vec<u8> = (0..(1 << 20) + 1000).map(|i| (i % 251) as u8).collect();
@@ -286,17 +367,46 @@ mod tests {
     }
 
     #[test]
-    fn reopening_keeps_complete_segments_and_drops_partial_ones() {
+    fn reopening_hands_back_complete_segments_and_the_received_prefix() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut spool, _) = Spool::open(dir.path(), seg()).unwrap();
             spool.begin(TimelineId(2), Lsn(0)).unwrap();
             spool.append(Lsn(0), &vec![7u8; (1 << 20) + 5]).unwrap();
+            spool.sync().unwrap();
         }
         fs::write(dir.path().join("000000020000000000000009"), b"short").unwrap();
+        // A stale older prefix (never left by one run, but must not win).
+        fs::write(dir.path().join("000000020000000000000000.partial"), b"old").unwrap();
         let (_spool, left) = Spool::open(dir.path(), seg()).unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].name, SegmentName::new(TimelineId(2), 0));
-        assert!(!dir.path().join("000000020000000000000001.partial").exists());
+        assert_eq!(left.complete.len(), 1);
+        assert_eq!(left.complete[0].name, SegmentName::new(TimelineId(2), 0));
+        let partial = left.partial.expect("the segment being received");
+        assert_eq!((partial.name.segno, partial.len), (1, 5));
+        assert!(!dir.path().join("000000020000000000000000.partial").exists());
+    }
+
+    #[test]
+    fn holds_raw_wal_readable_only_by_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let (mut spool, _) = Spool::open(&spool_dir, seg()).unwrap();
+        spool.begin(TimelineId(1), Lsn(0)).unwrap();
+        let done = spool.append(Lsn(0), &vec![1u8; (1 << 20) + 1]).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&spool_dir), 0o700);
+        assert_eq!(mode(&done[0].path), 0o600);
+        assert_eq!(
+            mode(&spool_dir.join("000000010000000000000001.partial")),
+            0o600
+        );
+    }
+
+    #[test]
+    fn an_unwritable_spool_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, b"x").unwrap();
+        assert!(Spool::open(&file.join("spool"), seg()).is_err());
     }
 }

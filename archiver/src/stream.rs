@@ -26,8 +26,8 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use crate::acks::AckTracker;
 use crate::cluster::Cluster;
 use crate::error::ArchiverError;
-use crate::events::EventTracker;
-use crate::spool::Spool;
+use crate::events::{valid_prefix_len, EventTracker};
+use crate::spool::{LeftoverPartial, Leftovers, Spool, SpoolError};
 use crate::uploads::{Done, Uploads};
 
 /// How `stream` behaves. Defaults match the CLI's.
@@ -50,6 +50,10 @@ pub struct StreamConfig {
     /// How often, at most, an idle but complete archive re-writes its archive-complete
     /// marker (more often when the archived end moves).
     pub complete_marker_interval: Duration,
+    /// How long a reply the server asked for may wait for the received tail to be
+    /// stored. A server that is shutting down waits for that reply; past this, tidemark
+    /// lets go of the connection instead of holding the shutdown up.
+    pub tail_timeout: Duration,
 }
 
 impl StreamConfig {
@@ -62,7 +66,8 @@ impl StreamConfig {
             upload_concurrency: 4,
             status_interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
-            complete_marker_interval: Duration::from_secs(60),
+            complete_marker_interval: Duration::from_secs(5),
+            tail_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -79,15 +84,20 @@ pub async fn stream(
     config: StreamConfig,
     shutdown: Shutdown,
 ) -> Result<(), ArchiverError> {
-    let mut cluster = Cluster::connect(conninfo).await?;
-    let identity = cluster.check_repository(&repo, false).await?;
-    // Only now, with the cluster and repository agreeing, is anything local created.
+    let identity = repo
+        .identity()
+        .await?
+        .ok_or_else(|| ArchiverError::NotInitialised {
+            url: repo.url.to_string(),
+        })?;
+    let seg = WalSegmentSize::new(identity.wal_segment_size)
+        .map_err(|e| ArchiverError::Task(format!("repository identity: {e}")))?;
+    // What an earlier run received is stored first, before the server is asked for
+    // anything: that server may be gone, and then the spool holds the only copy.
+    let (spool, leftovers) = Spool::open(&config.spool_dir, seg)?;
     let catalog = Catalog::open(catalog)?;
     catalog.bind(&repo.url.to_string(), identity.system_identifier)?;
-    let seg = cluster.seg;
     let repo = Arc::new(repo);
-    let (spool, leftovers) = Spool::open(&config.spool_dir, seg)?;
-
     let mut archiver = Archiver {
         uploads: Uploads::new(
             repo.clone(),
@@ -110,20 +120,12 @@ pub async fn stream(
         config,
         shutdown,
     };
-    // Segments completed by an earlier run are stored before anything else, so that the
-    // resume point below never skips them.
-    if !leftovers.is_empty() {
-        tracing::info!(
-            count = leftovers.len(),
-            "uploading segments left in the spool by an earlier run"
-        );
-        for segment in leftovers {
-            // Not decoded by this run: no WAL summary (the planner treats it as unknown).
-            archiver.uploads.segment(segment, Metadata::new());
-        }
-        archiver.drain(false).await?;
+    if archiver.store_leftovers(leftovers).await? == Stored::Interrupted {
+        return Ok(());
     }
 
+    let mut cluster = Cluster::connect(conninfo).await?;
+    cluster.check_repository(&archiver.repo, false).await?;
     if cluster
         .client
         .create_physical_slot(&archiver.config.slot)
@@ -135,12 +137,29 @@ pub async fn stream(
     tracing::info!(%timeline, %start, slot = %archiver.config.slot, "streaming");
     archiver.acks = AckTracker::new(start);
     archiver.begin(timeline, start)?;
-    archiver.run(conninfo, cluster.client, timeline).await
+    let outcome = archiver.run(conninfo, cluster.client, timeline).await;
+    if let Err(e) = &outcome {
+        // Whatever stopped us, what was received stays for the next start.
+        if let Err(sync) = archiver.spool.sync() {
+            tracing::warn!(error = %sync, "cannot fsync the received tail");
+        }
+        tracing::debug!(error = %e, "stream stopped on an error");
+    }
+    outcome
+}
+
+/// Whether start-up storing of an earlier run's leftovers finished.
+#[derive(Debug, PartialEq, Eq)]
+enum Stored {
+    Done,
+    Interrupted,
 }
 
 /// How one replication connection ended.
 enum End {
     Shutdown,
+    /// tidemark let go of the connection (a reply it could not give in time).
+    Reconnect,
     TimelineSwitch {
         client: ReplicationClient,
         next: TimelineId,
@@ -173,6 +192,72 @@ struct Archiver {
 }
 
 impl Archiver {
+    /// Store what an earlier run left in the spool: its complete segments, then the valid
+    /// prefix of the segment it was receiving (when the repository lacks it). A shutdown
+    /// signal stops this at once; the files stay for the next start.
+    async fn store_leftovers(&mut self, left: Leftovers) -> Result<Stored, ArchiverError> {
+        if !left.complete.is_empty() {
+            tracing::info!(
+                count = left.complete.len(),
+                "uploading segments left in the spool by an earlier run"
+            );
+        }
+        for segment in left.complete {
+            // Not decoded by this run: no WAL summary (the planner treats it as unknown).
+            self.uploads.segment(segment, Metadata::new());
+        }
+        let partial = match left.partial {
+            Some(partial) => self.store_leftover_partial(partial)?,
+            None => None,
+        };
+        loop {
+            tokio::select! {
+                done = self.uploads.next() => match done {
+                    Some(done) => { self.finished(done?)?; }
+                    None => break,
+                },
+                _ = self.shutdown.changed() => {
+                    tracing::info!(
+                        pending = self.uploads.pending(),
+                        "stopping on request; what an earlier run left stays in the spool for the next start"
+                    );
+                    self.uploads.abort_all();
+                    return Ok(Stored::Interrupted);
+                }
+            }
+        }
+        if let Some(partial) = partial {
+            partial.remove()?;
+        }
+        Ok(Stored::Done)
+    }
+
+    /// Start storing the valid prefix of a segment an earlier run was receiving; returns
+    /// it to be removed once stored (`None`: removed already, nothing worth storing).
+    fn store_leftover_partial(
+        &mut self,
+        partial: LeftoverPartial,
+    ) -> Result<Option<LeftoverPartial>, ArchiverError> {
+        let data = std::fs::read(&partial.path).map_err(|source| SpoolError {
+            path: partial.path.clone(),
+            source,
+        })?;
+        let valid = valid_prefix_len(partial.name, &data, self.seg);
+        if valid == 0 {
+            partial.remove()?;
+            return Ok(None);
+        }
+        tracing::info!(
+            file = %partial.path.display(),
+            bytes = valid,
+            "storing the received prefix an earlier run left in the spool"
+        );
+        self.partial_running = true;
+        self.uploads
+            .partial(partial.snapshot(valid)?, Metadata::new());
+        Ok(Some(partial))
+    }
+
     /// Where streaming resumes: the earliest segment the catalog lacks, looking both after
     /// the newest unbroken run of archived segments and at or after the slot's restart
     /// point (the slot is only acknowledged up to stored WAL, so a hole after it is real).
@@ -262,7 +347,7 @@ impl Archiver {
 
     /// Stream, reconnecting with backoff after connection losses, until shutdown.
     async fn run(
-        mut self,
+        &mut self,
         conninfo: &ConnInfo,
         client: ReplicationClient,
         mut timeline: TimelineId,
@@ -290,10 +375,17 @@ impl Archiver {
                         .map(|c| client = Some(c))?;
                     timeline = next;
                 }
+                Ok(End::Reconnect) => {}
                 Err(e) if e.is_connection_loss() => {
                     tracing::warn!(error = %e, "replication connection lost; reconnecting");
                 }
                 Err(e) => return Err(e),
+            }
+            // The server may not come back (a primary that died): store the received tail
+            // now rather than at the next partial interval.
+            self.spool.sync()?;
+            if !self.partial_running {
+                self.start_partial()?;
             }
         }
         self.drain(true).await
@@ -314,6 +406,9 @@ impl Archiver {
                     _ = self.shutdown.changed() => return Ok(None),
                     Some(done) = self.uploads.next() => {
                         self.finished(done?)?;
+                        if !self.partial_running {
+                            self.start_partial()?;
+                        }
                     }
                 }
             }
@@ -380,9 +475,20 @@ impl Archiver {
                         }
                     }
                     StreamMessage::Keepalive { reply_requested, server_wal_end, server_time } => {
+                        // A server shutting down asks, and waits for every byte it sent to
+                        // be reported flushed: store the tail, then say so.
+                        if reply_requested && !self.store_tail().await? {
+                            tracing::warn!(
+                                timeout = ?self.config.tail_timeout,
+                                position = %self.position()?,
+                                stored = %self.stored_end(),
+                                "the received tail could not be stored in time for the reply the server asked for; disconnecting so that the server is not held up (the tail stays in the spool and is stored as soon as the repository allows)"
+                            );
+                            return Ok(End::Reconnect);
+                        }
                         self.mark_complete(server_wal_end, server_time)?;
                         if reply_requested {
-                            self.send_status(&mut stream).await?;
+                            self.send_status(&mut stream, false).await?;
                         }
                     }
                     StreamMessage::EndOfTimeline { next_timeline, switch_lsn } => {
@@ -395,22 +501,29 @@ impl Archiver {
                 },
                 Some(done) = self.uploads.next() => {
                     if self.finished(done?)? {
-                        self.send_status(&mut stream).await?;
+                        self.send_status(&mut stream, false).await?;
                     }
                 }
-                _ = partial_tick.tick() => self.start_partial()?,
-                // Only when something moved: an idle stream lets the server ping us, and
-                // its keepalives are what proves the archive complete (`mark_complete`).
+                _ = partial_tick.tick() => {
+                    let received = self.position()?;
+                    if received > self.last_partial {
+                        self.start_partial()?;
+                    } else if !self.partial_running && self.stored_end() >= received {
+                        // Idle and all stored: ask for a keepalive, whose end-of-WAL and
+                        // clock renew the archive-complete marker (`mark_complete`).
+                        self.send_status(&mut stream, true).await?;
+                    }
+                }
                 _ = status_tick.tick() => {
-                    if self.last_status != Some((self.position()?, self.acks.durable())) {
-                        self.send_status(&mut stream).await?;
+                    if self.last_status != Some((self.position()?, self.flush_position())) {
+                        self.send_status(&mut stream, false).await?;
                     }
                 }
                 _ = self.shutdown.changed() => {
                     self.drain(true).await?;
                     // Best effort: the slot learns of the last uploads now rather than at
                     // the next start; nothing depends on it.
-                    if let Err(e) = self.send_status(&mut stream).await {
+                    if let Err(e) = self.send_status(&mut stream, false).await {
                         tracing::debug!(error = %e, "final status update not sent");
                     }
                     return Ok(End::Shutdown);
@@ -425,15 +538,45 @@ impl Archiver {
             .ok_or_else(|| ArchiverError::Task("spool not positioned".into()))
     }
 
-    async fn send_status(&mut self, stream: &mut ReplicationStream) -> Result<(), ArchiverError> {
+    /// What the server may treat as flushed, and so advance the slot to: every byte
+    /// before it is in the repository (invariant 1).
+    fn flush_position(&self) -> Lsn {
+        self.stored_end()
+    }
+
+    async fn send_status(
+        &mut self,
+        stream: &mut ReplicationStream,
+        reply_requested: bool,
+    ) -> Result<(), ArchiverError> {
         let written = self.position()?;
-        let flushed = self.acks.durable();
-        tracing::trace!(%written, %flushed, "status update");
+        let flushed = self.flush_position();
+        tracing::trace!(%written, %flushed, reply_requested, "status update");
         stream
-            .send_status(written, flushed, Lsn::INVALID, false)
+            .send_status(written, flushed, Lsn::INVALID, reply_requested)
             .await?;
         self.last_status = Some((written, flushed));
         Ok(())
+    }
+
+    /// Store everything received so far (as a partial segment, after the complete ones
+    /// before it), waiting at most `tail_timeout`. True once it is stored.
+    async fn store_tail(&mut self) -> Result<bool, ArchiverError> {
+        let target = self.position()?;
+        let give_up = Instant::now() + self.config.tail_timeout;
+        while self.stored_end() < target {
+            if !self.partial_running {
+                self.start_partial()?;
+            }
+            tokio::select! {
+                done = self.uploads.next() => match done {
+                    Some(done) => { self.finished(done?)?; }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(give_up) => break,
+            }
+        }
+        Ok(self.stored_end() >= target)
     }
 
     /// Start receiving `timeline` at `start` (a segment boundary).
@@ -470,7 +613,8 @@ impl Archiver {
         let due = match self.last_marker {
             None => true,
             Some((at, lsn)) => {
-                lsn != server_wal_end || at.elapsed() >= self.config.complete_marker_interval
+                // Half: renewals requested every interval must not just miss it.
+                lsn != server_wal_end || at.elapsed() >= self.config.complete_marker_interval / 2
             }
         };
         if due {
@@ -518,6 +662,9 @@ impl Archiver {
                 meta,
             } => {
                 self.partial_running = false;
+                let Some(object) = object else {
+                    return Ok(false);
+                };
                 let seg_start = name.start_lsn(self.seg);
                 if name.timeline == self.timeline
                     && self.partial_stored.is_none_or(|(_, e)| e < end_lsn)

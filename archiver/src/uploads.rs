@@ -28,7 +28,8 @@ pub enum Done {
     Partial {
         name: SegmentName,
         end_lsn: Lsn,
-        object: ArchivedObject,
+        /// `None` when the repository already held as much (nothing was written).
+        object: Option<ArchivedObject>,
         meta: Metadata,
     },
     Removed {
@@ -130,6 +131,11 @@ impl Uploads {
             .await?;
             Ok(Done::Removed { name })
         });
+    }
+
+    /// Abandon every job (their files stay in the spool for the next start).
+    pub fn abort_all(&mut self) {
+        self.jobs.abort_all();
     }
 
     /// The next finished job; `None` when there are none running. Cancel-safe.

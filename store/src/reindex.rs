@@ -154,7 +154,8 @@ mod tests {
         let a = repo
             .archive_partial(name, seg, &file, &spool, 1000, 1, Metadata::new())
             .await
-            .unwrap();
+            .unwrap()
+            .expect("stored");
         expected.push((a.key, true, a.sealed.crc32, name.start_lsn(seg) + 1000));
         repo.archive_history(TimelineId(2), b"1\t0/3000000\tx\n")
             .await

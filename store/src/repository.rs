@@ -292,7 +292,11 @@ impl Repository {
 
     /// Archives the newest partial segment: the first `len` bytes of `data` (the file at
     /// `data_path`, which may still be growing) are the valid prefix of the segment.
-    /// Replaces any earlier partial upload of the same segment.
+    ///
+    /// A stored partial of the same segment is replaced only by one that extends it (its
+    /// bytes are a prefix of ours); a different one is `SplitBrain`, nothing overwritten.
+    /// `Ok(None)`, writing nothing, when the repository already holds as much: the
+    /// complete segment, an identical partial, or a longer one.
     #[allow(clippy::too_many_arguments)]
     pub async fn archive_partial(
         &self,
@@ -303,8 +307,37 @@ impl Repository {
         len: u64,
         level: i32,
         extra_meta: Metadata,
-    ) -> Result<ArchivedObject, RepoError> {
+    ) -> Result<Option<ArchivedObject>, RepoError> {
+        if self
+            .head(&layout::wal_segment_key(name, seg))
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
         let key = layout::wal_partial_key(name, seg);
+        if let Some(stored) = self.head(&key).await? {
+            let (Some(stored_len), Some(stored_crc)) = (
+                meta::raw_size(&stored.metadata),
+                meta::crc32(&stored.metadata),
+            ) else {
+                return Err(RepoError::MissingChecksum { key });
+            };
+            if stored_len > len {
+                warn!(
+                    key,
+                    stored_len, len, "a longer partial segment is already stored; keeping it"
+                );
+                return Ok(None);
+            }
+            let ours = prefix_crc32(data, data_path, stored_len).await?;
+            if ours != stored_crc {
+                return Err(RepoError::SplitBrain { key });
+            }
+            if stored_len == len {
+                return Ok(None);
+            }
+        }
         let data = data
             .try_clone()
             .map_err(|source| local(data_path, source))?;
@@ -322,11 +355,11 @@ impl Repository {
             .put(&key, Body::File(compressed.to_path_buf()), &metadata)
             .await
             .map_err(RepoError::storage(&key))?;
-        Ok(ArchivedObject {
+        Ok(Some(ArchivedObject {
             key,
             sealed,
             outcome: ArchiveOutcome::Replaced,
-        })
+        }))
     }
 
     /// Removes the partial object of segment `name`, superseded by a newer one or by the
@@ -705,6 +738,27 @@ async fn compress_next_to(
     task.await.map_err(task_failed)?
 }
 
+/// CRC-32 of the first `len` bytes of `data` (the file at `path`), read in pieces.
+async fn prefix_crc32(data: &std::fs::File, path: &Path, len: u64) -> Result<u32, RepoError> {
+    let data = data.try_clone().map_err(|source| local(path, source))?;
+    let path = path.to_path_buf();
+    let task = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(buf.len() as u64) as usize;
+            data.read_exact_at(&mut buf[..n], at)
+                .map_err(|source| local(&path, source))?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(hasher.finalize())
+    });
+    task.await.map_err(task_failed)?
+}
+
 /// The seal of an object stored as is.
 fn plain_seal(content: &[u8]) -> Sealed {
     Sealed {
@@ -956,6 +1010,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partial_from_another_server_never_replaces_the_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let name = SegmentName::new(TimelineId(1), 5);
+        let ours = dir.path().join("ours");
+        std::fs::write(&ours, &segment_bytes(2)[..6000]).unwrap();
+        let file = std::fs::File::open(&ours).unwrap();
+        repo.archive_partial(name, seg(), &file, &ours, 4000, 1, Metadata::new())
+            .await
+            .unwrap()
+            .expect("stored");
+        // A clone that diverged inside the stored prefix, longer than it.
+        let mut clone = segment_bytes(2)[..6000].to_vec();
+        clone[100] ^= 0xFF;
+        let theirs = dir.path().join("theirs");
+        std::fs::write(&theirs, &clone).unwrap();
+        let file = std::fs::File::open(&theirs).unwrap();
+        let err = repo
+            .archive_partial(name, seg(), &file, &theirs, 6000, 1, Metadata::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RepoError::SplitBrain { .. }), "{err}");
+        let key = layout::wal_partial_key(name, seg());
+        let dst = dir.path().join("fetched");
+        repo.fetch_verified(&key, &dst).await.unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), &segment_bytes(2)[..4000]);
+        // Once the complete segment is stored, no partial of it is written any more.
+        let whole = dir.path().join("whole");
+        std::fs::write(&whole, segment_bytes(2)).unwrap();
+        repo.archive_segment(name, seg(), &whole, 1, Metadata::new())
+            .await
+            .unwrap();
+        let file = std::fs::File::open(&ours).unwrap();
+        let late = repo
+            .archive_partial(name, seg(), &file, &ours, 6000, 1, Metadata::new())
+            .await
+            .unwrap();
+        assert!(late.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn partial_segments_are_replaced_and_history_follows_the_same_bytes_rule() {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path()).await;
@@ -968,7 +1063,8 @@ mod tests {
             let a = repo
                 .archive_partial(name, seg(), &file, &data, len as u64, 1, Metadata::new())
                 .await
-                .unwrap();
+                .unwrap()
+                .expect("stored");
             assert_eq!(a.key, "wal/00000001/000000010000000000000005.partial.zst");
             assert_eq!(a.outcome, ArchiveOutcome::Replaced);
             let head = repo.storage.head(&a.key).await.unwrap().unwrap();
@@ -982,6 +1078,14 @@ mod tests {
             .archive_partial(name, seg(), &file, &data, 7000, 1, Metadata::new())
             .await;
         assert!(too_long.is_err(), "a prefix longer than the file must fail");
+        // The same or a shorter prefix adds nothing: nothing is written.
+        for len in [5000, 3000] {
+            let again = repo
+                .archive_partial(name, seg(), &file, &data, len, 1, Metadata::new())
+                .await
+                .unwrap();
+            assert!(again.is_none(), "{len} bytes rewrote the stored 5000");
+        }
         repo.remove_partial(name, seg()).await.unwrap();
         repo.remove_partial(name, seg()).await.unwrap();
         let key = layout::wal_partial_key(name, seg());

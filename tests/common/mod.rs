@@ -467,7 +467,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 }
 
 /// End of the unbroken run of complete segments that starts at the first one in the
-/// catalog at `catalog`: what the slot may be acknowledged up to.
+/// catalog at `catalog`, extended by a stored partial segment that continues it: what the
+/// slot may be acknowledged up to.
 pub fn durable_end(catalog: &Path, seg: WalSegmentSize) -> Option<Lsn> {
     let segments = Catalog::open(catalog).ok()?.segments().ok()?;
     let mut complete: Vec<u64> = segments
@@ -483,7 +484,12 @@ pub fn durable_end(catalog: &Path, seg: WalSegmentSize) -> Option<Lsn> {
         }
         next += 1;
     }
-    Some(Lsn(next * seg.bytes()))
+    let partial_end = segments
+        .iter()
+        .filter(|s| s.partial && s.name.segno == next)
+        .map(|s| s.end_lsn)
+        .max();
+    Some(partial_end.unwrap_or(Lsn(next * seg.bytes())))
 }
 
 /// The slot's `restart_lsn`, if the slot exists and has one.
@@ -566,4 +572,52 @@ pub fn delete_catalog(archiver: &Archiver) {
         path.push(suffix);
         let _ = fs::remove_file(path);
     }
+}
+
+/// `tidemark restore` with `args` into a fresh directory, which must succeed; a `file://`
+/// repository is shared with the postgres user, who runs `wal-fetch` during recovery.
+/// Returns the directory holding `data/`.
+pub fn restore_into(archiver: &Archiver, args: &[&str]) -> TempDir {
+    let dir = tidemark_fixtures::test_dir("pitr");
+    let data = dir.path().join("data");
+    let mut all = vec!["restore", "--pgdata", data.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(archiver.command(&all));
+    assert!(out.status.success(), "restore {args:?}: {}", stderr(&out));
+    if archiver.repo_url.starts_with("file://") {
+        share_with_postgres(&archiver.repo_dir_for_postgres());
+    }
+    dir
+}
+
+/// Start PostgreSQL on a restored directory (see [`restore_into`]) and wait for the end
+/// of recovery.
+pub fn start_recovered(dir: TempDir, opts: tidemark_fixtures::ClusterOptions) -> Cluster {
+    let restored = Cluster::start_prepared(dir, opts).expect("restored cluster starts");
+    wait_for("the end of recovery", Duration::from_secs(120), || {
+        (restored.psql("SELECT pg_is_in_recovery()").ok()? == "f").then_some(())
+    });
+    restored
+}
+
+/// The server's current WAL insert position.
+pub fn current_lsn(cluster: &Cluster) -> Lsn {
+    lsn(&cluster.psql("SELECT pg_current_wal_lsn()").unwrap())
+}
+
+/// Wait until the archiver has received WAL up to `upto` (the server reports it written).
+pub fn wait_received(archiver: &mut Archiver, cluster: &Cluster, upto: Lsn) {
+    wait_for(
+        "the archiver to receive the WAL",
+        Duration::from_secs(30),
+        || {
+            archiver.assert_running();
+            let written = cluster
+                .psql(
+                    "SELECT write_lsn FROM pg_stat_replication WHERE application_name = 'tidemark'",
+                )
+                .ok()?;
+            (!written.is_empty() && lsn(&written) >= upto).then_some(())
+        },
+    );
 }

@@ -83,6 +83,11 @@ impl ReplicationStream {
                         return Err(server_error(body.fields()))
                     }
                     Backend::Message(Message::ParameterStatus(_)) => {}
+                    // A walsender that finished a shutdown (every byte sent was confirmed
+                    // flushed) ends the copy with CommandComplete and exits.
+                    Backend::Message(Message::CommandComplete(_)) => {
+                        return Err(ReplicationError::Closed)
+                    }
                     _ => {
                         return Err(ReplicationError::Protocol(
                             "unexpected message in the replication stream".to_string(),

@@ -99,18 +99,14 @@ fn insert(conn: &rusqlite::Connection, rec: &SegmentRecord) -> Result<(), Catalo
             params![tli, to_i64(rp.lsn.0), rp.name, rp.time.to_rfc3339()],
         )?;
     }
-    if !rec.partial {
-        conn.execute(
-            "DELETE FROM segments WHERE timeline = ?1 AND segno = ?2 AND partial = 1",
-            params![tli, segno],
-        )?;
-    }
     Ok(())
 }
 
 impl Catalog {
-    /// Record an archived object. A complete segment supersedes any partial row for the
-    /// same segment; a partial row replaces the previous partial row of that segment.
+    /// Record an archived object. A partial row replaces the previous partial row of that
+    /// segment. A complete segment leaves the partial row of the same segment in place:
+    /// that row names an object still to be removed (`stale_partials`), and goes with it
+    /// (`forget_partial`).
     pub fn record_segment(&self, rec: &SegmentRecord) -> Result<(), CatalogError> {
         let tx = self.conn().unchecked_transaction()?;
         insert(&tx, rec)?;
@@ -325,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_complete_supersedes_partial() {
+    fn a_completed_segment_keeps_its_partial_row_until_the_object_is_removed() {
         let (_d, cat) = catalog();
         let full = 1 << 24;
         cat.record_segment(&rec(1, 3, true, 100)).unwrap();
@@ -333,6 +329,13 @@ mod tests {
         assert_eq!(cat.segments().unwrap(), vec![rec(1, 3, true, 200)]);
         assert_eq!(cat.newest().unwrap(), Some(rec(1, 3, true, 200)));
         cat.record_segment(&rec(1, 3, false, full)).unwrap();
+        // The partial object still exists: its row is how it gets removed.
+        let name = SegmentName::new(TimelineId(1), 3);
+        assert_eq!(
+            cat.stale_partials(name).unwrap(),
+            vec![rec(1, 3, true, 200)]
+        );
+        cat.forget_partial(name).unwrap();
         assert_eq!(cat.segments().unwrap(), vec![rec(1, 3, false, full)]);
         assert_eq!(cat.newest_timeline().unwrap(), Some(TimelineId(1)));
     }
