@@ -384,6 +384,11 @@ pub struct StreamArgs {
     /// time target after the last commit reachable) [default: the partial interval]
     #[arg(long, value_name = "SECONDS")]
     pub complete_marker_interval: Option<f64>,
+    /// Act as a synchronous standby when the server chooses one: acknowledge WAL once it
+    /// is fsync'd in the spool, before it reaches the repository. Without it, a server
+    /// whose synchronous_standby_names could choose tidemark is refused
+    #[arg(long)]
+    pub synchronous: bool,
     /// Spool directory for received WAL [default: beside the catalog]
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,

@@ -107,6 +107,7 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
     config.partial_interval = Duration::from_secs_f64(args.partial_interval);
     config.compression_level = args.compression_level;
     config.upload_concurrency = usize::from(args.upload_concurrency);
+    config.synchronous = args.synchronous;
     config.complete_marker_interval = Duration::try_from_secs_f64(
         args.complete_marker_interval
             .unwrap_or(args.partial_interval)

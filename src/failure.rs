@@ -98,8 +98,8 @@ fn code(err: &anyhow::Error) -> u8 {
                 ArchiverError::Repository(e) => repo_code(e),
                 ArchiverError::Catalog(e) => catalog_code(e),
                 ArchiverError::Lease(LeaseError::Repository(e)) => repo_code(e),
-                ArchiverError::Lease(LeaseError::Held { .. }) => REFUSED,
-                ArchiverError::Spool(_) => LOCAL,
+                ArchiverError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. }) => REFUSED,
+                ArchiverError::Spool(_) | ArchiverError::LocalLock { .. } => LOCAL,
                 ArchiverError::NotInitialised { .. }
                 | ArchiverError::Append(_)
                 | ArchiverError::WalRemoved { .. }
@@ -107,7 +107,9 @@ fn code(err: &anyhow::Error) -> u8 {
                 | ArchiverError::Tar(_)
                 | ArchiverError::DivergentTimeline { .. }
                 | ArchiverError::BadHistory { .. }
-                | ArchiverError::VersioningOff { .. } => REFUSED,
+                | ArchiverError::VersioningOff { .. }
+                | ArchiverError::SecondArchiver { .. }
+                | ArchiverError::SynchronousStandby { .. } => REFUSED,
                 ArchiverError::Bucket { .. } => STORAGE,
                 ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
             };

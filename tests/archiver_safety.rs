@@ -203,3 +203,200 @@ fn superseded_partial_objects_are_never_left_behind() {
         assert!(!keys.contains(&whole), "{p} left beside {whole}");
     }
 }
+
+#[test]
+fn a_second_stream_is_refused_naming_the_first_and_touches_nothing() {
+    let repo = Repo::s3("one-writer");
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let mut first = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    first.init();
+    first.start();
+    cluster.psql("CREATE TABLE t(n int)").unwrap();
+    wait_received(&mut first, &cluster, current_lsn(&cluster));
+    let holder = format!("(pid {})", first.pid());
+
+    // Started by mistake with the same catalog and spool.
+    let out = run(first.command(&["stream"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another archiver holds the catalog")
+            && stderr(&out).contains(&holder),
+        "{}",
+        stderr(&out)
+    );
+    // On another host: its own catalog and spool, the same repository.
+    let mut second = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    second.start();
+    let code = wait_for(
+        "the second archiver to be refused",
+        Duration::from_secs(30),
+        || second.exit_code(),
+    );
+    assert_eq!(code, 5, "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("another archiver holds the repository")
+            && second.log().contains(&holder),
+        "{}",
+        second.log()
+    );
+    assert!(
+        !second.catalog.exists(),
+        "the refused archiver created its catalog"
+    );
+
+    // The first never noticed.
+    cluster.psql("INSERT INTO t VALUES (1)").unwrap();
+    let written = current_lsn(&cluster);
+    wait_for(
+        "the first archiver to store new WAL",
+        Duration::from_secs(30),
+        || {
+            first.assert_running();
+            (first.archived_end() >= written).then_some(())
+        },
+    );
+    assert_eq!(first.terminate(), 0, "{}", first.log());
+    // Its lease went with it: the second starts at once.
+    second.start();
+    cluster.psql("INSERT INTO t VALUES (2)").unwrap();
+    let written = current_lsn(&cluster);
+    wait_for(
+        "the second archiver to store new WAL",
+        Duration::from_secs(30),
+        || {
+            second.assert_running();
+            (second.archived_end() >= written).then_some(())
+        },
+    );
+    assert_eq!(second.terminate(), 0, "{}", second.log());
+    assert!(
+        !repo.keys().iter().any(|k| k.starts_with("locks/")),
+        "a lease outlived its archiver: {:?}",
+        repo.keys()
+    );
+}
+
+#[test]
+fn a_server_that_could_choose_tidemark_as_a_synchronous_standby_is_refused() {
+    let repo = Repo::file();
+    let mut cluster = Cluster::start(one_mb()).expect("cluster");
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "60"]);
+    archiver.init();
+    archiver.start();
+    cluster.psql("CREATE TABLE t(n int)").unwrap();
+    wait_received(&mut archiver, &cluster, current_lsn(&cluster));
+    // The DBA makes every standby eligible and restarts; the archiver reconnects.
+    cluster
+        .psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (*)'")
+        .unwrap();
+    cluster.restart().expect("restart");
+    let code = wait_for("the archiver to refuse", Duration::from_secs(60), || {
+        archiver.exit_code()
+    });
+    assert_eq!(code, 5, "{}", archiver.log());
+    assert!(
+        archiver.log().contains("synchronous_standby_names"),
+        "{}",
+        archiver.log()
+    );
+    // And at start.
+    archiver.start();
+    let code = wait_for("the archiver to refuse", Duration::from_secs(30), || {
+        archiver.exit_code()
+    });
+    assert_eq!(code, 5, "{}", archiver.log());
+    assert!(
+        archiver.log().contains("ANY 1 (*)") && archiver.log().contains("--synchronous"),
+        "{}",
+        archiver.log()
+    );
+}
+
+#[test]
+fn synchronous_mode_acknowledges_commits_from_the_spool_promptly() {
+    let repo = Repo::file();
+    let cluster = Cluster::start(ClusterOptions {
+        settings: vec![("synchronous_standby_names".into(), "tidemark".into())],
+        ..one_mb()
+    })
+    .expect("cluster");
+    // A partial interval far beyond the test: commits must not wait for the repository.
+    let mut archiver = Archiver::new(
+        &cluster,
+        &repo,
+        &["--partial-interval", "3600", "--synchronous"],
+    );
+    archiver.init();
+    archiver.start();
+    wait_for(
+        "tidemark chosen as synchronous standby",
+        Duration::from_secs(30),
+        || {
+            archiver.assert_running();
+            let state = cluster
+            .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'tidemark'")
+            .ok()?;
+            (state == "sync").then_some(())
+        },
+    );
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        cluster
+            .psql(&format!(
+                "CREATE TABLE IF NOT EXISTS t(n int); INSERT INTO t VALUES ({n})"
+            ))
+            .expect("a synchronous commit");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "20 synchronous commits took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+}
+
+/// Archive a first stretch, stop, lose the catalog (and, with `new_slot`, the slot), write
+/// more WAL while stopped, restart: the archive stays contiguous, byte for byte.
+fn resumes_at_the_repositorys_end_after_losing_the_catalog(major: u32, new_slot: bool) {
+    let cluster = Cluster::start(one_mb_on(major)).expect("cluster");
+    let seg = tidemark_protocol::WalSegmentSize::new(1 << 20).unwrap();
+    hold_wal(&cluster);
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.pgbench_init(1).expect("pgbench -i");
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(120));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+
+    delete_catalog(&archiver);
+    if new_slot {
+        cluster
+            .psql("SELECT pg_drop_replication_slot('tidemark')")
+            .unwrap();
+    }
+    cluster.pgbench(&["-T", "2", "-c", "2"]).expect("pgbench");
+    switch_wal(&cluster);
+    archiver.start();
+    cluster.pgbench(&["-T", "1", "-c", "1"]).expect("pgbench");
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(120));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    // Contiguous from the first segment, each equal to the server's own file.
+    let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, through);
+    assert!(compared >= 5, "only {compared} segments");
+}
+
+#[test]
+fn a_lost_catalog_does_not_make_stream_skip_wal_on_postgresql_14() {
+    // PostgreSQL 14 has no READ_REPLICATION_SLOT: only the repository knows the end.
+    resumes_at_the_repositorys_end_after_losing_the_catalog(14, false);
+}
+
+#[test]
+fn a_lost_catalog_and_a_new_slot_do_not_make_stream_skip_wal() {
+    resumes_at_the_repositorys_end_after_losing_the_catalog(15, true);
+}

@@ -72,6 +72,23 @@ pub enum ArchiverError {
     /// Version tracking was asked of a bucket without versioning.
     #[error("bucket {bucket} does not have versioning enabled (it is {state}), so its old versions are not kept and cannot be recorded; nothing was recorded; HINT: enable it (aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled) or track with --mode copy, which copies the objects into the repository")]
     VersioningOff { bucket: String, state: &'static str },
+    /// Another archiver already streams into this repository, spool or catalog.
+    #[error("another archiver holds the {what}: {holder}; nothing was touched; HINT: run one `tidemark stream` per repository; stop the other one first")]
+    SecondArchiver { what: String, holder: String },
+    /// A local lock file could not be created or locked.
+    #[error("cannot lock {}: {source}; HINT: check the directory's permissions", path.display())]
+    LocalLock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server could choose tidemark as a synchronous standby, and commits would then
+    /// wait for it.
+    #[error("synchronous_standby_names = '{setting}' lets the server choose this archiver (application_name '{application_name}') as a synchronous standby, so commits could wait for it; HINT: name the standbys explicitly in synchronous_standby_names, or give tidemark an application_name it does not list (application_name=... in --pg), or pass --synchronous to acknowledge WAL once it is fsync'd in the spool (see docs/operations.md)")]
+    SynchronousStandby {
+        setting: String,
+        application_name: String,
+    },
     /// A background task died (a bug).
     #[error("internal task failed: {0}")]
     Task(String),

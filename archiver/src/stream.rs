@@ -17,7 +17,10 @@ use tidemark_protocol::replication::{
 };
 use tidemark_protocol::{parse_history, Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::catalog::{Catalog, SegmentRecord};
-use tidemark_store::repository::{ArchivedObject, Repository};
+use tidemark_store::identity::RepoIdentity;
+use tidemark_store::layout;
+use tidemark_store::reindex::ReindexError;
+use tidemark_store::repository::{ArchivedObject, RepoError, Repository};
 use tidemark_store::storage::Metadata;
 use tidemark_store::wal_summary::WalSummary;
 use tokio::sync::watch;
@@ -27,6 +30,7 @@ use crate::acks::AckTracker;
 use crate::cluster::Cluster;
 use crate::error::ArchiverError;
 use crate::events::{valid_prefix_len, EventTracker};
+use crate::single_writer;
 use crate::spool::{LeftoverPartial, Leftovers, Spool, SpoolError};
 use crate::uploads::{Done, Uploads};
 
@@ -54,6 +58,10 @@ pub struct StreamConfig {
     /// stored. A server that is shutting down waits for that reply; past this, tidemark
     /// lets go of the connection instead of holding the shutdown up.
     pub tail_timeout: Duration,
+    /// Opt-in synchronous-standby mode: WAL is reported flushed once it is fsync'd in the
+    /// spool (DESIGN invariant 1's one exception), so the server may choose this
+    /// archiver as a synchronous standby. Off: such a server configuration is refused.
+    pub synchronous: bool,
 }
 
 impl StreamConfig {
@@ -68,6 +76,7 @@ impl StreamConfig {
             max_backoff: Duration::from_secs(30),
             complete_marker_interval: Duration::from_secs(5),
             tail_timeout: Duration::from_secs(5),
+            synchronous: false,
         }
     }
 }
@@ -92,6 +101,30 @@ pub async fn stream(
         })?;
     let seg = WalSegmentSize::new(identity.wal_segment_size)
         .map_err(|e| ArchiverError::Task(format!("repository identity: {e}")))?;
+    // One archiver: refused here, before anything is touched.
+    let _catalog_lock =
+        single_writer::lock_local(&single_writer::catalog_lock_path(catalog), "catalog")?;
+    let _spool_lock = single_writer::lock_local(&config.spool_dir.join("LOCK"), "spool")?;
+    let lease = single_writer::take_lease(&repo).await?;
+    let outcome = tokio::select! {
+        outcome = stream_holding_lease(conninfo, repo, &identity, seg, catalog, config, shutdown) => outcome,
+        lost = single_writer::keep_lease(&lease) => Err(lost),
+    };
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "cannot release the repository lease; it expires by itself");
+    }
+    outcome
+}
+
+async fn stream_holding_lease(
+    conninfo: &ConnInfo,
+    repo: Repository,
+    identity: &RepoIdentity,
+    seg: WalSegmentSize,
+    catalog: &Path,
+    config: StreamConfig,
+    shutdown: Shutdown,
+) -> Result<(), ArchiverError> {
     // What an earlier run received is stored first, before the server is asked for
     // anything: that server may be gone, and then the spool holds the only copy.
     let (spool, leftovers) = Spool::open(&config.spool_dir, seg)?;
@@ -117,6 +150,7 @@ pub async fn stream(
         partial_stored: None,
         last_marker: None,
         last_status: None,
+        system_identifier: identity.system_identifier,
         config,
         shutdown,
     };
@@ -126,6 +160,9 @@ pub async fn stream(
 
     let mut cluster = Cluster::connect(conninfo).await?;
     cluster.check_repository(&archiver.repo, false).await?;
+    archiver
+        .refuse_synchronous(&mut cluster.client, conninfo)
+        .await?;
     if cluster
         .client
         .create_physical_slot(&archiver.config.slot)
@@ -187,6 +224,8 @@ struct Archiver {
     last_marker: Option<(Instant, Lsn)>,
     /// The last status update sent (write, flush).
     last_status: Option<(Lsn, Lsn)>,
+    /// The repository's cluster: every connection must reach it.
+    system_identifier: u64,
     config: StreamConfig,
     shutdown: Shutdown,
 }
@@ -264,7 +303,51 @@ impl Archiver {
     /// Never beyond the archive's end: if the server dropped that WAL, resuming there
     /// fails loudly instead of leaving a silent gap. On a fresh repository: the slot's
     /// restart point, else the server's current segment.
+    ///
+    /// The catalog is only an index (invariant 2): when it is empty, or the segment it
+    /// would resume at is already stored (a catalog lost, restored from an old copy, or
+    /// missing its newest rows after a host crash), its WAL index is rebuilt from the
+    /// repository first, so streaming resumes at the repository's own end.
     async fn resume_point(
+        &self,
+        cluster: &mut Cluster,
+    ) -> Result<(TimelineId, Lsn), ArchiverError> {
+        if self.catalog.newest()?.is_none() {
+            self.index_repository("the catalog has no WAL index")
+                .await?;
+        }
+        let (timeline, start) = self.resume_point_from_catalog(cluster).await?;
+        let key =
+            layout::wal_segment_key(SegmentName::containing(timeline, start, self.seg), self.seg);
+        let stored =
+            crate::uploads::with_retry("look up the resume segment", || self.repo.head(&key))
+                .await?;
+        if stored.is_none() {
+            return Ok((timeline, start));
+        }
+        self.index_repository("the catalog is behind the repository")
+            .await?;
+        self.resume_point_from_catalog(cluster).await
+    }
+
+    /// Rebuild the catalog's WAL index from the repository, saying `why`.
+    async fn index_repository(&self, why: &str) -> Result<(), ArchiverError> {
+        tracing::warn!("{why}; rebuilding its WAL index from the repository so that streaming resumes at the repository's end");
+        let found = tidemark_store::reindex::reindex_wal(&self.repo, &self.catalog, self.seg)
+            .await
+            .map_err(|e| match e {
+                ReindexError::Repository(e) => ArchiverError::Repository(e),
+                ReindexError::Catalog(e) => ArchiverError::Catalog(e),
+            })?;
+        tracing::info!(
+            segments = found.segments,
+            partials = found.partials,
+            "WAL index rebuilt"
+        );
+        Ok(())
+    }
+
+    async fn resume_point_from_catalog(
         &self,
         cluster: &mut Cluster,
     ) -> Result<(TimelineId, Lsn), ArchiverError> {
@@ -317,24 +400,31 @@ impl Archiver {
         if server == TimelineId::FIRST {
             return Ok(None);
         }
-        // Every timeline above 1 has a history file; restores follow it.
+        // Every timeline above 1 has a history file; restores follow it. It is stored only
+        // once it is known to continue what is archived.
         let (_, content) = cluster.client.timeline_history(server).await?;
-        crate::uploads::with_retry("store timeline history", || {
-            self.repo.archive_history(server, &content)
-        })
-        .await?;
-        let Some(archived) = self.catalog.newest_timeline()?.filter(|t| *t < server) else {
-            return Ok(None);
-        };
         let history = parse_history(&content).map_err(|e| ArchiverError::BadHistory {
             timeline: server,
             reason: e.to_string(),
         })?;
-        let switch = history
-            .iter()
-            .find(|e| e.parent == archived)
-            .map(|e| e.switch_lsn)
-            .ok_or(ArchiverError::DivergentTimeline { archived, server })?;
+        let archived = self.catalog.newest_timeline()?.filter(|t| *t < server);
+        let switch = match archived {
+            Some(archived) => Some(
+                history
+                    .iter()
+                    .find(|e| e.parent == archived)
+                    .map(|e| e.switch_lsn)
+                    .ok_or(ArchiverError::DivergentTimeline { archived, server })?,
+            ),
+            None => None,
+        };
+        crate::uploads::with_retry("store timeline history", || {
+            self.repo.archive_history(server, &content)
+        })
+        .await?;
+        let (Some(archived), Some(switch)) = (archived, switch) else {
+            return Ok(None);
+        };
         let needed = switch.segment_start(self.seg);
         let archived_end = self
             .catalog
@@ -414,7 +504,18 @@ impl Archiver {
             }
             *backoff = (*backoff * 2).min(self.config.max_backoff);
             match ReplicationClient::connect(conninfo).await {
-                Ok(client) => {
+                Ok(mut client) => {
+                    // The same cluster, configured as at start: a server restored or
+                    // cloned behind the same address, or a changed setting, is refused.
+                    let system = client.identify_system().await?;
+                    if system.system_id != self.system_identifier {
+                        return Err(RepoError::OtherCluster {
+                            repo_sysid: self.system_identifier,
+                            cluster_sysid: system.system_id,
+                        }
+                        .into());
+                    }
+                    self.refuse_synchronous(&mut client, conninfo).await?;
                     *backoff = Duration::from_secs(1);
                     return Ok(Some(client));
                 }
@@ -472,6 +573,11 @@ impl Archiver {
                         for segment in self.spool.append(wal_start, &data)? {
                             let meta = self.events.finish(segment.name);
                             self.uploads.segment(segment, meta);
+                        }
+                        if self.config.synchronous {
+                            // A commit may be waiting for exactly this acknowledgement.
+                            self.spool.sync()?;
+                            self.send_status(&mut stream, false).await?;
                         }
                     }
                     StreamMessage::Keepalive { reply_requested, server_wal_end, server_time } => {
@@ -539,9 +645,34 @@ impl Archiver {
     }
 
     /// What the server may treat as flushed, and so advance the slot to: every byte
-    /// before it is in the repository (invariant 1).
+    /// before it is in the repository (invariant 1), or, in synchronous mode, fsync'd in
+    /// the spool.
     fn flush_position(&self) -> Lsn {
-        self.stored_end()
+        match self.spool.position() {
+            Some(received) if self.config.synchronous => received,
+            _ => self.stored_end(),
+        }
+    }
+
+    /// Refuse a server that could make this archiver a synchronous standby, unless the
+    /// operator chose synchronous mode.
+    async fn refuse_synchronous(
+        &self,
+        client: &mut ReplicationClient,
+        conninfo: &ConnInfo,
+    ) -> Result<(), ArchiverError> {
+        if self.config.synchronous {
+            return Ok(());
+        }
+        let setting = client.show("synchronous_standby_names").await?;
+        let application_name = conninfo.application_name.clone().unwrap_or_default();
+        if tidemark_protocol::sync_standby::can_be_synchronous(&setting, &application_name) {
+            return Err(ArchiverError::SynchronousStandby {
+                setting,
+                application_name,
+            });
+        }
+        Ok(())
     }
 
     async fn send_status(

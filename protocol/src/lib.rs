@@ -10,6 +10,7 @@ pub mod lsn;
 pub mod pgtime;
 pub mod replication;
 pub mod segment;
+pub mod sync_standby;
 pub mod timeline;
 pub mod wal;
 

@@ -33,6 +33,8 @@ struct LeaseRecord {
 pub struct Lease {
     repo: Repository,
     key: String,
+    name: String,
+    holder: String,
     token: String,
 }
 
@@ -44,6 +46,9 @@ pub enum LeaseError {
         holder: String,
         until: DateTime<Utc>,
     },
+    /// The lease expired while this process held it and another one took it over.
+    #[error("{name} was taken over by {holder} after it expired unrenewed here; HINT: only one process may hold it: stop one of them")]
+    Lost { name: String, holder: String },
     #[error(transparent)]
     Repository(#[from] RepoError),
 }
@@ -80,16 +85,7 @@ impl Lease {
     ) -> Result<Lease, LeaseError> {
         let key = key_of(name);
         let token = format!("{:016x}", rand::thread_rng().gen::<u64>());
-        let record = LeaseRecord {
-            holder: holder.to_string(),
-            token: token.clone(),
-            expires_at: Utc::now()
-                + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
-        };
-        let json = serde_json::to_vec(&record).map_err(|e| RepoError::Task {
-            message: format!("cannot serialise lease {key}: {e}"),
-        })?;
-        let metadata = Metadata::from([(meta::KIND.to_string(), meta::KIND_LEASE.to_string())]);
+        let (json, metadata) = encode(&key, holder, &token, ttl)?;
         // Two tries: the second after breaking an expired lease.
         for _ in 0..2 {
             let outcome = repo
@@ -101,6 +97,8 @@ impl Lease {
                 return Ok(Lease {
                     repo: repo.clone(),
                     key,
+                    name: name.to_string(),
+                    holder: holder.to_string(),
                     token,
                 });
             }
@@ -124,6 +122,28 @@ impl Lease {
         })
     }
 
+    /// Extends the lease to `ttl` from now, unless another process took it over (after it
+    /// expired here): then `Lost`, and nothing is written.
+    pub async fn renew(&self, ttl: Duration) -> Result<(), LeaseError> {
+        match read(&self.repo, &self.key).await? {
+            Some(held) if held.token != self.token => {
+                return Err(LeaseError::Lost {
+                    name: self.name.clone(),
+                    holder: held.holder,
+                })
+            }
+            // Ours, or broken and not retaken: hold it again.
+            _ => {}
+        }
+        let (json, metadata) = encode(&self.key, &self.holder, &self.token, ttl)?;
+        self.repo
+            .storage
+            .put(&self.key, Body::Bytes(json.into()), &metadata)
+            .await
+            .map_err(RepoError::storage(&self.key))?;
+        Ok(())
+    }
+
     /// Gives the lease back (unless it expired and someone else took it meanwhile).
     pub async fn release(self) -> Result<(), RepoError> {
         match read(&self.repo, &self.key).await? {
@@ -134,6 +154,26 @@ impl Lease {
             }
         }
     }
+}
+
+/// The stored form of a lease held by `holder` with `token` for `ttl` from now.
+fn encode(
+    key: &str,
+    holder: &str,
+    token: &str,
+    ttl: Duration,
+) -> Result<(Vec<u8>, Metadata), RepoError> {
+    let record = LeaseRecord {
+        holder: holder.to_string(),
+        token: token.to_string(),
+        expires_at: Utc::now()
+            + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1)),
+    };
+    let json = serde_json::to_vec(&record).map_err(|e| RepoError::Task {
+        message: format!("cannot serialise lease {key}: {e}"),
+    })?;
+    let metadata = Metadata::from([(meta::KIND.to_string(), meta::KIND_LEASE.to_string())]);
+    Ok((json, metadata))
 }
 
 /// The lease at `key`, `None` when there is none. One that does not parse counts as
@@ -214,6 +254,12 @@ mod tests {
         let third = Lease::take(&repo, "objects-app", "third", hour, Duration::ZERO)
             .await
             .unwrap();
+        let lost = second.renew(hour).await.unwrap_err();
+        assert!(
+            matches!(&lost, LeaseError::Lost { holder, .. } if holder == "third"),
+            "{lost}"
+        );
+        third.renew(hour).await.unwrap();
         second.release().await.unwrap();
         assert!(repo.head(&key_of("objects-app")).await.unwrap().is_some());
         third.release().await.unwrap();

@@ -248,6 +248,11 @@ impl Archiver {
             .join("\n--- restart ---\n")
     }
 
+    /// The running archiver's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("archiver running").id()
+    }
+
     /// Panic with the log if the archiver has exited.
     pub fn assert_running(&mut self) {
         if let Some(child) = self.child.as_mut() {
