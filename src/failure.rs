@@ -169,6 +169,9 @@ fn code(err: &anyhow::Error) -> u8 {
 }
 
 fn repo_code(e: &RepoError) -> u8 {
+    if e.is_disk_full() {
+        return LOCAL;
+    }
     match e {
         RepoError::BadIdentity { .. }
         | RepoError::UnsupportedFormat { .. }

@@ -61,3 +61,141 @@ fn an_s3_outage_delays_archiving_but_loses_nothing() {
     let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, during);
     assert!(compared >= 5, "only {compared} segments");
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tidemark_fixtures::test_dir("small-disk");
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs (the tests run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_spool_disk_is_waited_out_and_loses_nothing() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    hold_wal(&cluster);
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = OutageProxy::start(&upstream).expect("proxy");
+    let repo = Repo::s3_via("disk-full", proxy.endpoint());
+    // Room for about four 1 MiB segments and their compressed copies.
+    let disk = SmallDisk::mount("6m");
+    let spool = disk.dir.path().join("spool");
+    let mut archiver = Archiver::new(
+        &cluster,
+        &repo,
+        &[
+            "--partial-interval",
+            "1",
+            "--spool",
+            spool.to_str().unwrap(),
+        ],
+    );
+    archiver.init();
+    archiver.start();
+    cluster.pgbench_init(1).expect("pgbench -i");
+    let first = switch_wal(&cluster);
+    archiver.wait_complete_through(first, seg, Duration::from_secs(60));
+
+    // Uploads stall, so the spool fills up with WAL that keeps coming.
+    proxy.cut();
+    cluster
+        .psql("CREATE TABLE during_outage AS SELECT g, md5(g::text) FROM generate_series(1, 150000) g")
+        .expect("write during the outage");
+    let during = switch_wal(&cluster);
+    wait_for("the spool to fill", Duration::from_secs(60), || {
+        archiver.assert_running();
+        archiver.log().contains("disk is full").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    archiver.assert_running();
+    let stored = durable_end(&archiver.catalog, seg).expect("something stored");
+    let restart = slot_restart(&cluster, "tidemark").expect("slot");
+    assert!(
+        restart <= stored,
+        "slot acknowledged {restart} while only {stored} is stored"
+    );
+
+    // Uploads resume and free the disk: every byte arrives.
+    proxy.restore();
+    archiver.wait_complete_through(during, seg, Duration::from_secs(120));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, during);
+    assert!(compared >= 8, "only {compared} segments");
+    drop(disk);
+}
+
+#[test]
+fn access_denied_while_credentials_rotate_does_not_stop_the_archiver() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    hold_wal(&cluster);
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
+    let proxy = OutageProxy::start(&upstream).expect("proxy");
+    let repo = Repo::s3_via("denied", proxy.endpoint());
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.pgbench_init(1).expect("pgbench -i");
+    let first = switch_wal(&cluster);
+    archiver.wait_complete_through(first, seg, Duration::from_secs(60));
+
+    // Every request is refused for a while (an expired token, keys being rotated).
+    proxy.deny();
+    cluster
+        .psql(
+            "CREATE TABLE during_denial AS SELECT g, md5(g::text) FROM generate_series(1, 50000) g",
+        )
+        .expect("write while denied");
+    let during = switch_wal(&cluster);
+    let denial_end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < denial_end {
+        archiver.assert_running();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = archiver.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("access denied"))
+        .count();
+    assert!(warnings > 0, "the denial was not reported:\n{log}");
+    // Loud, but not a line per attempt: at most one per operation every 30 s.
+    assert!(warnings <= 12, "{warnings} warnings in 20 s:\n{log}");
+
+    proxy.restore();
+    archiver.wait_complete_through(during, seg, Duration::from_secs(120));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, during);
+    assert!(compared >= 5, "only {compared} segments");
+}

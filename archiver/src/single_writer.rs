@@ -14,6 +14,7 @@ use tidemark_store::lease::{self, Lease, LeaseError};
 use tidemark_store::repository::Repository;
 
 use crate::error::ArchiverError;
+use crate::uploads::with_retry;
 
 /// The repository lease's name.
 const LEASE: &str = "stream";
@@ -96,19 +97,23 @@ pub async fn take_lease(repo: &Repository) -> Result<Lease, ArchiverError> {
 }
 
 /// Renew `lease` for as long as it is awaited; returns only when it was lost to another
-/// archiver. Transient failures are retried: until the lease expires nobody can take it.
+/// archiver, or renewing failed beyond the retry policy. Failures are retried as uploads
+/// are: until the lease expires nobody can take it, and after that a taker is noticed
+/// at the next renewal.
 pub async fn keep_lease(lease: &Lease) -> ArchiverError {
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        loop {
+        let renewed = with_retry("renew the repository lease", || async {
             match lease.renew(LEASE_TTL).await {
-                Ok(()) => break,
-                Err(LeaseError::Repository(e)) if e.is_transient() => {
-                    tracing::warn!(error = %e, "cannot renew the repository lease; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => return e.into(),
+                Err(LeaseError::Repository(e)) => Err(e),
+                other => Ok(other),
             }
+        })
+        .await;
+        match renewed {
+            Ok(Ok(())) => {}
+            Ok(Err(lost)) => return lost.into(),
+            Err(e) => return e,
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct Spool {
     dir: PathBuf,
     seg: WalSegmentSize,
     current: Option<Current>,
+    /// The segment to create when the next byte arrives (none is open).
+    next: Option<SegmentName>,
 }
 
 impl Spool {
@@ -120,15 +122,18 @@ impl Spool {
             dir: dir.to_path_buf(),
             seg,
             current: None,
+            next: None,
         };
         Ok((spool, left))
     }
 
-    /// The LSN the next received byte must have, if a segment is open.
+    /// The LSN the next received byte must have, once streaming began.
     pub fn position(&self) -> Option<Lsn> {
-        self.current
-            .as_ref()
-            .map(|c| c.name.start_lsn(self.seg) + c.written)
+        match (&self.current, self.next) {
+            (Some(c), _) => Some(c.name.start_lsn(self.seg) + c.written),
+            (None, Some(next)) => Some(next.start_lsn(self.seg)),
+            (None, None) => None,
+        }
     }
 
     /// Begin receiving at `start`, which must be a segment boundary, on `timeline`.
@@ -136,31 +141,49 @@ impl Spool {
     pub fn begin(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), SpoolError> {
         debug_assert_eq!(start.segment_offset(self.seg), 0);
         self.discard_current()?;
-        self.open_segment(SegmentName::containing(timeline, start, self.seg))
-    }
-
-    fn open_segment(&mut self, name: SegmentName) -> Result<(), SpoolError> {
-        let path = self
-            .dir
-            .join(format!("{}{PARTIAL_SUFFIX}", name.file_name(self.seg)));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(at(&path))?;
-        self.current = Some(Current {
-            name,
-            path,
-            file,
-            written: 0,
-        });
+        self.next = Some(SegmentName::containing(timeline, start, self.seg));
         Ok(())
     }
 
+    /// The segment being received, its file created (with its whole size reserved, so
+    /// that a full disk shows here rather than halfway through a write) on first use.
+    fn receiving(&mut self) -> Result<&mut Current, SpoolError> {
+        if self.current.is_none() {
+            let name = self.next.ok_or_else(|| SpoolError {
+                path: self.dir.clone(),
+                source: io::Error::other("no segment is being received"),
+            })?;
+            let path = self
+                .dir
+                .join(format!("{}{PARTIAL_SUFFIX}", name.file_name(self.seg)));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(at(&path))?;
+            if let Err(e) = reserve(&file, self.seg.bytes()) {
+                remove(&path)?;
+                return Err(at(&path)(e));
+            }
+            self.current = Some(Current {
+                name,
+                path,
+                file,
+                written: 0,
+            });
+            self.next = None;
+        }
+        self.current.as_mut().ok_or_else(|| SpoolError {
+            path: self.dir.clone(),
+            source: io::Error::other("no segment is being received"),
+        })
+    }
+
     fn discard_current(&mut self) -> Result<(), SpoolError> {
+        self.next = None;
         if let Some(cur) = self.current.take() {
             drop(cur.file);
             remove(&cur.path)?;
@@ -168,15 +191,18 @@ impl Spool {
         Ok(())
     }
 
-    /// Append `data`, which the server says starts at `wal_start`. Returns the segments
-    /// this completed, fsync'd and renamed. `wal_start` must be exactly the current
-    /// position: the spool never leaves a gap nor writes a byte twice.
+    /// Append `data`, which the server says starts at `wal_start`, pushing the segments
+    /// this completes (fsync'd and renamed) onto `done`. `wal_start` must be exactly the
+    /// current position: the spool never leaves a gap nor writes a byte twice.
+    ///
+    /// On an error (a full disk, say) the position says how much of `data` was taken,
+    /// and calling again with the rest continues where this stopped.
     pub fn append(
         &mut self,
         wal_start: Lsn,
         mut data: &[u8],
-    ) -> Result<Vec<SpooledSegment>, AppendError> {
-        let mut done = Vec::new();
+        done: &mut Vec<SpooledSegment>,
+    ) -> Result<(), AppendError> {
         let expected = self.position().ok_or(AppendError::NotStarted)?;
         if wal_start != expected {
             return Err(AppendError::Discontinuity {
@@ -184,9 +210,19 @@ impl Spool {
                 got: wal_start,
             });
         }
-        while !data.is_empty() {
-            let seg_bytes = self.seg.bytes();
-            let cur = self.current.as_mut().ok_or(AppendError::NotStarted)?;
+        let seg_bytes = self.seg.bytes();
+        loop {
+            if self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.written == seg_bytes)
+            {
+                self.finish_current(done)?;
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+            let cur = self.receiving()?;
             let room = (seg_bytes - cur.written) as usize;
             let (now, rest) = data.split_at(room.min(data.len()));
             cur.file
@@ -194,30 +230,25 @@ impl Spool {
                 .map_err(at(&cur.path))?;
             cur.written += now.len() as u64;
             data = rest;
-            if cur.written == seg_bytes {
-                done.push(self.finish_current()?);
-            }
         }
-        Ok(done)
     }
 
-    /// fsync and rename the full current segment, then open the next one.
-    fn finish_current(&mut self) -> Result<SpooledSegment, SpoolError> {
-        let cur = self.current.take().ok_or_else(|| SpoolError {
-            path: self.dir.clone(),
-            source: io::Error::other("no segment is being received"),
-        })?;
+    /// fsync and rename the full current segment onto `done`; the next one is created
+    /// when its first byte arrives.
+    fn finish_current(&mut self, done: &mut Vec<SpooledSegment>) -> Result<(), SpoolError> {
+        let Some(cur) = self.current.as_ref() else {
+            return Ok(());
+        };
         cur.file.sync_all().map_err(at(&cur.path))?;
         let path = self.dir.join(cur.name.file_name(self.seg));
         fs::rename(&cur.path, &path).map_err(at(&path))?;
+        let name = cur.name;
+        self.current = None;
+        self.next = Some(name.next());
+        done.push(SpooledSegment { name, path });
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(at(&self.dir))?;
-        self.open_segment(cur.name.next())?;
-        Ok(SpooledSegment {
-            name: cur.name,
-            path,
-        })
+            .map_err(at(&self.dir))
     }
 
     /// The received prefix of the current segment, when it holds any bytes.
@@ -282,6 +313,22 @@ impl LeftoverPartial {
     }
 }
 
+/// Reserve `len` bytes of disk for `file` without changing its size. Filesystems that
+/// cannot (`EOPNOTSUPP`) simply report a full disk later, at a write.
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: fallocate on an open descriptor we own; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        e => Err(e),
+    }
+}
+
 fn remove(path: &Path) -> Result<(), SpoolError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(at(path)(e)),
@@ -338,8 +385,10 @@ mod tests {
         spool.begin(TimelineId(1), start).unwrap();
         let data: Vec<u8> = (0..(1 << 20) + 1000).map(|i| (i % 251) as u8).collect();
         let (a, b) = data.split_at(700_000);
-        assert!(spool.append(start, a).unwrap().is_empty());
-        let done = spool.append(start + 700_000, b).unwrap();
+        let mut done = Vec::new();
+        spool.append(start, a, &mut done).unwrap();
+        assert!(done.is_empty());
+        spool.append(start + 700_000, b, &mut done).unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].name, SegmentName::new(TimelineId(1), 3));
         assert_eq!(fs::read(&done[0].path).unwrap(), &data[..1 << 20]);
@@ -352,15 +401,16 @@ mod tests {
     fn refuses_gaps_and_overlaps() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(dir.path(), seg()).unwrap();
+        let mut done = Vec::new();
         assert!(matches!(
-            spool.append(Lsn(0), b"x"),
+            spool.append(Lsn(0), b"x", &mut done),
             Err(AppendError::NotStarted)
         ));
         spool.begin(TimelineId(1), Lsn(1 << 20)).unwrap();
-        spool.append(Lsn(1 << 20), b"abc").unwrap();
+        spool.append(Lsn(1 << 20), b"abc", &mut done).unwrap();
         for bad in [Lsn((1 << 20) + 2), Lsn((1 << 20) + 4)] {
             assert!(matches!(
-                spool.append(bad, b"d"),
+                spool.append(bad, b"d", &mut done),
                 Err(AppendError::Discontinuity { .. })
             ));
         }
@@ -372,7 +422,9 @@ mod tests {
         {
             let (mut spool, _) = Spool::open(dir.path(), seg()).unwrap();
             spool.begin(TimelineId(2), Lsn(0)).unwrap();
-            spool.append(Lsn(0), &vec![7u8; (1 << 20) + 5]).unwrap();
+            spool
+                .append(Lsn(0), &vec![7u8; (1 << 20) + 5], &mut Vec::new())
+                .unwrap();
             spool.sync().unwrap();
         }
         fs::write(dir.path().join("000000020000000000000009"), b"short").unwrap();
@@ -392,7 +444,10 @@ mod tests {
         let spool_dir = dir.path().join("spool");
         let (mut spool, _) = Spool::open(&spool_dir, seg()).unwrap();
         spool.begin(TimelineId(1), Lsn(0)).unwrap();
-        let done = spool.append(Lsn(0), &vec![1u8; (1 << 20) + 1]).unwrap();
+        let mut done = Vec::new();
+        spool
+            .append(Lsn(0), &vec![1u8; (1 << 20) + 1], &mut done)
+            .unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&spool_dir), 0o700);
         assert_eq!(mode(&done[0].path), 0o600);

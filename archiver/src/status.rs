@@ -14,7 +14,8 @@ use crate::error::ArchiverError;
 pub struct StatusReport {
     pub repository: String,
     pub catalog: String,
-    /// Newest WAL stored in the repository (a partial segment counts).
+    /// End of the WAL stored in the repository without a gap (a partial segment counts;
+    /// segments stored beyond one still uploading do not).
     pub archived: Option<ArchivedPoint>,
     /// The server's position, when it could be asked.
     pub server: Option<ServerPoint>,
@@ -73,7 +74,7 @@ pub async fn status(
     oldest_backup_end: Option<DateTime<Utc>>,
     conninfo: Option<&ConnInfo>,
 ) -> Result<StatusReport, ArchiverError> {
-    let newest = catalog.newest()?;
+    let newest = catalog.stored_run_end()?;
     let buckets = catalog
         .tracked_buckets()?
         .into_iter()

@@ -31,8 +31,8 @@ use crate::cluster::Cluster;
 use crate::error::ArchiverError;
 use crate::events::{valid_prefix_len, EventTracker};
 use crate::single_writer;
-use crate::spool::{LeftoverPartial, Leftovers, Spool, SpoolError};
-use crate::uploads::{Done, Uploads};
+use crate::spool::{AppendError, LeftoverPartial, Leftovers, Spool, SpoolError};
+use crate::uploads::{Done, Uploads, PATIENCE};
 
 /// How `stream` behaves. Defaults match the CLI's.
 #[derive(Debug, Clone)]
@@ -111,7 +111,8 @@ pub async fn stream(
         lost = single_writer::keep_lease(&lease) => Err(lost),
     };
     if let Err(e) = lease.release().await {
-        tracing::warn!(error = %e, "cannot release the repository lease; it expires by itself");
+        let error = crate::uploads::chain(&e);
+        tracing::warn!(%error, "cannot release the repository lease; it expires by itself");
     }
     outcome
 }
@@ -570,10 +571,7 @@ impl Archiver {
                     StreamMessage::XLogData { wal_start, data, .. } => {
                         // Decode first: a segment's summary is final once all of it is fed.
                         self.events.feed(&data);
-                        for segment in self.spool.append(wal_start, &data)? {
-                            let meta = self.events.finish(segment.name);
-                            self.uploads.segment(segment, meta);
-                        }
+                        self.receive(wal_start, &data).await?;
                         if self.config.synchronous {
                             // A commit may be waiting for exactly this acknowledgement.
                             self.spool.sync()?;
@@ -634,6 +632,48 @@ impl Archiver {
                     }
                     return Ok(End::Shutdown);
                 }
+            }
+        }
+    }
+
+    /// Append received WAL to the spool and queue the segments it completes. A full disk
+    /// is waited out, recording uploads meanwhile (each frees a segment's space), for
+    /// [`PATIENCE`]; then it stops the archiver (exit 6) with the WAL still on the server.
+    async fn receive(&mut self, wal_start: Lsn, data: &[u8]) -> Result<(), ArchiverError> {
+        let mut done = Vec::new();
+        let mut full_since: Option<Instant> = None;
+        let mut logged: Option<Instant> = None;
+        let mut at = wal_start;
+        loop {
+            let taken = at.bytes_since(wal_start) as usize;
+            let appended = self.spool.append(at, &data[taken..], &mut done);
+            for segment in done.drain(..) {
+                let meta = self.events.finish(segment.name);
+                self.uploads.segment(segment, meta);
+            }
+            match appended {
+                Ok(()) => return Ok(()),
+                Err(AppendError::Spool(e))
+                    if e.source.kind() == std::io::ErrorKind::StorageFull =>
+                {
+                    let since = *full_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= PATIENCE {
+                        return Err(e.into());
+                    }
+                    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        tracing::warn!(error = %e, full_for = ?since.elapsed(), "the spool's disk is full; waiting for uploads to free space (the server keeps the WAL meanwhile)");
+                        logged = Some(Instant::now());
+                    }
+                    let wake = Instant::now() + Duration::from_secs(1);
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(wake) => break,
+                            Some(finished) = self.uploads.next() => { self.finished(finished?)?; }
+                        }
+                    }
+                    at = self.position()?;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -158,6 +158,36 @@ impl RepoError {
         }
     }
 
+    /// True when the local disk is full (compressing next to the spool, say): freeing
+    /// space cures it.
+    pub fn is_disk_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::StorageFull)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
+    /// True when the credentials were refused: rotating keys or an expiring token cure
+    /// that without anyone's help, a wrong policy does not.
+    pub fn is_access_denied(&self) -> bool {
+        matches!(
+            self,
+            RepoError::Storage {
+                source: StorageError::AccessDenied { .. },
+                ..
+            } | RepoError::Open {
+                source: StorageError::AccessDenied { .. },
+                ..
+            }
+        )
+    }
+
     pub(crate) fn storage(key: &str) -> impl FnOnce(StorageError) -> RepoError + '_ {
         move |source| RepoError::Storage {
             key: key.to_string(),

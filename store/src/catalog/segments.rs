@@ -234,6 +234,36 @@ impl Catalog {
             .pop())
     }
 
+    /// Where the WAL a restore can reach ends: on the newest timeline, the object that
+    /// ends the unbroken run of complete segments from its lowest one — the partial of
+    /// the first missing segment if there is one, else the run's last segment. Segments
+    /// stored beyond a hole (an upload stuck on an earlier one) do not count.
+    pub fn stored_run_end(&self) -> Result<Option<SegmentRecord>, CatalogError> {
+        let Some(timeline) = self.newest_timeline()? else {
+            return self.newest();
+        };
+        let tli = i64::from(timeline.0);
+        let lowest: i64 = self.conn().query_row(
+            "SELECT min(segno) FROM segments WHERE partial = 0 AND timeline = ?1",
+            [tli],
+            |r| r.get(0),
+        )?;
+        let hole = self
+            .first_missing(timeline, Some(lowest as u64))?
+            .unwrap_or(lowest as u64);
+        let at = |partial: bool, segno: u64| {
+            self.query(
+                "WHERE timeline = ?1 AND partial = ?2 AND segno = ?3",
+                params![tli, i64::from(partial), to_i64(segno)],
+            )
+        };
+        let mut found = at(true, hole)?;
+        if found.is_empty() {
+            found = at(false, hole.saturating_sub(1))?;
+        }
+        Ok(found.pop())
+    }
+
     /// The newest timeline with a complete segment.
     pub fn newest_timeline(&self) -> Result<Option<TimelineId>, CatalogError> {
         let tli: Option<i64> = self
@@ -338,6 +368,23 @@ mod tests {
         cat.forget_partial(name).unwrap();
         assert_eq!(cat.segments().unwrap(), vec![rec(1, 3, false, full)]);
         assert_eq!(cat.newest_timeline().unwrap(), Some(TimelineId(1)));
+    }
+
+    #[test]
+    fn the_stored_run_ends_at_the_first_hole_not_at_the_newest_object() {
+        let (_d, cat) = catalog();
+        assert_eq!(cat.stored_run_end().unwrap(), None);
+        let full = 1 << 24;
+        for s in [3, 4, 6] {
+            cat.record_segment(&rec(1, s, false, full)).unwrap();
+        }
+        cat.record_segment(&rec(1, 7, true, 10)).unwrap();
+        // Segment 5's upload is stuck: the run ends with 4.
+        assert_eq!(cat.stored_run_end().unwrap(), Some(rec(1, 4, false, full)));
+        cat.record_segment(&rec(1, 5, true, 10)).unwrap();
+        assert_eq!(cat.stored_run_end().unwrap(), Some(rec(1, 5, true, 10)));
+        cat.record_segment(&rec(1, 5, false, full)).unwrap();
+        assert_eq!(cat.stored_run_end().unwrap(), Some(rec(1, 7, true, 10)));
     }
 
     #[test]
