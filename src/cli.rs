@@ -389,6 +389,11 @@ pub struct StreamArgs {
     /// whose synchronous_standby_names could choose tidemark is refused
     #[arg(long)]
     pub synchronous: bool,
+    /// When the server no longer has the WAL the archive needs next (exit 5 otherwise),
+    /// record the gap in the repository and start archiving again at the server's current
+    /// position; then take a new base backup. Set it once, deliberately
+    #[arg(long)]
+    pub accept_gap: bool,
     /// Spool directory for received WAL [default: beside the catalog]
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,

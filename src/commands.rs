@@ -108,6 +108,7 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
     config.compression_level = args.compression_level;
     config.upload_concurrency = usize::from(args.upload_concurrency);
     config.synchronous = args.synchronous;
+    config.accept_gap = args.accept_gap;
     config.complete_marker_interval = Duration::try_from_secs_f64(
         args.complete_marker_interval
             .unwrap_or(args.partial_interval)
@@ -162,22 +163,27 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
     let catalog = open_existing_catalog(cli, &url)?;
     let pg = cli.pg.as_deref().map(str::parse::<ConnInfo>).transpose()?;
-    // The database window needs the backups; status still reports the rest without them.
-    let backups = match Repository::open(&url, &S3Options::from_env()?).await {
-        Ok(repo) => repo.backups().await.map_err(anyhow::Error::from),
+    // The database window needs the backups, the stored run the accepted gaps; status
+    // still reports the rest without them.
+    let facts = match Repository::open(&url, &S3Options::from_env()?).await {
+        Ok(repo) => match (repo.backups().await, repo.gaps().await) {
+            (Ok(backups), Ok(gaps)) => Ok((backups, gaps)),
+            (Err(e), _) | (_, Err(e)) => Err(anyhow::Error::from(e)),
+        },
         Err(e) => Err(e.into()),
     };
-    let oldest_backup_end = match backups {
-        Ok(backups) => backups.first().map(|b| b.stop_time),
+    let (oldest_backup_end, gaps) = match facts {
+        Ok((backups, gaps)) => (backups.first().map(|b| b.stop_time), gaps),
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot list backups; the database window is not shown");
-            None
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the repository; the database window is not shown");
+            (None, Vec::new())
         }
     };
     let report = tidemark_archiver::status::status(
         &url.to_string(),
         &catalog,
         oldest_backup_end,
+        &gaps,
         pg.as_ref(),
     )
     .await?;

@@ -400,3 +400,92 @@ fn a_lost_catalog_does_not_make_stream_skip_wal_on_postgresql_14() {
 fn a_lost_catalog_and_a_new_slot_do_not_make_stream_skip_wal() {
     resumes_at_the_repositorys_end_after_losing_the_catalog(15, true);
 }
+
+#[test]
+fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_older_targets_still_restore(
+) {
+    let repo = Repo::file();
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.psql("CREATE TABLE t(n int)").unwrap();
+    let out = run(archiver.command(&["backup"]));
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+    cluster.psql("INSERT INTO t VALUES (1)").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let before_gap = cluster.psql("SELECT now()::text").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    cluster.psql("INSERT INTO t VALUES (2)").unwrap();
+    let archived = current_lsn(&cluster);
+    wait_for(
+        "the WAL before the gap stored",
+        Duration::from_secs(30),
+        || (archiver.archived_end() >= archived).then_some(()),
+    );
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+
+    // While the archiver is down its slot is dropped and the server recycles the WAL.
+    cluster
+        .psql("SELECT pg_drop_replication_slot('tidemark')")
+        .unwrap();
+    cluster.psql("INSERT INTO t VALUES (3)").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let in_gap = cluster.psql("SELECT now()::text").unwrap();
+    for _ in 0..4 {
+        switch_wal(&cluster);
+        cluster.psql("CHECKPOINT").unwrap();
+    }
+
+    archiver.start();
+    let code = wait_for("the gap refused", Duration::from_secs(30), || {
+        archiver.exit_code()
+    });
+    assert_eq!(code, 5, "{}", archiver.log());
+    assert!(
+        archiver.log().contains("take a new base backup"),
+        "{}",
+        archiver.log()
+    );
+
+    archiver.set_options(&["--partial-interval", "1", "--accept-gap"]);
+    archiver.start();
+    wait_for("the gap recorded", Duration::from_secs(30), || {
+        archiver.assert_running();
+        repo.keys()
+            .iter()
+            .any(|k| k.starts_with("gaps/"))
+            .then_some(())
+    });
+    assert!(
+        archiver.log().contains("ACCEPTED A GAP"),
+        "{}",
+        archiver.log()
+    );
+    cluster.psql("INSERT INTO t VALUES (4)").unwrap();
+    let out = run(archiver.command(&["backup"]));
+    assert!(
+        out.status.success(),
+        "a backup after the gap: {}",
+        stderr(&out)
+    );
+    cluster.psql("INSERT INTO t VALUES (5)").unwrap();
+    let newest = current_lsn(&cluster);
+    wait_for("the newest WAL stored", Duration::from_secs(30), || {
+        (archiver.archived_end() >= newest).then_some(())
+    });
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+
+    let rows = |args: &[&str]| {
+        start_recovered(restore_into(&archiver, args), one_mb())
+            .psql("SELECT string_agg(n::text, ',' ORDER BY n) FROM t")
+            .unwrap()
+    };
+    // Before the gap: the older backup and the WAL before the gap.
+    assert_eq!(rows(&["--target-time", &before_gap]), "1");
+    // Inside it: refused, nothing written.
+    let out = run(archiver.command(&["plan", "--target-time", &in_gap]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    // After it: the new backup.
+    assert_eq!(rows(&[]), "1,2,3,4,5");
+}

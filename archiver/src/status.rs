@@ -6,6 +6,7 @@ use serde::Serialize;
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::ReplicationClient;
 use tidemark_store::catalog::Catalog;
+use tidemark_store::gap::WalGap;
 
 use crate::error::ArchiverError;
 
@@ -66,15 +67,17 @@ pub struct ServerPoint {
     pub system_identifier: String,
 }
 
-/// Build the report from the catalog, the oldest backup's end (`oldest_backup_end`) and,
+/// Build the report from the catalog, the oldest backup's end (`oldest_backup_end`), the
+/// gaps accepted in the archive (the stored run is counted from after the newest) and,
 /// if `conninfo` is given, the server.
 pub async fn status(
     repository: &str,
     catalog: &Catalog,
     oldest_backup_end: Option<DateTime<Utc>>,
+    gaps: &[WalGap],
     conninfo: Option<&ConnInfo>,
 ) -> Result<StatusReport, ArchiverError> {
-    let newest = catalog.stored_run_end()?;
+    let newest = catalog.stored_run_end(gaps.last().map(|g| g.to))?;
     let buckets = catalog
         .tracked_buckets()?
         .into_iter()

@@ -17,6 +17,7 @@ use tidemark_protocol::replication::{
 };
 use tidemark_protocol::{parse_history, Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::catalog::{Catalog, SegmentRecord};
+use tidemark_store::gap::WalGap;
 use tidemark_store::identity::RepoIdentity;
 use tidemark_store::layout;
 use tidemark_store::reindex::ReindexError;
@@ -62,6 +63,10 @@ pub struct StreamConfig {
     /// spool (DESIGN invariant 1's one exception), so the server may choose this
     /// archiver as a synchronous standby. Off: such a server configuration is refused.
     pub synchronous: bool,
+    /// When the server no longer has the WAL streaming must resume from, record the gap
+    /// in the repository and start a new run at the server's current segment (instead of
+    /// stopping with `WalRemoved`). For the operator to set once, deliberately.
+    pub accept_gap: bool,
 }
 
 impl StreamConfig {
@@ -77,6 +82,7 @@ impl StreamConfig {
             complete_marker_interval: Duration::from_secs(5),
             tail_timeout: Duration::from_secs(5),
             synchronous: false,
+            accept_gap: false,
         }
     }
 }
@@ -467,6 +473,13 @@ impl Archiver {
                     timeline = next;
                 }
                 Ok(End::Reconnect) => {}
+                Err(ArchiverError::WalRemoved { from, source }) if self.config.accept_gap => {
+                    client = Some(
+                        self.start_after_gap(conninfo, timeline, from, &source)
+                            .await?,
+                    );
+                    continue;
+                }
                 Err(e) if e.is_connection_loss() => {
                     tracing::warn!(error = %e, "replication connection lost; reconnecting");
                 }
@@ -480,6 +493,49 @@ impl Archiver {
             }
         }
         self.drain(true).await
+    }
+
+    /// The server no longer has WAL from `from` (`why`), and the operator accepted that:
+    /// record the gap, then start a new run at the server's current segment on a new
+    /// connection.
+    async fn start_after_gap(
+        &mut self,
+        conninfo: &ConnInfo,
+        timeline: TimelineId,
+        from: Lsn,
+        why: &ReplicationError,
+    ) -> Result<ReplicationClient, ArchiverError> {
+        let mut client = ReplicationClient::connect(conninfo).await?;
+        let system = client.identify_system().await?;
+        if system.system_id != self.system_identifier {
+            return Err(RepoError::OtherCluster {
+                repo_sysid: self.system_identifier,
+                cluster_sysid: system.system_id,
+            }
+            .into());
+        }
+        if system.timeline != timeline {
+            return Err(ArchiverError::DivergentTimeline {
+                archived: timeline,
+                server: system.timeline,
+            });
+        }
+        let to = system.xlogpos.segment_start(self.seg);
+        let gap = WalGap {
+            timeline: timeline.0,
+            from,
+            to,
+            recorded_at: Utc::now(),
+            reason: why.to_string(),
+        };
+        crate::uploads::with_retry("record the gap", || self.repo.record_gap(&gap)).await?;
+        tracing::error!(
+            %timeline, %from, %to,
+            "ACCEPTED A GAP IN THE ARCHIVE (--accept-gap): the server no longer has this WAL, so it is lost; restores to targets inside the gap are refused and backups taken before it reach only targets before {from}; take a new base backup now, and remove --accept-gap"
+        );
+        self.acks = AckTracker::new(to);
+        self.begin(timeline, to)?;
+        Ok(client)
     }
 
     /// Wait `backoff`, then connect again. Uploads keep being recorded meanwhile.

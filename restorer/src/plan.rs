@@ -1,7 +1,7 @@
 //! Restore planning: which backup, which WAL, and whether the target is reachable at
 //! all — decided from the repository alone before anything is written.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{StreamExt, TryStreamExt};
 
@@ -84,6 +84,9 @@ struct ArchivedWal {
     complete: BTreeSet<u64>,
     /// The newest partial segment: its number, end and key.
     partial: Option<(u64, Lsn, String)>,
+    /// Partial segments of segments not stored complete (the newest, and the tail
+    /// before each accepted gap): end and key, by segment number.
+    tails: BTreeMap<u64, (Lsn, String)>,
 }
 
 impl ArchivedWal {
@@ -105,23 +108,30 @@ impl ArchivedWal {
                 None => {}
             }
         }
-        // Only the newest partial beyond the complete segments matters.
-        let top = complete.last().copied();
-        let mut partial = None;
-        if let Some((name, key)) = partial_segnos
-            .into_iter()
-            .filter(|(n, _)| top.is_none_or(|t| n.segno > t))
-            .max_by_key(|(n, _)| n.segno)
-        {
+        // Partials of completed segments are superseded; the others end what is there.
+        let mut tails = BTreeMap::new();
+        for (name, key) in partial_segnos {
+            if complete.contains(&name.segno) {
+                continue;
+            }
             let head = repo.head(&key).await?;
             let end = head
                 .and_then(|h| h.metadata.get(tidemark_store::meta::END_LSN).cloned())
                 .and_then(|v| v.parse::<Lsn>().ok());
             if let Some(end) = end {
-                partial = Some((name.segno, end, key));
+                tails.insert(name.segno, (end, key));
             }
         }
-        Ok(ArchivedWal { complete, partial })
+        let top = complete.last().copied();
+        let partial = tails
+            .last_key_value()
+            .filter(|(s, _)| top.is_none_or(|t| **s > t))
+            .map(|(s, (end, key))| (*s, *end, key.clone()));
+        Ok(ArchivedWal {
+            complete,
+            partial,
+            tails,
+        })
     }
 
     /// The end of WAL that is unbroken from segment `from`, and the first missing
@@ -132,8 +142,10 @@ impl ArchivedWal {
             next += 1;
         }
         let newest = self.complete.last().copied().map_or(0, |t| t + 1);
-        match &self.partial {
-            Some((p, end, _)) if *p == next => (*end, None),
+        match (&self.partial, self.tails.get(&next)) {
+            (Some((p, end, _)), _) if *p == next => (*end, None),
+            // The tail before a gap: the WAL stops within this segment.
+            (_, Some((end, _))) => (*end, Some(next)),
             _ => {
                 let end = Lsn(next * seg.bytes());
                 let later_partial = self.partial.as_ref().is_some_and(|(p, _, _)| *p > next);
@@ -222,19 +234,28 @@ pub async fn plan(
             },
         });
     }
-    if let (Some(missing), RecoveryTarget::Latest | RecoveryTarget::Time(_)) = (gap, target) {
-        // Recovery would stop at the gap, short of what was asked.
-        return Err(gap_error(missing));
+    let from = if wal_first.timeline == timeline {
+        wal_first.segno
+    } else {
+        0
+    };
+    if let Some(missing) = gap {
+        // Recovery would stop at the gap, short of what was asked — unless a time target
+        // is reached before it (a transaction in the WAL before the gap ended after it).
+        let reached_before = match target {
+            RecoveryTarget::Time(t) => {
+                xact_after(repo, &wal, timeline, seg, from, Some(missing.segno), t).await?
+            }
+            _ => false,
+        };
+        if matches!(target, RecoveryTarget::Latest | RecoveryTarget::Time(_)) && !reached_before {
+            return Err(gap_error(missing));
+        }
     }
     let mut resolved = target.clone();
     let mut note = None;
     if let RecoveryTarget::Time(t) = target {
-        let from = if wal_first.timeline == timeline {
-            wal_first.segno
-        } else {
-            0
-        };
-        if !xact_after(repo, &wal, timeline, seg, from, t).await? {
+        if !xact_after(repo, &wal, timeline, seg, from, None, t).await? {
             // PostgreSQL stops on a time only at a transaction that ended after it; with
             // none in the archive, the end of the archive is the same database — if the
             // archive provably held everything written up to the target time.
@@ -443,8 +464,9 @@ async fn locate(
     Ok(None)
 }
 
-/// Whether the archive (from segment `from` on) may hold a transaction that ended after
-/// `t`: scanning the WAL summaries backwards from the newest, stop at the first segment
+/// Whether the archive (from segment `from` on, and before segment `before` if given —
+/// the WAL short of a gap) may hold a transaction that ended after `t`: scanning the WAL
+/// summaries backwards from the newest, stop at the first segment
 /// whose transactions all ended at or before `t`. An object without a summary counts as
 /// "may hold one" (then PostgreSQL decides, as it would without tidemark).
 async fn xact_after(
@@ -453,15 +475,18 @@ async fn xact_after(
     timeline: TimelineId,
     seg: WalSegmentSize,
     from: u64,
+    before: Option<u64>,
     t: &chrono::DateTime<chrono::FixedOffset>,
 ) -> Result<bool, RepoError> {
     let mut keys: Vec<String> = Vec::new();
-    if let Some((_, _, key)) = &wal.partial {
-        keys.push(key.clone());
-    }
+    let tail = match before {
+        None => wal.partial.as_ref().map(|(_, _, key)| key),
+        Some(gap) => wal.tails.get(&gap).map(|(_, key)| key),
+    };
+    keys.extend(tail.cloned());
     keys.extend(
         wal.complete
-            .range(from..)
+            .range(from..before.unwrap_or(u64::MAX))
             .rev()
             .map(|&s| layout::wal_segment_key(SegmentName::new(timeline, s), seg)),
     );

@@ -6,6 +6,7 @@ pub mod bucket;
 pub mod catalog;
 pub mod crashsafe;
 pub mod envelope;
+pub mod gap;
 pub mod identity;
 pub mod layout;
 pub mod lease;

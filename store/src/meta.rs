@@ -23,6 +23,8 @@ pub const KIND_WAL_COMPLETE: &str = "wal-complete";
 pub const KIND_OBJECT_PASS: &str = "object-pass";
 /// A copy of an application object, content-addressed (`objects/<bucket>/blobs/…`).
 pub const KIND_OBJECT_BLOB: &str = "object-blob";
+/// A known gap in the archive under `gaps/`.
+pub const KIND_WAL_GAP: &str = "wal-gap";
 /// A lease under `locks/`.
 pub const KIND_LEASE: &str = "lease";
 /// The repository identity file.

@@ -215,6 +215,11 @@ impl Archiver {
         self.conninfo = cluster.conninfo();
     }
 
+    /// Run `stream` with these options from the next start on.
+    pub fn set_options(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// `tidemark init`, which must succeed.
     pub fn init(&self) {
         let out = run(self.command(&["init"]));

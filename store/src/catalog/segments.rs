@@ -212,13 +212,14 @@ impl Catalog {
         self.query("ORDER BY timeline, segno, partial", [])
     }
 
-    /// Partial rows of segments that a complete segment or a newer partial has made
-    /// stale: every partial on `name.timeline` below `name.segno`, and the partial of
-    /// `name` itself if that segment is complete.
+    /// Partial rows that a complete segment has made stale: on `name.timeline`, up to
+    /// `name.segno`, each partial whose segment is stored complete. A partial without
+    /// its complete segment is never stale: it may be all that is left of that WAL (the
+    /// tail before an accepted gap).
     pub fn stale_partials(&self, name: SegmentName) -> Result<Vec<SegmentRecord>, CatalogError> {
         self.query(
-            "WHERE partial = 1 AND timeline = ?1 AND (segno < ?2 OR segno IN
-                (SELECT segno FROM segments WHERE partial = 0 AND timeline = ?1 AND segno = ?2))
+            "WHERE partial = 1 AND timeline = ?1 AND segno IN
+                (SELECT segno FROM segments WHERE partial = 0 AND timeline = ?1 AND segno <= ?2)
              ORDER BY segno",
             params![i64::from(name.timeline.0), to_i64(name.segno)],
         )
@@ -235,19 +236,26 @@ impl Catalog {
     }
 
     /// Where the WAL a restore can reach ends: on the newest timeline, the object that
-    /// ends the unbroken run of complete segments from its lowest one — the partial of
-    /// the first missing segment if there is one, else the run's last segment. Segments
-    /// stored beyond a hole (an upload stuck on an earlier one) do not count.
-    pub fn stored_run_end(&self) -> Result<Option<SegmentRecord>, CatalogError> {
+    /// ends the unbroken run of complete segments from its lowest one (at or after
+    /// `since`, the end of an accepted gap) — the partial of the first missing segment if
+    /// there is one, else the run's last segment. Segments stored beyond a hole (an
+    /// upload stuck on an earlier one) do not count.
+    pub fn stored_run_end(
+        &self,
+        since: Option<Lsn>,
+    ) -> Result<Option<SegmentRecord>, CatalogError> {
         let Some(timeline) = self.newest_timeline()? else {
             return self.newest();
         };
         let tli = i64::from(timeline.0);
-        let lowest: i64 = self.conn().query_row(
-            "SELECT min(segno) FROM segments WHERE partial = 0 AND timeline = ?1",
-            [tli],
+        let lowest: Option<i64> = self.conn().query_row(
+            "SELECT min(segno) FROM segments WHERE partial = 0 AND timeline = ?1 AND start_lsn >= ?2",
+            params![tli, to_i64(since.map_or(0, |l| l.0))],
             |r| r.get(0),
         )?;
+        let Some(lowest) = lowest else {
+            return self.newest();
+        };
         let hole = self
             .first_missing(timeline, Some(lowest as u64))?
             .unwrap_or(lowest as u64);
@@ -373,36 +381,49 @@ mod tests {
     #[test]
     fn the_stored_run_ends_at_the_first_hole_not_at_the_newest_object() {
         let (_d, cat) = catalog();
-        assert_eq!(cat.stored_run_end().unwrap(), None);
+        assert_eq!(cat.stored_run_end(None).unwrap(), None);
         let full = 1 << 24;
         for s in [3, 4, 6] {
             cat.record_segment(&rec(1, s, false, full)).unwrap();
         }
         cat.record_segment(&rec(1, 7, true, 10)).unwrap();
         // Segment 5's upload is stuck: the run ends with 4.
-        assert_eq!(cat.stored_run_end().unwrap(), Some(rec(1, 4, false, full)));
+        assert_eq!(
+            cat.stored_run_end(None).unwrap(),
+            Some(rec(1, 4, false, full))
+        );
+        // Unless 5 was lost in an accepted gap ending at 6: the run after it counts.
+        assert_eq!(
+            cat.stored_run_end(Some(Lsn(6 << 24))).unwrap(),
+            Some(rec(1, 7, true, 10))
+        );
         cat.record_segment(&rec(1, 5, true, 10)).unwrap();
-        assert_eq!(cat.stored_run_end().unwrap(), Some(rec(1, 5, true, 10)));
+        assert_eq!(cat.stored_run_end(None).unwrap(), Some(rec(1, 5, true, 10)));
         cat.record_segment(&rec(1, 5, false, full)).unwrap();
-        assert_eq!(cat.stored_run_end().unwrap(), Some(rec(1, 7, true, 10)));
+        assert_eq!(cat.stored_run_end(None).unwrap(), Some(rec(1, 7, true, 10)));
     }
 
     #[test]
-    fn stale_partials_are_older_or_completed() {
+    fn only_partials_of_completed_segments_are_stale() {
         let (_d, cat) = catalog();
+        cat.record_segment(&rec(1, 3, true, 10)).unwrap();
         cat.record_segment(&rec(1, 4, true, 10)).unwrap();
         cat.record_segment(&rec(1, 5, true, 10)).unwrap();
         cat.record_segment(&rec(2, 1, true, 10)).unwrap();
-        let stale: Vec<u64> = cat
-            .stale_partials(SegmentName::new(TimelineId(1), 5))
-            .unwrap()
-            .iter()
-            .map(|r| r.name.segno)
-            .collect();
-        assert_eq!(stale, vec![4]);
+        cat.record_segment(&rec(1, 4, false, 1 << 24)).unwrap();
+        let stale = |segno| -> Vec<u64> {
+            cat.stale_partials(SegmentName::new(TimelineId(1), segno))
+                .unwrap()
+                .iter()
+                .map(|r| r.name.segno)
+                .collect()
+        };
+        // 3 was never completed (the tail before a gap): kept.
+        assert_eq!(stale(5), vec![4]);
+        assert_eq!(stale(3), Vec::<u64>::new());
         cat.forget_partial(SegmentName::new(TimelineId(1), 4))
             .unwrap();
-        assert_eq!(cat.segments().unwrap().len(), 2);
+        assert_eq!(cat.segments().unwrap().len(), 4);
     }
 
     #[test]
