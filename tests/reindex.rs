@@ -71,3 +71,51 @@ fn reindex_rebuilds_the_catalog_from_a_file_repository() {
 fn reindex_rebuilds_the_catalog_from_s3() {
     reindex_restores_the_catalog(Repo::s3("reindex"));
 }
+
+/// `stream` and `objects track` started by two units at the same moment open one fresh
+/// catalog together; `reindex` opens (and creates) the catalog the same way and needs no
+/// server, so two of them at once on a fresh path stand in for that start-up. Neither may
+/// fail with "table ... already exists" (or "database is locked"), in any round.
+#[test]
+fn two_processes_opening_a_fresh_catalog_never_race_on_its_schema() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let repo = Repo::file();
+    Archiver::new(&cluster, &repo, &[]).init();
+    let dir = tidemark_fixtures::test_dir("catalog-race");
+    for round in 0..15 {
+        let catalog = dir.path().join(format!("r{round}/catalog.db"));
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                let mut cmd = tidemark(&repo);
+                cmd.arg("--repo")
+                    .arg(repo.url())
+                    .arg("--catalog")
+                    .arg(&catalog)
+                    .arg("reindex")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                cmd.spawn().expect("spawn tidemark reindex")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("wait for tidemark reindex");
+            assert!(
+                out.status.success(),
+                "round {round}: exit {:?}: {}",
+                out.status.code(),
+                stderr(&out)
+            );
+        }
+        let mode = |p: &std::path::Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&catalog), 0o600, "catalog file mode");
+        assert_eq!(
+            mode(catalog.parent().unwrap()),
+            0o700,
+            "catalog directory mode"
+        );
+    }
+}

@@ -11,7 +11,11 @@ mod segments;
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension};
+
+use crate::crashsafe;
 
 pub use objects::TrackedBucket;
 pub use segments::SegmentRecord;
@@ -28,6 +32,12 @@ pub enum CatalogError {
     /// The catalog's directory could not be created.
     #[error("cannot create catalog directory {path}: {source}")]
     CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The catalog file could not be created.
+    #[error("cannot create catalog {path}: {source}; HINT: check that the directory is writable (or pass another --catalog)")]
+    Create {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -53,6 +63,27 @@ pub enum CatalogError {
     Invalid(String),
 }
 
+/// How long a catalog call waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `op` again while SQLite reports the database busy or locked, up to
+/// `BUSY_TIMEOUT`. For the few statements SQLite does not retry itself through the busy
+/// handler (changing the journal mode can answer `SQLITE_BUSY` at once).
+fn retry_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match op() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// An open catalog.
 #[derive(Debug)]
 pub struct Catalog {
@@ -62,23 +93,35 @@ pub struct Catalog {
 
 impl Catalog {
     /// Open (creating if needed) the catalog at `path` and bring its schema up to date.
+    /// Safe when several processes open one fresh catalog at the same moment (`stream` and
+    /// `objects track` started together): switching to WAL mode is retried while another
+    /// opener holds the lock, and migrations run under `BEGIN IMMEDIATE`. A catalog (and
+    /// its directory) created here is readable by its owner only: files 0600, directory
+    /// 0700; SQLite gives the `-wal` and `-shm` files the database file's mode.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| CatalogError::CreateDir {
+            crashsafe::create_private_dir(dir).map_err(|source| CatalogError::CreateDir {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
+        crashsafe::private_file_options()
+            .write(true)
+            .create(true)
+            .open(path)
+            .map_err(|source| CatalogError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let open_err = |source| CatalogError::Open {
             path: path.to_path_buf(),
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
+        // Before anything that takes a lock, so that every later step waits for others.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
         schema::migrate(&mut conn, path)?;
         Ok(Catalog {
@@ -143,5 +186,43 @@ mod tests {
         // Reopening keeps the binding and does not re-run migrations destructively.
         let cat = Catalog::open(&path).unwrap();
         assert!(cat.bind("s3://b/p", 42).is_err());
+    }
+
+    #[test]
+    fn threads_opening_one_fresh_catalog_at_once_never_race_on_its_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20 {
+            let path = dir.path().join(format!("r{round}/catalog.db"));
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Catalog::open(&path).map(|c| c.segments().map(|s| s.len()))
+                    })
+                })
+                .collect();
+            for opener in openers {
+                match opener.join().unwrap() {
+                    Ok(Ok(0)) => {}
+                    other => panic!("round {round}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_catalog_and_its_wal_files_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/catalog.db");
+        let cat = Catalog::open(&path).unwrap();
+        cat.bind("file:///r", 42).unwrap();
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+        for file in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+            assert_eq!(mode(&dir.path().join("new").join(file)), 0o600, "{file}");
+        }
     }
 }
