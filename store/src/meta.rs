@@ -25,6 +25,8 @@ pub const KIND_OBJECT_PASS: &str = "object-pass";
 pub const KIND_OBJECT_BLOB: &str = "object-blob";
 /// A lease under `locks/`.
 pub const KIND_LEASE: &str = "lease";
+/// The short-lived object `init` writes to check conditional puts (`locks/probe-…`).
+pub const KIND_PROBE: &str = "probe";
 /// The repository identity file.
 pub const KIND_IDENTITY: &str = "identity";
 /// Timeline, decimal.

@@ -140,6 +140,9 @@ pub enum RepoError {
     /// A repository document (backup.json) is not what tidemark writes.
     #[error("repository object {key} is not valid: {reason}; HINT: check that nothing else writes under this prefix")]
     BadDocument { key: String, reason: String },
+    /// The storage server does not honour `If-None-Match: *` (see `probe_conditional_put`).
+    #[error("the repository's storage does not honour conditional puts (If-None-Match: *): {detail}; tidemark needs them to refuse split-brain WAL instead of overwriting it, and for its leases, so this repository is refused; HINT: use an S3 server that supports them: AWS S3 (since August 2024), MinIO, SeaweedFS, or a recent Ceph RGW; on a gateway or proxy, let the If-None-Match header through")]
+    NoConditionalPut { detail: String },
     /// A worker task failed unexpectedly.
     #[error("internal task failed: {message}")]
     Task { message: String },
