@@ -119,3 +119,51 @@ fn two_processes_opening_a_fresh_catalog_never_race_on_its_schema() {
         );
     }
 }
+
+/// `stream --track-bucket` holds two connections to one catalog in one process. Opening the
+/// second once dropped the process's POSIX locks on the file (a descriptor of it was
+/// opened and closed outside SQLite), so another process closing its connection (`status`,
+/// `list wal`) thought itself the last one and deleted the WAL file under the first
+/// connection, whose later writes then reached nobody.
+#[test]
+fn a_second_catalog_connection_in_one_process_never_hides_the_first_ones_writes() {
+    use tidemark_protocol::{SegmentName, TimelineId};
+    use tidemark_store::catalog::{Catalog, SegmentRecord};
+    let dir = tidemark_fixtures::test_dir("catalog-locks");
+    let catalog = dir.path().join("catalog.db");
+    let repo = Repo::file();
+    let listed = || {
+        let mut cmd = tidemark(&repo);
+        cmd.arg("--repo")
+            .arg(repo.url())
+            .arg("--catalog")
+            .arg(&catalog)
+            .args(["list", "wal", "--json"]);
+        let out = run(cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let record = |segno: u64| {
+        let name = SegmentName::new(TimelineId(1), segno);
+        SegmentRecord {
+            name,
+            partial: false,
+            start_lsn: name.start_lsn(seg),
+            end_lsn: name.end_lsn(seg),
+            raw_size: seg.bytes(),
+            stored_size: 100,
+            crc32: 7,
+            key: format!("wal/00000001/{}.zst", name.file_name(seg)),
+            archived_at: chrono::Utc::now(),
+            summary: None,
+        }
+    };
+    let first = Catalog::open(&catalog).unwrap();
+    first.record_segment(&record(1)).unwrap();
+    let second = Catalog::open(&catalog).unwrap();
+    assert_eq!(listed().len(), 1);
+    first.record_segment(&record(2)).unwrap();
+    drop(second);
+    assert_eq!(listed().len(), 2, "the first connection's write was lost");
+}

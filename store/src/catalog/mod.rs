@@ -35,9 +35,9 @@ pub enum CatalogError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The catalog file could not be created.
-    #[error("cannot create catalog {path}: {source}; HINT: check that the directory is writable (or pass another --catalog)")]
-    Create {
+    /// The new catalog's mode could not be set to owner-only.
+    #[error("cannot make catalog file {path} private (mode 0600): {source}; HINT: check the file's owner and the directory's permissions")]
+    Permissions {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -84,6 +84,31 @@ fn retry_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Resul
     }
 }
 
+/// Gives the catalog file and its SQLite side files (those that exist) mode 0600, by path:
+/// once the main file is 0600, SQLite creates later `-wal`/`-shm` files with its mode.
+fn restrict_to_owner(path: &Path) -> Result<(), CatalogError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = vec![path.to_path_buf()];
+    for side in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(side);
+        files.push(PathBuf::from(name));
+    }
+    for file in files {
+        let private = std::fs::Permissions::from_mode(crashsafe::PRIVATE_FILE_MODE);
+        match std::fs::set_permissions(&file, private) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CatalogError::Permissions {
+                    path: file,
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// An open catalog.
 #[derive(Debug)]
 pub struct Catalog {
@@ -97,7 +122,7 @@ impl Catalog {
     /// `objects track` started together): switching to WAL mode is retried while another
     /// opener holds the lock, and migrations run under `BEGIN IMMEDIATE`. A catalog (and
     /// its directory) created here is readable by its owner only: files 0600, directory
-    /// 0700; SQLite gives the `-wal` and `-shm` files the database file's mode.
+    /// 0700 (only schema has been written when the mode is set).
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crashsafe::create_private_dir(dir).map_err(|source| CatalogError::CreateDir {
@@ -105,14 +130,9 @@ impl Catalog {
                 source,
             })?;
         }
-        crashsafe::private_file_options()
-            .write(true)
-            .create(true)
-            .open(path)
-            .map_err(|source| CatalogError::Create {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // Never open the file outside SQLite: closing any descriptor of it drops every
+        // POSIX lock this process holds on it, those of other connections included.
+        let fresh = !path.exists();
         let open_err = |source| CatalogError::Open {
             path: path.to_path_buf(),
             source,
@@ -124,6 +144,9 @@ impl Catalog {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         schema::migrate(&mut conn, path)?;
+        if fresh {
+            restrict_to_owner(path)?;
+        }
         Ok(Catalog {
             conn,
             path: path.to_path_buf(),
