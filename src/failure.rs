@@ -105,6 +105,7 @@ fn code(err: &anyhow::Error) -> u8 {
                 | ArchiverError::Append(_)
                 | ArchiverError::WalRemoved { .. }
                 | ArchiverError::WalNotArchived { .. }
+                | ArchiverError::BackupIdsExhausted { .. }
                 | ArchiverError::Tar(_)
                 | ArchiverError::DivergentTimeline { .. }
                 | ArchiverError::BadHistory { .. }

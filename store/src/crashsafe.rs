@@ -121,6 +121,9 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 /// `OpenOptions` whose file, when this open creates it, gets mode 0600; an existing file
 /// keeps its mode. Add the access flags (`write`, `create`, `truncate`...) as usual.
+/// Not for a SQLite database: closing any descriptor of it drops every POSIX lock the
+/// process holds on the file, other connections' included (the catalog sets its mode by
+/// path instead).
 pub fn private_file_options() -> OpenOptions {
     let mut options = OpenOptions::new();
     options.mode(PRIVATE_FILE_MODE);
