@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension};
+use rusqlite::{Connection, ErrorCode};
 
 use crate::crashsafe;
 
@@ -158,29 +158,25 @@ impl Catalog {
     /// catalog never mixes two repositories.
     pub fn bind(&self, url: &str, system_identifier: u64) -> Result<(), CatalogError> {
         let wanted = format!("{url} (system identifier {system_identifier})");
-        let bound: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'repository'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match bound {
-            Some(bound) if bound == wanted => Ok(()),
-            Some(bound) => Err(CatalogError::OtherRepository {
-                path: self.path.clone(),
-                bound,
-                wanted,
-            }),
-            None => {
-                self.conn.execute(
-                    "INSERT INTO meta (name, value) VALUES ('repository', ?1)",
-                    [&wanted],
-                )?;
-                Ok(())
-            }
+        // One statement, so that processes binding a fresh catalog at once cannot both
+        // find it unbound and both insert.
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('repository', ?1)",
+            [&wanted],
+        )?;
+        let bound: String = self.conn.query_row(
+            "SELECT value FROM meta WHERE name = 'repository'",
+            [],
+            |r| r.get(0),
+        )?;
+        if bound == wanted {
+            return Ok(());
         }
+        Err(CatalogError::OtherRepository {
+            path: self.path.clone(),
+            bound,
+            wanted,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -222,13 +218,15 @@ mod tests {
                     let (path, start) = (path.clone(), start.clone());
                     std::thread::spawn(move || {
                         start.wait();
-                        Catalog::open(&path).map(|c| c.segments().map(|s| s.len()))
+                        let catalog = Catalog::open(&path)?;
+                        catalog.bind("file:///r", 42)?;
+                        catalog.segments().map(|s| s.len())
                     })
                 })
                 .collect();
             for opener in openers {
                 match opener.join().unwrap() {
-                    Ok(Ok(0)) => {}
+                    Ok(0) => {}
                     other => panic!("round {round}: {other:?}"),
                 }
             }
