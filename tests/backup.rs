@@ -276,3 +276,49 @@ fn a_failed_backup_leaves_none_of_its_chunks_in_the_repository() {
         .collect();
     assert!(left.is_empty(), "the failed backup left {left:?}");
 }
+
+/// A backup whose server connection is cut midway, with chunk uploads in flight, must
+/// not leave chunks behind: the failing run waits for its uploads, then removes them.
+#[test]
+fn a_backup_cut_off_midway_leaves_none_of_its_chunks_in_the_repository() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let repo = Repo::s3("backup-cut");
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) || repeat('x', 400) AS pad FROM generate_series(1, 80000) g")
+        .unwrap();
+    let child = archiver
+        .command(&[
+            "backup",
+            "--chunk-size-mb",
+            "1",
+            "--upload-concurrency",
+            "4",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tidemark backup");
+    wait_for("a first stored chunk", Duration::from_secs(60), || {
+        repo.keys()
+            .iter()
+            .any(|k| k.starts_with("backups/") && k.ends_with(".tar.zst"))
+            .then_some(())
+    });
+    let cut = cluster
+        .psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication WHERE state = 'backup'")
+        .unwrap();
+    assert_eq!(cut, "1", "the backup ended before it could be cut off");
+    let out = child.wait_with_output().expect("wait for tidemark backup");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let left: Vec<String> = repo
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("backups/"))
+        .collect();
+    assert!(left.is_empty(), "the cut-off backup left {left:?}");
+    assert_eq!(archiver.terminate(), 0);
+}

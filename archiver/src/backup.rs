@@ -336,12 +336,32 @@ impl Chunks<'_> {
         Ok(())
     }
 
+    /// Close the last chunk and wait for every upload. On failure, the uploads still in
+    /// flight are waited for too (see `settle`).
     async fn finish(mut self) -> Result<Vec<ArchiveInfo>, ArchiverError> {
+        let done = self.finish_uploads().await;
+        match done {
+            Ok(()) => Ok(self.archives),
+            Err(e) => {
+                self.settle().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish_uploads(&mut self) -> Result<(), ArchiverError> {
         self.close().await?;
         while let Some(done) = self.uploads.join_next().await {
             self.collect(done)?;
         }
-        Ok(self.archives)
+        Ok(())
+    }
+
+    /// After a failure: let the uploads in flight end (whatever their outcome) so that no
+    /// chunk lands in the repository after the failed backup removed its objects.
+    async fn settle(mut self) {
+        self.current = None;
+        while self.uploads.join_next().await.is_some() {}
     }
 }
 
@@ -374,37 +394,48 @@ async fn take(
     let mut manifest: Option<(BufWriter<File>, crc32fast::Hasher, u64)> = None;
     let mut splitter = TarSplitter::new();
     let started = Instant::now();
-    let (end_lsn, end_timeline) = loop {
-        match bb.next().await? {
-            BackupEvent::Archive { name, tablespace } => {
-                splitter.finish()?;
-                splitter = TarSplitter::new();
-                chunks.begin_archive(name, tablespace).await?;
-            }
-            BackupEvent::Data(data) => chunks.write(&mut splitter, &data).await?,
-            BackupEvent::Manifest => {
-                let file = work_file(&manifest_path)?;
-                manifest = Some((BufWriter::new(file), crc32fast::Hasher::new(), 0));
-            }
-            BackupEvent::ManifestData(data) => {
-                if let Some((out, hasher, len)) = manifest.as_mut() {
-                    out.write_all(&data).map_err(Chunks::io(&manifest_path))?;
-                    hasher.update(&data);
-                    *len += data.len() as u64;
+    let streamed = async {
+        let end = loop {
+            match bb.next().await? {
+                BackupEvent::Archive { name, tablespace } => {
+                    splitter.finish()?;
+                    splitter = TarSplitter::new();
+                    chunks.begin_archive(name, tablespace).await?;
                 }
-            }
-            BackupEvent::Progress { done_bytes } => {
-                if config.progress {
-                    report_progress(done_bytes, total_kb * 1024, started);
+                BackupEvent::Data(data) => chunks.write(&mut splitter, &data).await?,
+                BackupEvent::Manifest => {
+                    let file = work_file(&manifest_path)?;
+                    manifest = Some((BufWriter::new(file), crc32fast::Hasher::new(), 0));
                 }
+                BackupEvent::ManifestData(data) => {
+                    if let Some((out, hasher, len)) = manifest.as_mut() {
+                        out.write_all(&data).map_err(Chunks::io(&manifest_path))?;
+                        hasher.update(&data);
+                        *len += data.len() as u64;
+                    }
+                }
+                BackupEvent::Progress { done_bytes } => {
+                    if config.progress {
+                        report_progress(done_bytes, total_kb * 1024, started);
+                    }
+                }
+                BackupEvent::End {
+                    end_lsn,
+                    end_timeline,
+                } => break (end_lsn, end_timeline),
             }
-            BackupEvent::End {
-                end_lsn,
-                end_timeline,
-            } => break (end_lsn, end_timeline),
+        };
+        splitter.finish()?;
+        Ok::<_, ArchiverError>(end)
+    }
+    .await;
+    let (end_lsn, end_timeline) = match streamed {
+        Ok(end) => end,
+        Err(e) => {
+            chunks.settle().await;
+            return Err(e);
         }
     };
-    splitter.finish()?;
     if config.progress {
         eprintln!();
     }
