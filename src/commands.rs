@@ -236,12 +236,12 @@ async fn list_backups(cli: &Cli, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<17} {:<4} {:<17} {:<17} {:>10}  {:<20}  LABEL",
+        "{:<19} {:<4} {:<17} {:<17} {:>10}  {:<20}  LABEL",
         "ID", "TLI", "START", "STOP", "STORED MB", "FINISHED"
     );
     for b in &backups {
         println!(
-            "{:<17} {:<4} {:<17} {:<17} {:>10.1}  {:<20}  {}",
+            "{:<19} {:<4} {:<17} {:<17} {:>10.1}  {:<20}  {}",
             b.id.to_string(),
             b.timeline,
             b.start_lsn.to_string(),

@@ -5,7 +5,8 @@
 //! refused the login or lacks privileges; 4 repository storage unreachable, missing or
 //! denied; 5 the repository refused the operation (another cluster's repository, not
 //! initialised, split-brain WAL, a bucket without versioning, an object target outside
-//! the tracked window, a non-empty destination, a lease another process holds); 6 local files (catalog, spool) failed.
+//! the tracked window, a non-empty destination, a lease another process holds, storage
+//! that ignores conditional puts); 6 local files (catalog, spool) failed.
 //! `wal-fetch` has its own contract with PostgreSQL: 0 restored, 1 absent, 200 failed
 //! (1 in standby mode).
 
@@ -104,6 +105,7 @@ fn code(err: &anyhow::Error) -> u8 {
                 | ArchiverError::Append(_)
                 | ArchiverError::WalRemoved { .. }
                 | ArchiverError::WalNotArchived { .. }
+                | ArchiverError::BackupIdsExhausted { .. }
                 | ArchiverError::Tar(_)
                 | ArchiverError::DivergentTimeline { .. }
                 | ArchiverError::BadHistory { .. }
@@ -179,7 +181,8 @@ fn repo_code(e: &RepoError) -> u8 {
         | RepoError::SegmentSizeMismatch { .. }
         | RepoError::SplitBrain { .. }
         | RepoError::MissingChecksum { .. }
-        | RepoError::BadDocument { .. } => REFUSED,
+        | RepoError::BadDocument { .. }
+        | RepoError::NoConditionalPut { .. } => REFUSED,
         RepoError::Open { .. }
         | RepoError::Storage { .. }
         | RepoError::Read { .. }

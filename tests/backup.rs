@@ -155,3 +155,170 @@ fn a_backup_without_the_archiver_running_is_not_listed() {
     let backups: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert!(backups.is_empty(), "an unrestorable backup was listed");
 }
+
+/// The objects stored under `backups/<ID>/`, repository-relative.
+fn objects_of(repo: &Repo, id: &str) -> std::collections::BTreeSet<String> {
+    let dir = format!("backups/{id}/");
+    repo.keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&dir))
+        .collect()
+}
+
+/// Two `tidemark backup` runs started in the same second used to take the same id and
+/// write into one `backups/<ID>/` prefix. Each must now end with its own id, both
+/// complete and restorable, each prefix holding exactly its own backup's objects.
+#[test]
+fn two_backups_started_at_once_get_distinct_ids_and_never_mix_their_chunks() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let repo = Repo::s3("backup-twice");
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 500) AS pad FROM generate_series(1, 10000) g")
+        .unwrap();
+
+    // Start both just after a second begins, so that they start within the same second.
+    let into_second = chrono::Utc::now().timestamp_subsec_millis().min(999);
+    std::thread::sleep(Duration::from_millis(u64::from(1005 - into_second)));
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd =
+                archiver.command(&["backup", "--chunk-size-mb", "1", "--checkpoint", "fast"]);
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().expect("spawn tidemark backup")
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().expect("wait for tidemark backup");
+        assert!(
+            out.status.success(),
+            "a concurrent backup failed: {}",
+            stderr(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let id = stdout
+            .strip_prefix("backup ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no backup id in {stdout:?}"))
+            .to_string();
+        ids.push(id);
+    }
+    ids.sort();
+    assert_ne!(ids[0], ids[1], "two backups reported the same id");
+    if ids[1].starts_with(&ids[0]) {
+        assert_eq!(
+            ids[1],
+            format!("{}-01", ids[0]),
+            "the second id of a second"
+        );
+    } else {
+        eprintln!("note: the two backups started in different seconds: {ids:?}");
+    }
+
+    let listed = run(archiver.command(&["list", "backups", "--json"]));
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let backups: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let listed_ids: Vec<&str> = backups.iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        listed_ids, ids,
+        "both backups are complete and listed, in id order"
+    );
+    for b in &backups {
+        let id = b["id"].as_str().unwrap();
+        let mut expected: std::collections::BTreeSet<String> = b["archives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|a| a["chunks"].as_array().unwrap())
+            .map(|c| c["key"].as_str().unwrap().to_string())
+            .collect();
+        assert!(expected.len() > 3, "1 MiB chunks expected: {b:#}");
+        expected.insert(b["manifest_key"].as_str().unwrap().to_string());
+        expected.insert(format!("backups/{id}/backup.json"));
+        expected.insert(format!("backups/{id}/claim.json"));
+        assert_eq!(
+            objects_of(&repo, id),
+            expected,
+            "backup {id}: mixed or missing objects"
+        );
+
+        let plan = run(archiver.command(&["plan", "--target-immediate", "--backup", id, "--json"]));
+        assert!(
+            plan.status.success(),
+            "backup {id} cannot be restored: {}",
+            stderr(&plan)
+        );
+        let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+        assert_eq!(plan["backup"], id);
+    }
+    assert_eq!(archiver.terminate(), 0);
+}
+
+/// A backup that fails (here: no archiver stores the WAL it needs) used to leave its
+/// chunks in the repository for good; the failing run removes them itself.
+#[test]
+fn a_failed_backup_leaves_none_of_its_chunks_in_the_repository() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let repo = Repo::s3("backup-failed");
+    let archiver = Archiver::new(&cluster, &repo, &[]);
+    archiver.init();
+    let out = run(archiver.command(&["backup", "--chunk-size-mb", "1", "--wal-wait", "3"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let left: Vec<String> = repo
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("backups/"))
+        .collect();
+    assert!(left.is_empty(), "the failed backup left {left:?}");
+}
+
+/// A backup whose server connection is cut midway, with chunk uploads in flight, must
+/// not leave chunks behind: the failing run waits for its uploads, then removes them.
+#[test]
+fn a_backup_cut_off_midway_leaves_none_of_its_chunks_in_the_repository() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let repo = Repo::s3("backup-cut");
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) || repeat('x', 400) AS pad FROM generate_series(1, 80000) g")
+        .unwrap();
+    let child = archiver
+        .command(&[
+            "backup",
+            "--chunk-size-mb",
+            "1",
+            "--upload-concurrency",
+            "4",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tidemark backup");
+    wait_for("a first stored chunk", Duration::from_secs(60), || {
+        repo.keys()
+            .iter()
+            .any(|k| k.starts_with("backups/") && k.ends_with(".tar.zst"))
+            .then_some(())
+    });
+    let cut = cluster
+        .psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication WHERE state = 'backup'")
+        .unwrap();
+    assert_eq!(cut, "1", "the backup ended before it could be cut off");
+    let out = child.wait_with_output().expect("wait for tidemark backup");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let left: Vec<String> = repo
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("backups/"))
+        .collect();
+    assert!(left.is_empty(), "the cut-off backup left {left:?}");
+    assert_eq!(archiver.terminate(), 0);
+}

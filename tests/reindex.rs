@@ -71,3 +71,99 @@ fn reindex_rebuilds_the_catalog_from_a_file_repository() {
 fn reindex_rebuilds_the_catalog_from_s3() {
     reindex_restores_the_catalog(Repo::s3("reindex"));
 }
+
+/// `stream` and `objects track` started by two units at the same moment open one fresh
+/// catalog together; `reindex` opens (and creates) the catalog the same way and needs no
+/// server, so two of them at once on a fresh path stand in for that start-up. Neither may
+/// fail with "table ... already exists" (or "database is locked"), in any round.
+#[test]
+fn two_processes_opening_a_fresh_catalog_never_race_on_its_schema() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let repo = Repo::file();
+    Archiver::new(&cluster, &repo, &[]).init();
+    let dir = tidemark_fixtures::test_dir("catalog-race");
+    for round in 0..15 {
+        let catalog = dir.path().join(format!("r{round}/catalog.db"));
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                let mut cmd = tidemark(&repo);
+                cmd.arg("--repo")
+                    .arg(repo.url())
+                    .arg("--catalog")
+                    .arg(&catalog)
+                    .arg("reindex")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                cmd.spawn().expect("spawn tidemark reindex")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("wait for tidemark reindex");
+            assert!(
+                out.status.success(),
+                "round {round}: exit {:?}: {}",
+                out.status.code(),
+                stderr(&out)
+            );
+        }
+        let mode = |p: &std::path::Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&catalog), 0o600, "catalog file mode");
+        assert_eq!(
+            mode(catalog.parent().unwrap()),
+            0o700,
+            "catalog directory mode"
+        );
+    }
+}
+
+/// `stream --track-bucket` holds two connections to one catalog in one process. Opening the
+/// second once dropped the process's POSIX locks on the file (a descriptor of it was
+/// opened and closed outside SQLite), so another process closing its connection (`status`,
+/// `list wal`) thought itself the last one and deleted the WAL file under the first
+/// connection, whose later writes then reached nobody.
+#[test]
+fn a_second_catalog_connection_in_one_process_never_hides_the_first_ones_writes() {
+    use tidemark_protocol::{SegmentName, TimelineId};
+    use tidemark_store::catalog::{Catalog, SegmentRecord};
+    let dir = tidemark_fixtures::test_dir("catalog-locks");
+    let catalog = dir.path().join("catalog.db");
+    let repo = Repo::file();
+    let listed = || {
+        let mut cmd = tidemark(&repo);
+        cmd.arg("--repo")
+            .arg(repo.url())
+            .arg("--catalog")
+            .arg(&catalog)
+            .args(["list", "wal", "--json"]);
+        let out = run(cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let record = |segno: u64| {
+        let name = SegmentName::new(TimelineId(1), segno);
+        SegmentRecord {
+            name,
+            partial: false,
+            start_lsn: name.start_lsn(seg),
+            end_lsn: name.end_lsn(seg),
+            raw_size: seg.bytes(),
+            stored_size: 100,
+            crc32: 7,
+            key: format!("wal/00000001/{}.zst", name.file_name(seg)),
+            archived_at: chrono::Utc::now(),
+            summary: None,
+        }
+    };
+    let first = Catalog::open(&catalog).unwrap();
+    first.record_segment(&record(1)).unwrap();
+    let second = Catalog::open(&catalog).unwrap();
+    assert_eq!(listed().len(), 1);
+    first.record_segment(&record(2)).unwrap();
+    drop(second);
+    assert_eq!(listed().len(), 2, "the first connection's write was lost");
+}

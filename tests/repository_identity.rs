@@ -106,3 +106,26 @@ fn repo_object(repo: &Repo, key: &str) -> Vec<u8> {
     repo.download(key, &dst);
     std::fs::read(dst).unwrap()
 }
+
+/// `init` refuses storage that ignores `If-None-Match: *` (store's probe tests prove the
+/// refusal); against the real S3 server it must pass the probe and leave no probe object.
+#[test]
+fn init_probes_conditional_puts_on_s3_and_leaves_no_probe_object() {
+    let cluster = Cluster::start(ClusterOptions::default()).expect("cluster");
+    let repo = Repo::s3("probe");
+    let archiver = Archiver::new(&cluster, &repo, &[]);
+    let mut cmd = archiver.command(&["init"]);
+    cmd.env("TIDEMARK_LOG", "info,tidemark_archiver=debug");
+    let out = run(cmd);
+    let err = stderr(&out);
+    assert!(out.status.success(), "init failed: {err}");
+    assert!(
+        err.contains("the storage honours conditional puts"),
+        "init did not report the probe: {err}"
+    );
+    assert_eq!(
+        repo.keys(),
+        ["tidemark.json"],
+        "init left more than its identity"
+    );
+}

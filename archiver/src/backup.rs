@@ -6,28 +6,39 @@
 //! the database size. PostgreSQL's `backup_manifest` is stored as sent. Before
 //! `backup.json` — the record that makes the backup complete — is written, the WAL up to
 //! the backup's end must be in the repository, so a listed backup is always restorable.
+//!
+//! One writer per backup (invariant 9): the id is claimed (`claim.json`, create-if-absent)
+//! before any chunk, so concurrent backups get distinct ids; each run has its own work
+//! directory (0700, chunk files 0600: they are raw database files); a failed run removes
+//! what it stored.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::{BackupEvent, BaseBackupOptions, ReplicationClient};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
-use tidemark_store::backup::{ArchiveInfo, BackupId, BackupInfo, ChunkInfo};
+use tidemark_store::backup::{ArchiveInfo, BackupClaim, BackupId, BackupInfo, ChunkInfo};
+use tidemark_store::crashsafe;
+use tidemark_store::identity::RepoIdentity;
 use tidemark_store::layout;
+use tidemark_store::lease;
 use tidemark_store::meta;
 use tidemark_store::repository::Repository;
 use tidemark_store::storage::{Body, Metadata};
 use tidemark_store::Sealed;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
 use crate::error::ArchiverError;
+use crate::expire::remove_backup;
 use crate::spool::SpoolError;
 use crate::tar_split::{Piece, TarSplitter, END_OF_ARCHIVE};
 use crate::uploads::with_retry;
@@ -50,7 +61,9 @@ pub struct BackupConfig {
     pub progress: bool,
 }
 
-/// Take a base backup of the cluster at `conninfo` into `repo`.
+/// Take a base backup of the cluster at `conninfo` into `repo`. The id is claimed in the
+/// repository before anything is written under it, the chunks wait in a work directory of
+/// this run's own, and a backup that fails removes what it stored (best effort).
 pub async fn backup(
     conninfo: &ConnInfo,
     repo: Repository,
@@ -59,20 +72,74 @@ pub async fn backup(
     let cluster = Cluster::connect(conninfo).await?;
     let identity = cluster.check_repository(&repo, false).await?;
     let start_time = Utc::now();
-    let id = BackupId::from_time(start_time);
-    let work = config.work_dir.join(id.as_str());
-    fs::create_dir_all(&work).map_err(|source| SpoolError {
-        path: work.clone(),
-        source,
-    })?;
+    let id = claim_id(&repo, start_time).await?;
     let repo = Arc::new(repo);
-    let (seg, pg_major) = (cluster.seg, cluster.pg_major);
-    let taken = take(cluster.client, &repo, &config, &id, &work).await;
-    let _ = fs::remove_dir_all(&work);
-    let taken = taken?;
+    let stored = store(cluster, &repo, &config, &id, &identity, start_time).await;
+    if stored.is_err() {
+        if let Err(e) = remove_backup(&repo, &id).await {
+            warn!(backup = %id, error = %e, "the failed backup's objects could not all be removed; they are ignored (no backup.json)");
+        }
+    }
+    stored
+}
 
+/// Claims the first free id of the second `start_time` falls in (`…Z`, then `…Z-01`, …).
+async fn claim_id(repo: &Repository, start_time: DateTime<Utc>) -> Result<BackupId, ArchiverError> {
+    let holder = lease::holder("tidemark backup");
+    for id in BackupId::candidates(start_time) {
+        let claim = BackupClaim::new(id, holder.clone(), start_time);
+        if with_retry("claim the backup id", || repo.claim_backup(&claim)).await? {
+            return Ok(claim.id);
+        }
+        debug!(id = %claim.id, "backup id taken by another backup; trying the next");
+    }
+    Err(ArchiverError::BackupIdsExhausted {
+        second: BackupId::from_time(start_time),
+    })
+}
+
+/// This run's own work directory under `work_dir` (both 0700 when created here), removed
+/// when the returned handle is dropped. Named after the backup, unique even when two runs
+/// on this host take the same id in different repositories.
+fn run_work_dir(work_dir: &Path, id: &BackupId) -> Result<tempfile::TempDir, ArchiverError> {
+    let failed = |source| SpoolError {
+        path: work_dir.to_path_buf(),
+        source,
+    };
+    crashsafe::create_private_dir(work_dir).map_err(failed)?;
+    tempfile::Builder::new()
+        .prefix(&format!("{id}."))
+        .permissions(std::fs::Permissions::from_mode(crashsafe::PRIVATE_DIR_MODE))
+        .tempdir_in(work_dir)
+        .map_err(|source| failed(source).into())
+}
+
+/// A new file in the work directory, 0600: it holds raw database files.
+fn work_file(path: &Path) -> Result<File, ArchiverError> {
+    crashsafe::private_file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(Chunks::io(path))
+}
+
+/// Take the backup under the claimed `id` through this run's work directory, wait for
+/// the WAL that makes it consistent, then write `backup.json`.
+async fn store(
+    cluster: Cluster,
+    repo: &Arc<Repository>,
+    config: &BackupConfig,
+    id: &BackupId,
+    identity: &RepoIdentity,
+    start_time: DateTime<Utc>,
+) -> Result<BackupInfo, ArchiverError> {
+    let (seg, pg_major) = (cluster.seg, cluster.pg_major);
+    let work = run_work_dir(&config.work_dir, id)?;
+    let taken = take(cluster.client, repo, config, id, work.path()).await;
+    drop(work);
+    let taken = taken?;
     wait_for_wal(
-        &repo,
+        repo,
         seg,
         taken.end_timeline,
         taken.end_lsn,
@@ -80,7 +147,7 @@ pub async fn backup(
     )
     .await?;
     let info = BackupInfo {
-        id,
+        id: id.clone(),
         label: config.label.clone(),
         system_identifier: identity.system_identifier,
         pg_major,
@@ -162,7 +229,7 @@ impl Chunks<'_> {
             .map_err(|e| ArchiverError::Task(e.to_string()))?;
         let archive = self.archives.len() - 1;
         let path = self.work.join(format!("{archive}-{index:04}.tar"));
-        let file = File::create(&path).map_err(Self::io(&path))?;
+        let file = work_file(&path)?;
         self.current = Some(Open {
             archive,
             index,
@@ -269,12 +336,32 @@ impl Chunks<'_> {
         Ok(())
     }
 
+    /// Close the last chunk and wait for every upload. On failure, the uploads still in
+    /// flight are waited for too (see `settle`).
     async fn finish(mut self) -> Result<Vec<ArchiveInfo>, ArchiverError> {
+        let done = self.finish_uploads().await;
+        match done {
+            Ok(()) => Ok(self.archives),
+            Err(e) => {
+                self.settle().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish_uploads(&mut self) -> Result<(), ArchiverError> {
         self.close().await?;
         while let Some(done) = self.uploads.join_next().await {
             self.collect(done)?;
         }
-        Ok(self.archives)
+        Ok(())
+    }
+
+    /// After a failure: let the uploads in flight end (whatever their outcome) so that no
+    /// chunk lands in the repository after the failed backup removed its objects.
+    async fn settle(mut self) {
+        self.current = None;
+        while self.uploads.join_next().await.is_some() {}
     }
 }
 
@@ -307,37 +394,48 @@ async fn take(
     let mut manifest: Option<(BufWriter<File>, crc32fast::Hasher, u64)> = None;
     let mut splitter = TarSplitter::new();
     let started = Instant::now();
-    let (end_lsn, end_timeline) = loop {
-        match bb.next().await? {
-            BackupEvent::Archive { name, tablespace } => {
-                splitter.finish()?;
-                splitter = TarSplitter::new();
-                chunks.begin_archive(name, tablespace).await?;
-            }
-            BackupEvent::Data(data) => chunks.write(&mut splitter, &data).await?,
-            BackupEvent::Manifest => {
-                let file = File::create(&manifest_path).map_err(Chunks::io(&manifest_path))?;
-                manifest = Some((BufWriter::new(file), crc32fast::Hasher::new(), 0));
-            }
-            BackupEvent::ManifestData(data) => {
-                if let Some((out, hasher, len)) = manifest.as_mut() {
-                    out.write_all(&data).map_err(Chunks::io(&manifest_path))?;
-                    hasher.update(&data);
-                    *len += data.len() as u64;
+    let streamed = async {
+        let end = loop {
+            match bb.next().await? {
+                BackupEvent::Archive { name, tablespace } => {
+                    splitter.finish()?;
+                    splitter = TarSplitter::new();
+                    chunks.begin_archive(name, tablespace).await?;
                 }
-            }
-            BackupEvent::Progress { done_bytes } => {
-                if config.progress {
-                    report_progress(done_bytes, total_kb * 1024, started);
+                BackupEvent::Data(data) => chunks.write(&mut splitter, &data).await?,
+                BackupEvent::Manifest => {
+                    let file = work_file(&manifest_path)?;
+                    manifest = Some((BufWriter::new(file), crc32fast::Hasher::new(), 0));
                 }
+                BackupEvent::ManifestData(data) => {
+                    if let Some((out, hasher, len)) = manifest.as_mut() {
+                        out.write_all(&data).map_err(Chunks::io(&manifest_path))?;
+                        hasher.update(&data);
+                        *len += data.len() as u64;
+                    }
+                }
+                BackupEvent::Progress { done_bytes } => {
+                    if config.progress {
+                        report_progress(done_bytes, total_kb * 1024, started);
+                    }
+                }
+                BackupEvent::End {
+                    end_lsn,
+                    end_timeline,
+                } => break (end_lsn, end_timeline),
             }
-            BackupEvent::End {
-                end_lsn,
-                end_timeline,
-            } => break (end_lsn, end_timeline),
+        };
+        splitter.finish()?;
+        Ok::<_, ArchiverError>(end)
+    }
+    .await;
+    let (end_lsn, end_timeline) = match streamed {
+        Ok(end) => end,
+        Err(e) => {
+            chunks.settle().await;
+            return Err(e);
         }
     };
-    splitter.finish()?;
     if config.progress {
         eprintln!();
     }
@@ -418,5 +516,42 @@ async fn wait_for_wal(
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn backup_work_files_are_owner_only_and_two_runs_never_share_a_work_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let work_dir = dir.path().join("spool/backup-work");
+        let id: BackupId = "20261121T093000Z".parse().unwrap();
+        let first = run_work_dir(&work_dir, &id).unwrap();
+        let second = run_work_dir(&work_dir, &id).unwrap();
+        assert_ne!(first.path(), second.path(), "one id, one shared directory");
+        for created in [dir.path().join("spool"), work_dir.clone()] {
+            assert_eq!(mode(&created), 0o700, "{}", created.display());
+        }
+        for run in [&first, &second] {
+            assert_eq!(mode(run.path()), 0o700);
+            let chunk = run.path().join("0-0000.tar");
+            work_file(&chunk).unwrap().write_all(b"raw data").unwrap();
+            assert_eq!(mode(&chunk), 0o600);
+            assert!(work_file(&chunk).is_err(), "a work file is never reused");
+        }
+        let kept = second.path().to_path_buf();
+        drop(first);
+        assert!(
+            kept.join("0-0000.tar").exists(),
+            "the first run removed the second's files"
+        );
+        drop(second);
+        assert!(!kept.exists());
     }
 }

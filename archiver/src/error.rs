@@ -46,6 +46,11 @@ pub enum ArchiverError {
         key: String,
         waited: std::time::Duration,
     },
+    /// Every id of the backup's start second is taken (claimed by other backups).
+    #[error("all {} backup ids of the second {second} are taken by other backups; HINT: start backups one at a time", tidemark_store::backup::IDS_PER_SECOND)]
+    BackupIdsExhausted {
+        second: tidemark_store::backup::BackupId,
+    },
     /// The server's timeline history does not contain the archived timeline: it is
     /// another cluster's history (or the archive's timeline was abandoned).
     #[error("the server is on timeline {server}, whose history does not pass through timeline {archived} archived here; HINT: archive it into a new repository, or restore from this one first")]

@@ -4,12 +4,12 @@
 //! archivers on different hosts apart. A second archiver is refused, naming the holder,
 //! before it writes anything.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tidemark_store::crashsafe;
 use tidemark_store::lease::{self, Lease, LeaseError};
 use tidemark_store::repository::Repository;
 
@@ -37,19 +37,12 @@ pub fn lock_local(path: &Path, what: &'static str) -> Result<LocalLock, Archiver
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-    }
-    let mut file = OpenOptions::new()
+    crashsafe::create_private_dir(crashsafe::parent_dir(path)).map_err(io)?;
+    let mut file = crashsafe::private_file_options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
         .open(path)
         .map_err(io)?;
     match file.try_lock() {

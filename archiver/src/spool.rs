@@ -14,12 +14,13 @@
 //!
 //! The directory is `0700` and its files `0600`: they hold raw WAL.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
+use tidemark_store::crashsafe;
 
 const PARTIAL_SUFFIX: &str = ".partial";
 
@@ -80,12 +81,9 @@ impl Spool {
     /// Open (creating, `0700`) the spool directory and prove it writable. Returns what an
     /// earlier run left: complete segments, oldest first, and the segment it was receiving.
     pub fn open(dir: &Path, seg: WalSegmentSize) -> Result<(Spool, Leftovers), SpoolError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        crashsafe::create_private_dir(dir).map_err(at(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(crashsafe::PRIVATE_DIR_MODE))
             .map_err(at(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(at(dir))?;
         probe(dir)?;
         let mut left = Leftovers::default();
         for entry in fs::read_dir(dir).map_err(at(dir))? {
@@ -156,12 +154,11 @@ impl Spool {
             let path = self
                 .dir
                 .join(format!("{}{PARTIAL_SUFFIX}", name.file_name(self.seg)));
-            let file = OpenOptions::new()
+            let file = crashsafe::private_file_options()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(0o600)
                 .open(&path)
                 .map_err(at(&path))?;
             if let Err(e) = reserve(&file, self.seg.bytes()) {
@@ -340,11 +337,10 @@ fn remove(path: &Path) -> Result<(), SpoolError> {
 /// full disk, wrong owner): write, fsync and remove a small file.
 fn probe(dir: &Path) -> Result<(), SpoolError> {
     let path = dir.join(".probe");
-    let written = OpenOptions::new()
+    let written = crashsafe::private_file_options()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&path)
         .and_then(|f| {
             f.write_all_at(&[0u8; 8192], 0)?;

@@ -1,12 +1,15 @@
 //! Base backups in the repository (DESIGN §3):
 //!
 //! ```text
+//! backups/<ID>/claim.json                 who took the id — written first, only if absent
 //! backups/<ID>/data-NNNN.tar.zst          the base tablespace's tar stream, in chunks
 //! backups/<ID>/tblspc-<OID>-NNNN.tar.zst  each other tablespace's, in chunks
 //! backups/<ID>/backup_manifest            PostgreSQL's own manifest (pg_verifybackup)
 //! backups/<ID>/backup.json                this record — written last
 //! ```
-//! A backup without `backup.json` is incomplete and ignored. Each chunk is a plain zstd
+//! A backup without `backup.json` is incomplete and ignored. Two backups started in the same
+//! second never share a directory: each claims its id before writing anything, and the
+//! loser takes the next id of that second (`…Z-01`, `…Z-02`, …). Each chunk is a plain zstd
 //! object of whole tar entries closed by the end-of-archive blocks, so chunks unpack
 //! independently (in parallel) and with the `tar` CLI.
 
@@ -17,20 +20,36 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tidemark_protocol::Lsn;
 
-/// A backup's id: its start time, `YYYYMMDDTHHMMSSZ`, which sorts chronologically.
+/// A backup's id: its start time, `YYYYMMDDTHHMMSSZ`, then `-NN` (01 to 99) for the later
+/// backups started in the same second. Ids sort chronologically.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackupId(String);
 
 /// Not a backup id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a backup id; HINT: ids look like 20261121T093000Z (see `tidemark list backups`)"
+    "{0:?} is not a backup id; HINT: ids look like 20261121T093000Z or 20261121T093000Z-01 (see `tidemark list backups`)"
 )]
 pub struct BadBackupId(pub String);
 
+/// Most backups one second can hold: the plain id and `-01` to `-99`.
+pub const IDS_PER_SECOND: usize = 100;
+
+const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
 impl BackupId {
     pub fn from_time(t: DateTime<Utc>) -> BackupId {
-        BackupId(t.format("%Y%m%dT%H%M%SZ").to_string())
+        BackupId(t.format(TIME_FORMAT).to_string())
+    }
+
+    /// The ids of a backup started at `t`, in the order to claim them: the plain one,
+    /// then `-01` to `-99`.
+    pub fn candidates(t: DateTime<Utc>) -> impl Iterator<Item = BackupId> {
+        let base = BackupId::from_time(t).0;
+        (0..IDS_PER_SECOND).map(move |n| match n {
+            0 => BackupId(base.clone()),
+            n => BackupId(format!("{base}-{n:02}")),
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -41,9 +60,23 @@ impl BackupId {
 impl FromStr for BackupId {
     type Err = BadBackupId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ")
-            .map(|_| BackupId(s.to_string()))
-            .map_err(|_| BadBackupId(s.to_string()))
+        let bad = || BadBackupId(s.to_string());
+        let (time, suffix) = match s.split_once('-') {
+            Some((time, n)) => (time, Some(n)),
+            None => (s, None),
+        };
+        chrono::NaiveDateTime::parse_from_str(time, TIME_FORMAT).map_err(|_| bad())?;
+        // The plain form only as chrono prints it (no single-digit fields).
+        if time.len() != 16 {
+            return Err(bad());
+        }
+        if let Some(n) = suffix {
+            let digits = n.len() == 2 && n.bytes().all(|b| b.is_ascii_digit());
+            if !digits || n == "00" {
+                return Err(bad());
+            }
+        }
+        Ok(BackupId(s.to_string()))
     }
 }
 
@@ -62,6 +95,30 @@ impl Serialize for BackupId {
 impl<'de> Deserialize<'de> for BackupId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         crate::serde_text::deserialize(d)
+    }
+}
+
+/// `claim.json`: the process that took a backup id. Created only if absent, before any
+/// chunk, so of two backups started in the same second exactly one writes under the id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupClaim {
+    pub id: BackupId,
+    /// The taking process: what, on which host, with which pid.
+    pub holder: String,
+    pub start_time: DateTime<Utc>,
+    /// Random, so that a claim is recognised as one's own after a retried request.
+    pub token: String,
+}
+
+impl BackupClaim {
+    /// A claim of `id` by `holder` (see `lease::holder`) with a fresh token.
+    pub fn new(id: BackupId, holder: String, start_time: DateTime<Utc>) -> BackupClaim {
+        BackupClaim {
+            id,
+            holder,
+            start_time,
+            token: format!("{:016x}", rand::random::<u64>()),
+        }
     }
 }
 
@@ -132,9 +189,40 @@ mod tests {
         assert_eq!(id.as_str(), "20261121T093000Z");
         assert_eq!("20261121T093000Z".parse::<BackupId>(), Ok(id.clone()));
         assert!(BackupId::from_time(t + chrono::Duration::seconds(1)) > id);
-        for bad in ["", "latest", "../x", "20261321T093000Z", "20261121T093000"] {
+        for bad in [
+            "",
+            "latest",
+            "../x",
+            "20261321T093000Z",
+            "20261121T093000",
+            "20261121T093000Z-",
+            "20261121T093000Z-00",
+            "20261121T093000Z-1",
+            "20261121T093000Z-100",
+            "20261121T093000Z-0a",
+            "20261121T093000Z-01/..",
+        ] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ids_of_one_second_are_distinct_valid_and_sort_between_the_seconds() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 21, 9, 30, 0).unwrap();
+        let ids: Vec<BackupId> = BackupId::candidates(t).collect();
+        assert_eq!(ids.len(), IDS_PER_SECOND);
+        assert_eq!(ids[0], BackupId::from_time(t));
+        assert_eq!(ids[1].as_str(), "20261121T093000Z-01");
+        assert_eq!(ids[99].as_str(), "20261121T093000Z-99");
+        for id in &ids {
+            assert_eq!(id.as_str().parse::<BackupId>().as_ref(), Ok(id));
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids, "later claims sort later");
+        let next_second = BackupId::from_time(t + chrono::Duration::seconds(1));
+        assert!(ids[99] < next_second);
+        assert!(BackupId::from_time(t - chrono::Duration::seconds(1)) < ids[0]);
     }
 
     #[test]

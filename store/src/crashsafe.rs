@@ -3,10 +3,20 @@
 //! directory. `stage` and `Staged::publish` split the dance for callers that must do something
 //! in between (under a lock). Once `write_durably` returns, the file survives a crash; before,
 //! readers see either nothing new or the whole file, never a partial one.
+//!
+//! Also the one place that creates local files and directories readable only by their
+//! owner (`create_private_dir`, `private_file_options`): spools, catalogs and backup work
+//! files hold the database's raw data.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// Mode of the local directories tidemark creates for data: owner only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of the local data files tidemark creates: owner read and write only.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// How the temp file becomes `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +110,26 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and any missing parents with mode 0700 (before the umask, which can
+/// only narrow it). Directories that already exist keep their mode: the caller's choice.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// `OpenOptions` whose file, when this open creates it, gets mode 0600; an existing file
+/// keeps its mode. Add the access flags (`write`, `create`, `truncate`...) as usual.
+/// Not for a SQLite database: closing any descriptor of it drops every POSIX lock the
+/// process holds on the file, other connections' included (the catalog sets its mode by
+/// path instead).
+pub fn private_file_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(PRIVATE_FILE_MODE);
+    options
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -135,6 +165,32 @@ mod tests {
         assert_eq!(p, Published::Written);
         assert_eq!(std::fs::read(&dst).unwrap(), b"three");
         assert_eq!(entries(dir.path()), ["f"], "no temp file left behind");
+    }
+
+    #[test]
+    fn private_dirs_and_files_are_owner_only_and_existing_ones_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        create_private_dir(&nested).unwrap();
+        assert_eq!(mode(&nested), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700, "created parents too");
+        create_private_dir(&nested).unwrap(); // exists: fine
+        let file = nested.join("f");
+        private_file_options()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+            .unwrap();
+        assert_eq!(mode(&file), 0o600);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        private_file_options()
+            .write(true)
+            .create(true)
+            .open(&file)
+            .unwrap();
+        assert_eq!(mode(&file), 0o640, "an existing file keeps its mode");
     }
 
     #[test]

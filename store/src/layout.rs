@@ -57,6 +57,16 @@ pub fn parse_history_key(key: &str) -> Option<TimelineId> {
     TimelineId::from_hex(tli).ok()
 }
 
+/// `backups/<ID>/`: everything of one backup, its claim included.
+pub fn backup_dir(id: &BackupId) -> String {
+    format!("{BACKUPS_PREFIX}{id}/")
+}
+
+/// `backups/<ID>/claim.json`: who took the id; written first, only if absent.
+pub fn backup_claim_key(id: &BackupId) -> String {
+    format!("{BACKUPS_PREFIX}{id}/claim.json")
+}
+
 /// `backups/<ID>/backup.json`.
 pub fn backup_info_key(id: &BackupId) -> String {
     format!("{BACKUPS_PREFIX}{id}/{BACKUP_INFO_FILE}")
@@ -160,6 +170,8 @@ mod tests {
     fn backup_keys() {
         let id: BackupId = "20261121T093000Z".parse().unwrap();
         assert_eq!(backup_info_key(&id), "backups/20261121T093000Z/backup.json");
+        assert_eq!(backup_claim_key(&id), "backups/20261121T093000Z/claim.json");
+        assert_eq!(backup_dir(&id), "backups/20261121T093000Z/");
         assert_eq!(
             backup_manifest_key(&id),
             "backups/20261121T093000Z/backup_manifest"

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod lease;
 pub mod meta;
 pub mod objects;
+pub mod probe;
 pub mod reindex;
 pub mod repository;
 mod serde_text;

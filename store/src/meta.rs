@@ -15,6 +15,8 @@ pub const KIND_HISTORY: &str = "history";
 pub const KIND_BACKUP_CHUNK: &str = "backup-chunk";
 /// A backup's `backup.json`.
 pub const KIND_BACKUP_INFO: &str = "backup-info";
+/// A backup's `claim.json`: which process took the id.
+pub const KIND_BACKUP_CLAIM: &str = "backup-claim";
 /// PostgreSQL's `backup_manifest` of a backup.
 pub const KIND_BACKUP_MANIFEST: &str = "backup-manifest";
 /// The archiver's archive-complete marker of a timeline.
@@ -27,6 +29,8 @@ pub const KIND_OBJECT_BLOB: &str = "object-blob";
 pub const KIND_WAL_GAP: &str = "wal-gap";
 /// A lease under `locks/`.
 pub const KIND_LEASE: &str = "lease";
+/// The short-lived object `init` writes to check conditional puts (`locks/probe-…`).
+pub const KIND_PROBE: &str = "probe";
 /// The repository identity file.
 pub const KIND_IDENTITY: &str = "identity";
 /// Timeline, decimal.

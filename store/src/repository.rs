@@ -16,7 +16,7 @@ use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use crate::backup::BackupInfo;
+use crate::backup::{BackupClaim, BackupInfo};
 use crate::crashsafe::{self, Publish};
 use crate::envelope::{self, EnvelopeError, Sealed};
 use crate::identity::{RepoIdentity, FORMAT_VERSION};
@@ -140,6 +140,9 @@ pub enum RepoError {
     /// A repository document (backup.json) is not what tidemark writes.
     #[error("repository object {key} is not valid: {reason}; HINT: check that nothing else writes under this prefix")]
     BadDocument { key: String, reason: String },
+    /// The storage server does not honour `If-None-Match: *` (see `probe_conditional_put`).
+    #[error("the repository's storage does not honour conditional puts (If-None-Match: *): {detail}; tidemark needs them to refuse split-brain WAL instead of overwriting it, and for its leases, so this repository is refused; HINT: use an S3 server that supports them: AWS S3 (since August 2024), MinIO, SeaweedFS, or a recent Ceph RGW; on a gateway or proxy, let the If-None-Match header through")]
+    NoConditionalPut { detail: String },
     /// A worker task failed unexpectedly.
     #[error("internal task failed: {message}")]
     Task { message: String },
@@ -473,6 +476,28 @@ impl Repository {
         .await
     }
 
+    /// Claims a backup id: creates `backups/<ID>/claim.json` only if absent. `true` when
+    /// the id is now this claim's (created, or found holding this claim's token after a
+    /// retried request), `false` when another process holds it.
+    pub async fn claim_backup(&self, claim: &BackupClaim) -> Result<bool, RepoError> {
+        let key = layout::backup_claim_key(&claim.id);
+        let (json, sealed, mut metadata) = document(&key, claim, meta::KIND_BACKUP_CLAIM)?;
+        metadata.extend(sealed.metadata());
+        let outcome = self
+            .storage
+            .put_if_absent(&key, Body::Bytes(json), &metadata)
+            .await
+            .map_err(RepoError::storage(&key))?;
+        match outcome {
+            PutOutcome::Created => Ok(true),
+            PutOutcome::Exists(_) => {
+                let held = self.read_document(&key).await?;
+                Ok(serde_json::from_slice::<BackupClaim>(&held)
+                    .is_ok_and(|held| held.token == claim.token))
+            }
+        }
+    }
+
     /// Stores `value` as a JSON document at `key` with metadata `kind`, if absent
     /// (same-bytes rule when present).
     pub async fn store_document(
@@ -481,12 +506,8 @@ impl Repository {
         value: &impl serde::Serialize,
         kind: &str,
     ) -> Result<ArchivedObject, RepoError> {
-        let json = serde_json::to_vec_pretty(value).map_err(|e| RepoError::Task {
-            message: format!("cannot serialise {key}: {e}"),
-        })?;
-        let metadata = Metadata::from([(meta::KIND.to_string(), kind.to_string())]);
-        let sealed = plain_seal(&json);
-        self.store_plain(key, Body::Bytes(Bytes::from(json)), sealed, metadata)
+        let (json, sealed, metadata) = document(&key, value, kind)?;
+        self.store_plain(key, Body::Bytes(json), sealed, metadata)
             .await
     }
 
@@ -787,6 +808,20 @@ async fn prefix_crc32(data: &std::fs::File, path: &Path, len: u64) -> Result<u32
         Ok(hasher.finalize())
     });
     task.await.map_err(task_failed)?
+}
+
+/// `value` as the JSON document stored at `key`, its seal, and metadata of `kind`.
+fn document(
+    key: &str,
+    value: &impl serde::Serialize,
+    kind: &str,
+) -> Result<(Bytes, Sealed, Metadata), RepoError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| RepoError::Task {
+        message: format!("cannot serialise {key}: {e}"),
+    })?;
+    let metadata = Metadata::from([(meta::KIND.to_string(), kind.to_string())]);
+    let sealed = plain_seal(&json);
+    Ok((Bytes::from(json), sealed, metadata))
 }
 
 /// The seal of an object stored as is.
@@ -1201,6 +1236,33 @@ mod tests {
         assert!(
             matches!(err, RepoError::UnsupportedFormat { version: 2 }),
             "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backup_id_is_claimed_by_one_process_only() {
+        use crate::backup::{BackupClaim, BackupId};
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let t = chrono::Utc::now();
+        let claim = |token: &str| BackupClaim {
+            id: BackupId::from_time(t),
+            holder: "test".into(),
+            start_time: t,
+            token: token.into(),
+        };
+        assert!(repo.claim_backup(&claim("a")).await.unwrap());
+        assert!(
+            !repo.claim_backup(&claim("b")).await.unwrap(),
+            "taken twice"
+        );
+        assert!(
+            repo.claim_backup(&claim("a")).await.unwrap(),
+            "a retried claim is still its own"
+        );
+        assert!(
+            repo.backups().await.unwrap().is_empty(),
+            "a claim alone is not a backup"
         );
     }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 use tidemark_protocol::{parse_history, TimelineId, WalSegmentSize};
-use tidemark_store::backup::{BackupId, BackupInfo};
+use tidemark_store::backup::BackupId;
 use tidemark_store::catalog::Catalog;
 use tidemark_store::layout;
 use tidemark_store::repository::{RepoError, Repository};
@@ -92,7 +92,8 @@ pub async fn expire(
     };
     if !options.dry_run {
         for backup in &chosen.remove {
-            remove_backup(repo, backup).await?;
+            remove_backup(repo, &backup.id).await?;
+            info!(backup = %backup.id, "expired backup removed");
         }
         delete_all(repo, chosen.remove_wal.iter().map(|w| w.key.clone())).await?;
         if let Some(catalog) = catalog.as_deref_mut() {
@@ -159,14 +160,12 @@ async fn archived_wal(
 }
 
 /// Removes a backup: `backup.json` first (the backup is then incomplete and ignored), then
-/// everything else under its directory.
-async fn remove_backup(repo: &Repository, backup: &BackupInfo) -> Result<(), RepoError> {
-    repo.delete(&layout::backup_info_key(&backup.id)).await?;
-    let dir = format!("{}{}/", layout::BACKUPS_PREFIX, backup.id);
-    let rest = repo.list(&dir).await?;
-    delete_all(repo, rest.into_iter().map(|o| o.key)).await?;
-    info!(backup = %backup.id, "expired backup removed");
-    Ok(())
+/// everything else under its directory (chunks, manifest, claim). Also how a failed backup
+/// removes what it wrote.
+pub(crate) async fn remove_backup(repo: &Repository, id: &BackupId) -> Result<(), RepoError> {
+    repo.delete(&layout::backup_info_key(id)).await?;
+    let rest = repo.list(&layout::backup_dir(id)).await?;
+    delete_all(repo, rest.into_iter().map(|o| o.key)).await
 }
 
 /// Deletes `keys`, several at a time, in about the order given.

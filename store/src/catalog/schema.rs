@@ -1,8 +1,9 @@
-//! Catalog schema and its forward-only migrations, versioned by `PRAGMA user_version`.
+//! Catalog schema and its forward-only migrations, versioned by `PRAGMA user_version`,
+//! applied under `BEGIN IMMEDIATE` so that concurrent openers never race on them.
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::CatalogError;
 
@@ -61,10 +62,14 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// Bring `conn` to the newest schema, one transaction per step.
+/// Bring `conn` to the newest schema in one `BEGIN IMMEDIATE` transaction: the version is
+/// read after the write lock is taken, so of several processes opening one fresh catalog
+/// at once exactly one runs the migrations and the others then find them done.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), CatalogError> {
     let supported = MIGRATIONS.len() as i64;
-    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    // Taking the write lock waits through the busy handler (set before this is called).
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > supported {
         return Err(CatalogError::TooNew {
             path: path.to_path_buf(),
@@ -72,12 +77,14 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), CatalogE
             supported,
         });
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version as i64 + 1)?;
-        tx.commit()?;
+    if current == supported {
+        return Ok(());
     }
+    for sql in MIGRATIONS.iter().skip(current as usize) {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
     Ok(())
 }
 

@@ -115,6 +115,13 @@ pub enum StorageError {
         message: String,
         transient: bool,
     },
+    /// The server does not implement what the request asked for (HTTP 501, `NotImplemented`).
+    #[error("{operation} {key} is not supported by this server: {message}")]
+    Unsupported {
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
     /// A setting (environment variable or option) has a value tidemark cannot use.
     #[error("invalid {name}={value:?}; HINT: use true or false")]
     InvalidSetting { name: &'static str, value: String },

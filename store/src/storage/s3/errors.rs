@@ -62,6 +62,16 @@ where
                         .unwrap_or("403 Forbidden")
                         .to_string(),
                 },
+                // Not worth retrying: the server lacks the feature (e.g. If-None-Match).
+                (Some("NotImplemented"), _) | (_, Some(501)) => StorageError::Unsupported {
+                    operation: call.operation,
+                    key: call.key.to_string(),
+                    message: err
+                        .message()
+                        .or(err.code())
+                        .unwrap_or("501 Not Implemented")
+                        .to_string(),
+                },
                 (
                     Some("SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable"),
                     _,
