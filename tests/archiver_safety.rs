@@ -489,3 +489,59 @@ fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_old
     // After it: the new backup.
     assert_eq!(rows(&[]), "1,2,3,4,5");
 }
+
+#[test]
+fn a_cloned_primary_archiving_into_the_same_repository_cannot_replace_the_real_primarys_wal() {
+    let repo = Repo::file();
+    let (cluster, mut real) = streamed_with_backup(one_mb(), &repo, "1");
+    // The clone: a base backup of the real primary, later started as a primary itself.
+    let dir = tidemark_fixtures::test_dir("clone");
+    let out = std::process::Command::new(cluster.bin().tool("pg_basebackup"))
+        .arg("-D")
+        .arg(dir.path().join("data"))
+        .args([
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-d",
+            &cluster.conninfo(),
+        ])
+        .output()
+        .expect("run pg_basebackup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The real primary commits after the clone was taken; it is stored (a partial).
+    cluster.psql("INSERT INTO t VALUES (4)").unwrap();
+    let committed = current_lsn(&cluster);
+    wait_for(
+        "the real primary's tail stored",
+        Duration::from_secs(30),
+        || (real.archived_end() >= committed).then_some(()),
+    );
+    assert_eq!(real.terminate(), 0, "{}", real.log());
+
+    // The clone diverges, filling segments of its own, and is archived by mistake into
+    // the same repository (same system identifier) from another host.
+    let clone = Cluster::start_prepared(dir, one_mb()).expect("the clone starts");
+    clone
+        .psql("INSERT INTO t SELECT 100 FROM generate_series(1, 20000)")
+        .unwrap();
+    switch_wal(&clone);
+    let mut second = Archiver::new(&clone, &repo, &["--partial-interval", "1"]);
+    second.start();
+    let code = wait_for(
+        "the clone's archiver refused",
+        Duration::from_secs(60),
+        || second.exit_code(),
+    );
+    assert_eq!(code, 5, "{}", second.log());
+    assert!(second.log().contains("split brain"), "{}", second.log());
+
+    // The repository still restores the real primary's rows, and none of the clone's.
+    assert_eq!(rows_restored_to_latest(&real, one_mb()), "1,2,3,4");
+}

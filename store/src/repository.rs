@@ -306,6 +306,11 @@ impl Repository {
                 actual,
             });
         }
+        // A partial stored earlier (by us, or by the primary this one was cloned from)
+        // must be this segment's prefix: else it is another server's WAL.
+        let file = std::fs::File::open(spool_file).map_err(|source| local(spool_file, source))?;
+        self.agrees_with_stored_partial(name, seg, &file, spool_file, actual)
+            .await?;
         let (sealed, compressed) = compress_next_to(spool_file, None, level, &key).await?;
         let metadata = wal_metadata(
             extra_meta,
@@ -349,27 +354,19 @@ impl Repository {
             return Ok(None);
         }
         let key = layout::wal_partial_key(name, seg);
-        if let Some(stored) = self.head(&key).await? {
-            let (Some(stored_len), Some(stored_crc)) = (
-                meta::raw_size(&stored.metadata),
-                meta::crc32(&stored.metadata),
-            ) else {
-                return Err(RepoError::MissingChecksum { key });
-            };
-            if stored_len > len {
+        match self
+            .agrees_with_stored_partial(name, seg, data, data_path, len)
+            .await?
+        {
+            Some(stored_len) if stored_len > len => {
                 warn!(
                     key,
                     stored_len, len, "a longer partial segment is already stored; keeping it"
                 );
                 return Ok(None);
             }
-            let ours = prefix_crc32(data, data_path, stored_len).await?;
-            if ours != stored_crc {
-                return Err(RepoError::SplitBrain { key });
-            }
-            if stored_len == len {
-                return Ok(None);
-            }
+            Some(stored_len) if stored_len == len => return Ok(None),
+            _ => {}
         }
         let data = data
             .try_clone()
@@ -393,6 +390,34 @@ impl Repository {
             sealed,
             outcome: ArchiveOutcome::Replaced,
         }))
+    }
+
+    /// The length of the stored partial of segment `name`, if there is one, once it is
+    /// known to agree with the first `len` bytes of `data` (the file at `path`): its bytes
+    /// are their prefix. `SplitBrain` when they differ. A stored partial longer than
+    /// `len` cannot be compared here; its length is returned as is.
+    async fn agrees_with_stored_partial(
+        &self,
+        name: SegmentName,
+        seg: WalSegmentSize,
+        data: &std::fs::File,
+        path: &Path,
+        len: u64,
+    ) -> Result<Option<u64>, RepoError> {
+        let key = layout::wal_partial_key(name, seg);
+        let Some(stored) = self.head(&key).await? else {
+            return Ok(None);
+        };
+        let (Some(stored_len), Some(stored_crc)) = (
+            meta::raw_size(&stored.metadata),
+            meta::crc32(&stored.metadata),
+        ) else {
+            return Err(RepoError::MissingChecksum { key });
+        };
+        if stored_len <= len && prefix_crc32(data, path, stored_len).await? != stored_crc {
+            return Err(RepoError::SplitBrain { key });
+        }
+        Ok(Some(stored_len))
     }
 
     /// Removes the partial object of segment `name`, superseded by a newer one or by the
@@ -1101,6 +1126,16 @@ mod tests {
         let dst = dir.path().join("fetched");
         repo.fetch_verified(&key, &dst).await.unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), &segment_bytes(2)[..4000]);
+        // Nor does a complete segment that disagrees with the stored partial.
+        let mut other = segment_bytes(2);
+        other[100] ^= 0xFF;
+        let other_path = dir.path().join("other-whole");
+        std::fs::write(&other_path, &other).unwrap();
+        let err = repo
+            .archive_segment(name, seg(), &other_path, 1, Metadata::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RepoError::SplitBrain { .. }), "{err}");
         // Once the complete segment is stored, no partial of it is written any more.
         let whole = dir.path().join("whole");
         std::fs::write(&whole, segment_bytes(2)).unwrap();
