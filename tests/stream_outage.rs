@@ -62,23 +62,30 @@ fn an_s3_outage_delays_archiving_but_loses_nothing() {
     assert!(compared >= 5, "only {compared} segments");
 }
 
-/// A small tmpfs, unmounted when dropped.
+/// A small tmpfs mounted on a directory, unmounted when dropped.
 struct SmallDisk {
-    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl SmallDisk {
     fn mount(size: &str) -> SmallDisk {
         let dir = tidemark_fixtures::test_dir("small-disk");
+        let mut disk = SmallDisk::mount_at(dir.path(), size);
+        disk._dir = Some(dir);
+        disk
+    }
+
+    fn mount_at(path: &std::path::Path, size: &str) -> SmallDisk {
         let out = std::process::Command::new("mount")
             .args([
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0700"),
+                &format!("size={size},mode=0755"),
                 "tmpfs",
             ])
-            .arg(dir.path())
+            .arg(path)
             .output()
             .expect("run mount");
         assert!(
@@ -86,7 +93,10 @@ impl SmallDisk {
             "mount tmpfs (the tests run as root): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        SmallDisk { dir }
+        SmallDisk {
+            path: path.to_path_buf(),
+            _dir: None,
+        }
     }
 }
 
@@ -94,7 +104,7 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
             .arg("-l")
-            .arg(self.dir.path())
+            .arg(&self.path)
             .status();
     }
 }
@@ -110,7 +120,7 @@ fn a_full_spool_disk_is_waited_out_and_loses_nothing() {
     let repo = Repo::s3_via("disk-full", proxy.endpoint());
     // Room for about four 1 MiB segments and their compressed copies.
     let disk = SmallDisk::mount("6m");
-    let spool = disk.dir.path().join("spool");
+    let spool = disk.path.join("spool");
     let mut archiver = Archiver::new(
         &cluster,
         &repo,
@@ -198,4 +208,89 @@ fn access_denied_while_credentials_rotate_does_not_stop_the_archiver() {
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
     let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, during);
     assert!(compared >= 5, "only {compared} segments");
+}
+
+#[test]
+fn sigterm_is_honoured_while_an_earlier_runs_segments_are_still_being_stored() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    hold_wal(&cluster);
+    // A file:// repository on a disk that will be full.
+    let repo = Repo::file();
+    let disk = SmallDisk::mount_at(repo.file_root().parent().unwrap(), "16m");
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.psql("CREATE TABLE t(n int)").unwrap();
+    wait_received(&mut archiver, &cluster, current_lsn(&cluster));
+
+    // The repository's disk fills up; segments pile up in the spool; the archiver dies.
+    let filler = disk.path.join("filler");
+    let df = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(&disk.path)
+        .output()
+        .expect("df");
+    let avail: u64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df output");
+    // Room for leases and markers, not for a segment.
+    let out = std::process::Command::new("fallocate")
+        .args(["-l", &(avail - 32 * 1024).to_string()])
+        .arg(&filler)
+        .output()
+        .expect("fallocate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.pgbench_init(1).expect("pgbench -i");
+    let through = switch_wal(&cluster);
+    std::thread::sleep(Duration::from_secs(2));
+    archiver.kill9();
+    let spool = archiver.work.path().join("catalog.db.spool");
+    let spooled = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().filter(|e| e.file_name().len() == 24).count())
+            .unwrap_or(0)
+    };
+    assert!(
+        spooled(&spool) >= 3,
+        "only {} segments spooled",
+        spooled(&spool)
+    );
+
+    // Restarted, it stores the leftovers first; SIGTERM there stops it at once.
+    archiver.start();
+    wait_for(
+        "the leftovers being stored",
+        Duration::from_secs(60),
+        || {
+            archiver.assert_running();
+            archiver
+                .log()
+                .contains("uploading segments left in the spool")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?} while leftovers were being stored",
+        asked.elapsed()
+    );
+    assert!(spooled(&spool) >= 3, "the leftovers were dropped");
+
+    // Space again: everything arrives, byte for byte.
+    std::fs::remove_file(&filler).unwrap();
+    archiver.start();
+    archiver.wait_complete_through(through, seg, Duration::from_secs(120));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, through);
+    assert!(compared >= 10, "only {compared} segments");
 }
