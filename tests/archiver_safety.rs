@@ -106,10 +106,7 @@ fn a_primary_killed_with_sigkill_does_not_take_the_received_tail_with_it() {
     wait_received(&mut archiver, &cluster, last_commit);
     cluster.kill9().expect("kill -9 the postmaster");
     // Kept down: the archiver stores what it holds while it retries the connection.
-    wait_for("the tail stored", Duration::from_secs(20), || {
-        archiver.assert_running();
-        (archiver.archived_end() >= last_commit).then_some(())
-    });
+    archiver.wait_stored(last_commit, Duration::from_secs(20));
     assert_eq!(rows_restored_to_latest(&archiver, one_mb()), "1,2,3,4");
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
 }
@@ -181,9 +178,7 @@ fn superseded_partial_objects_are_never_left_behind() {
     archiver.wait_complete_through(through, seg, Duration::from_secs(120));
     cluster.psql("INSERT INTO tm_switch VALUES (2)").unwrap();
     let tail = current_lsn(&cluster);
-    wait_for("the tail stored", Duration::from_secs(30), || {
-        (archiver.archived_end() >= tail).then_some(())
-    });
+    archiver.wait_stored(tail, Duration::from_secs(30));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
 
     let keys = repo.keys();
@@ -249,27 +244,13 @@ fn a_second_stream_is_refused_naming_the_first_and_touches_nothing() {
     // The first never noticed.
     cluster.psql("INSERT INTO t VALUES (1)").unwrap();
     let written = current_lsn(&cluster);
-    wait_for(
-        "the first archiver to store new WAL",
-        Duration::from_secs(30),
-        || {
-            first.assert_running();
-            (first.archived_end() >= written).then_some(())
-        },
-    );
+    first.wait_stored(written, Duration::from_secs(30));
     assert_eq!(first.terminate(), 0, "{}", first.log());
     // Its lease went with it: the second starts at once.
     second.start();
     cluster.psql("INSERT INTO t VALUES (2)").unwrap();
     let written = current_lsn(&cluster);
-    wait_for(
-        "the second archiver to store new WAL",
-        Duration::from_secs(30),
-        || {
-            second.assert_running();
-            (second.archived_end() >= written).then_some(())
-        },
-    );
+    second.wait_stored(written, Duration::from_secs(30));
     assert_eq!(second.terminate(), 0, "{}", second.log());
     assert!(
         !repo.keys().iter().any(|k| k.starts_with("locks/")),
@@ -418,11 +399,7 @@ fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_old
     std::thread::sleep(Duration::from_millis(1100));
     cluster.psql("INSERT INTO t VALUES (2)").unwrap();
     let archived = current_lsn(&cluster);
-    wait_for(
-        "the WAL before the gap stored",
-        Duration::from_secs(30),
-        || (archiver.archived_end() >= archived).then_some(()),
-    );
+    archiver.wait_stored(archived, Duration::from_secs(30));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
 
     // While the archiver is down its slot is dropped and the server recycles the WAL.
@@ -471,9 +448,7 @@ fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_old
     );
     cluster.psql("INSERT INTO t VALUES (5)").unwrap();
     let newest = current_lsn(&cluster);
-    wait_for("the newest WAL stored", Duration::from_secs(30), || {
-        (archiver.archived_end() >= newest).then_some(())
-    });
+    archiver.wait_stored(newest, Duration::from_secs(30));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
 
     let rows = |args: &[&str]| {
@@ -518,11 +493,7 @@ fn a_cloned_primary_archiving_into_the_same_repository_cannot_replace_the_real_p
     // The real primary commits after the clone was taken; it is stored (a partial).
     cluster.psql("INSERT INTO t VALUES (4)").unwrap();
     let committed = current_lsn(&cluster);
-    wait_for(
-        "the real primary's tail stored",
-        Duration::from_secs(30),
-        || (real.archived_end() >= committed).then_some(()),
-    );
+    real.wait_stored(committed, Duration::from_secs(30));
     assert_eq!(real.terminate(), 0, "{}", real.log());
 
     // The clone diverges, filling segments of its own, and is archived by mistake into

@@ -9,21 +9,31 @@ use common::*;
 use tidemark_fixtures::{Cluster, OutageProxy};
 use tidemark_protocol::WalSegmentSize;
 
-#[test]
-fn an_s3_outage_delays_archiving_but_loses_nothing() {
+/// A 1 MiB-segment cluster that keeps its WAL, streamed (`stream` with `args`) into an S3
+/// repository reached through an outage proxy, with a first stretch (`pgbench -i`)
+/// archived.
+fn archived_through_proxy(hint: &str, args: &[&str]) -> (Cluster, OutageProxy, Repo, Archiver) {
     let cluster = Cluster::start(one_mb()).expect("cluster");
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     hold_wal(&cluster);
     let s3 = tidemark_fixtures::s3().expect("S3 test server");
     let upstream = s3.endpoint.trim_start_matches("http://").to_string();
     let proxy = OutageProxy::start(&upstream).expect("proxy");
-    let repo = Repo::s3_via("outage", proxy.endpoint());
-    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    let repo = Repo::s3_via(hint, proxy.endpoint());
+    let mut archiver = Archiver::new(&cluster, &repo, args);
     archiver.init();
     archiver.start();
     cluster.pgbench_init(1).expect("pgbench -i");
     let first = switch_wal(&cluster);
     archiver.wait_complete_through(first, seg, Duration::from_secs(60));
+    (cluster, proxy, repo, archiver)
+}
+
+#[test]
+fn an_s3_outage_delays_archiving_but_loses_nothing() {
+    let (cluster, proxy, repo, mut archiver) =
+        archived_through_proxy("outage", &["--partial-interval", "1"]);
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
 
     // S3 goes away while WAL keeps coming.
     proxy.cut();
@@ -111,19 +121,11 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_spool_disk_is_waited_out_and_loses_nothing() {
-    let cluster = Cluster::start(one_mb()).expect("cluster");
-    let seg = WalSegmentSize::new(1 << 20).unwrap();
-    hold_wal(&cluster);
-    let s3 = tidemark_fixtures::s3().expect("S3 test server");
-    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
-    let proxy = OutageProxy::start(&upstream).expect("proxy");
-    let repo = Repo::s3_via("disk-full", proxy.endpoint());
     // Room for about four 1 MiB segments and their compressed copies.
     let disk = SmallDisk::mount("6m");
     let spool = disk.path.join("spool");
-    let mut archiver = Archiver::new(
-        &cluster,
-        &repo,
+    let (cluster, proxy, repo, mut archiver) = archived_through_proxy(
+        "disk-full",
         &[
             "--partial-interval",
             "1",
@@ -131,11 +133,7 @@ fn a_full_spool_disk_is_waited_out_and_loses_nothing() {
             spool.to_str().unwrap(),
         ],
     );
-    archiver.init();
-    archiver.start();
-    cluster.pgbench_init(1).expect("pgbench -i");
-    let first = switch_wal(&cluster);
-    archiver.wait_complete_through(first, seg, Duration::from_secs(60));
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
 
     // Uploads stall, so the spool fills up with WAL that keeps coming.
     proxy.cut();
@@ -167,19 +165,9 @@ fn a_full_spool_disk_is_waited_out_and_loses_nothing() {
 
 #[test]
 fn access_denied_while_credentials_rotate_does_not_stop_the_archiver() {
-    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let (cluster, proxy, repo, mut archiver) =
+        archived_through_proxy("denied", &["--partial-interval", "1"]);
     let seg = WalSegmentSize::new(1 << 20).unwrap();
-    hold_wal(&cluster);
-    let s3 = tidemark_fixtures::s3().expect("S3 test server");
-    let upstream = s3.endpoint.trim_start_matches("http://").to_string();
-    let proxy = OutageProxy::start(&upstream).expect("proxy");
-    let repo = Repo::s3_via("denied", proxy.endpoint());
-    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
-    archiver.init();
-    archiver.start();
-    cluster.pgbench_init(1).expect("pgbench -i");
-    let first = switch_wal(&cluster);
-    archiver.wait_complete_through(first, seg, Duration::from_secs(60));
 
     // Every request is refused for a while (an expired token, keys being rotated).
     proxy.deny();

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::{
     ReplicationClient, ReplicationError, ReplicationStream, StartOutcome, StreamMessage,
+    SystemIdentity,
 };
 use tidemark_protocol::{parse_history, Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::catalog::{Catalog, SegmentRecord};
@@ -505,15 +506,7 @@ impl Archiver {
         from: Lsn,
         why: &ReplicationError,
     ) -> Result<ReplicationClient, ArchiverError> {
-        let mut client = ReplicationClient::connect(conninfo).await?;
-        let system = client.identify_system().await?;
-        if system.system_id != self.system_identifier {
-            return Err(RepoError::OtherCluster {
-                repo_sysid: self.system_identifier,
-                cluster_sysid: system.system_id,
-            }
-            .into());
-        }
+        let (client, system) = self.connect_checked(conninfo).await?;
         if system.timeline != timeline {
             return Err(ArchiverError::DivergentTimeline {
                 archived: timeline,
@@ -538,6 +531,25 @@ impl Archiver {
         Ok(client)
     }
 
+    /// Connect again, to the same cluster configured as at start: a server restored or
+    /// cloned behind the same address, or a changed synchronous_standby_names, is refused.
+    async fn connect_checked(
+        &self,
+        conninfo: &ConnInfo,
+    ) -> Result<(ReplicationClient, SystemIdentity), ArchiverError> {
+        let mut client = ReplicationClient::connect(conninfo).await?;
+        let system = client.identify_system().await?;
+        if system.system_id != self.system_identifier {
+            return Err(RepoError::OtherCluster {
+                repo_sysid: self.system_identifier,
+                cluster_sysid: system.system_id,
+            }
+            .into());
+        }
+        self.refuse_synchronous(&mut client, conninfo).await?;
+        Ok((client, system))
+    }
+
     /// Wait `backoff`, then connect again. Uploads keep being recorded meanwhile.
     /// `None` when shutdown was requested first.
     async fn reconnect(
@@ -560,26 +572,15 @@ impl Archiver {
                 }
             }
             *backoff = (*backoff * 2).min(self.config.max_backoff);
-            match ReplicationClient::connect(conninfo).await {
-                Ok(mut client) => {
-                    // The same cluster, configured as at start: a server restored or
-                    // cloned behind the same address, or a changed setting, is refused.
-                    let system = client.identify_system().await?;
-                    if system.system_id != self.system_identifier {
-                        return Err(RepoError::OtherCluster {
-                            repo_sysid: self.system_identifier,
-                            cluster_sysid: system.system_id,
-                        }
-                        .into());
-                    }
-                    self.refuse_synchronous(&mut client, conninfo).await?;
+            match self.connect_checked(conninfo).await {
+                Ok((client, _)) => {
                     *backoff = Duration::from_secs(1);
                     return Ok(Some(client));
                 }
-                Err(e) if e.is_connection_failure() => {
+                Err(e) if e.is_connection_loss() => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot reconnect to PostgreSQL");
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }

@@ -331,6 +331,14 @@ impl Archiver {
             .unwrap_or(Lsn(0))
     }
 
+    /// Wait (while it keeps running) until the repository holds WAL up to `lsn`.
+    pub fn wait_stored(&mut self, lsn: Lsn, timeout: Duration) {
+        wait_for(&format!("WAL up to {lsn} stored"), timeout, || {
+            self.assert_running();
+            (self.archived_end() >= lsn).then_some(())
+        });
+    }
+
     /// Wait until the complete segment holding `lsn - 1` is archived.
     pub fn wait_complete_through(&mut self, lsn: Lsn, seg: WalSegmentSize, timeout: Duration) {
         let want = Lsn(lsn.0 - 1).segment_number(seg);
