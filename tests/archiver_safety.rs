@@ -516,3 +516,32 @@ fn a_cloned_primary_archiving_into_the_same_repository_cannot_replace_the_real_p
     // The repository still restores the real primary's rows, and none of the clone's.
     assert_eq!(rows_restored_to_latest(&real, one_mb()), "1,2,3,4");
 }
+
+#[test]
+fn an_unwritable_spool_is_refused_before_the_slot_is_created() {
+    let repo = Repo::file();
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let blocker = tidemark_fixtures::test_dir("not-a-dir");
+    let file = blocker.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let spool = file.join("spool");
+    let mut archiver = Archiver::new(&cluster, &repo, &["--spool", spool.to_str().unwrap()]);
+    archiver.init();
+    archiver.start();
+    let code = wait_for("the archiver to refuse", Duration::from_secs(30), || {
+        archiver.exit_code()
+    });
+    assert_eq!(code, 6, "{}", archiver.log());
+    assert_eq!(
+        slot_restart(&cluster, "tidemark"),
+        None,
+        "a slot was created"
+    );
+    assert_eq!(
+        cluster
+            .psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0"
+    );
+    assert!(!archiver.catalog.exists(), "a catalog was created");
+}
