@@ -545,3 +545,56 @@ fn an_unwritable_spool_is_refused_before_the_slot_is_created() {
     );
     assert!(!archiver.catalog.exists(), "a catalog was created");
 }
+
+#[test]
+fn a_catalog_behind_the_repository_is_no_gap_when_the_server_recycled_that_wal() {
+    let repo = Repo::file();
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let seg = tidemark_protocol::WalSegmentSize::new(1 << 20).unwrap();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.psql("CREATE TABLE t(n int)").unwrap();
+    cluster.pgbench_init(1).expect("pgbench -i");
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg, Duration::from_secs(120));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    // The catalog loses its newest rows (a host restored from an old copy, or commits
+    // lost to a power cut); the repository and the slot have them.
+    let catalog = tidemark_store::catalog::Catalog::open(&archiver.catalog).unwrap();
+    let mut rows = catalog.segments().unwrap();
+    rows.sort_by_key(|r| r.name.segno);
+    let lost: Vec<_> = rows
+        .iter()
+        .rev()
+        .take(8)
+        .map(|r| (r.name, r.key.as_str()))
+        .collect();
+    catalog.forget_segments(&lost, seg).unwrap();
+    drop(catalog);
+    // The server recycles all of it: only the repository has it now.
+    for _ in 0..4 {
+        switch_wal(&cluster);
+        cluster.psql("CHECKPOINT").unwrap();
+    }
+
+    archiver.start();
+    cluster.psql("INSERT INTO t VALUES (1)").unwrap();
+    archiver.wait_stored(current_lsn(&cluster), Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    assert!(
+        archiver.log().contains("the repository holds it"),
+        "the server still had the WAL: the test proves nothing\n{}",
+        archiver.log()
+    );
+    // One unbroken run of complete segments, from the first to the newest.
+    let mut complete: Vec<u64> = archiver
+        .segments()
+        .iter()
+        .filter(|s| !s.partial)
+        .map(|s| s.name.segno)
+        .collect();
+    complete.sort_unstable();
+    let expected: Vec<u64> = (complete[0]..=complete[complete.len() - 1]).collect();
+    assert_eq!(complete, expected, "{}", archiver.log());
+}

@@ -312,10 +312,11 @@ impl Archiver {
     /// fails loudly instead of leaving a silent gap. On a fresh repository: the slot's
     /// restart point, else the server's current segment.
     ///
-    /// The catalog is only an index (invariant 2): when it is empty, or the segment it
-    /// would resume at is already stored (a catalog lost, restored from an old copy, or
-    /// missing its newest rows after a host crash), its WAL index is rebuilt from the
-    /// repository first, so streaming resumes at the repository's own end.
+    /// The catalog is only an index (invariant 2): when it is empty (lost with its host),
+    /// its WAL index is rebuilt from the repository first, so streaming resumes at the
+    /// repository's own end. A catalog that is merely behind re-sends what is already
+    /// stored (same bytes are accepted, others refused as split brain), unless the server
+    /// no longer has it (`behind_repository`).
     async fn resume_point(
         &self,
         cluster: &mut Cluster,
@@ -324,18 +325,35 @@ impl Archiver {
             self.index_repository("the catalog has no WAL index")
                 .await?;
         }
-        let (timeline, start) = self.resume_point_from_catalog(cluster).await?;
-        let key =
-            layout::wal_segment_key(SegmentName::containing(timeline, start, self.seg), self.seg);
+        self.resume_point_from_catalog(cluster).await
+    }
+
+    /// The server no longer has WAL from `from`: if the repository already holds that
+    /// segment (a catalog restored from an old copy, or missing its newest rows after the
+    /// host lost power), this is no gap. Rebuild the index and return where the
+    /// repository's run from there ends; `None` when the repository lacks it too.
+    async fn behind_repository(
+        &self,
+        timeline: TimelineId,
+        from: Lsn,
+    ) -> Result<Option<Lsn>, ArchiverError> {
+        let name = SegmentName::containing(timeline, from, self.seg);
+        let key = layout::wal_segment_key(name, self.seg);
         let stored =
             crate::uploads::with_retry("look up the resume segment", || self.repo.head(&key))
                 .await?;
         if stored.is_none() {
-            return Ok((timeline, start));
+            return Ok(None);
         }
-        self.index_repository("the catalog is behind the repository")
-            .await?;
-        self.resume_point_from_catalog(cluster).await
+        self.index_repository(
+            "the server no longer has WAL the catalog lacks, but the repository holds it",
+        )
+        .await?;
+        let next = self
+            .catalog
+            .first_missing(timeline, Some(name.segno))?
+            .unwrap_or(name.segno + 1);
+        Ok(Some(SegmentName::new(timeline, next).start_lsn(self.seg)))
     }
 
     /// Rebuild the catalog's WAL index from the repository, saying `why`.
@@ -474,11 +492,18 @@ impl Archiver {
                     timeline = next;
                 }
                 Ok(End::Reconnect) => {}
-                Err(ArchiverError::WalRemoved { from, source }) if self.config.accept_gap => {
-                    client = Some(
-                        self.start_after_gap(conninfo, timeline, from, &source)
-                            .await?,
-                    );
+                Err(ArchiverError::WalRemoved { from, source }) => {
+                    if let Some(start) = self.behind_repository(timeline, from).await? {
+                        self.acks = AckTracker::new(start);
+                        self.begin(timeline, start)?;
+                    } else if self.config.accept_gap {
+                        client = Some(
+                            self.start_after_gap(conninfo, timeline, from, &source)
+                                .await?,
+                        );
+                    } else {
+                        return Err(ArchiverError::WalRemoved { from, source });
+                    }
                     continue;
                 }
                 Err(e) if e.is_connection_loss() => {
