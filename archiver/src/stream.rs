@@ -356,20 +356,22 @@ impl Archiver {
         Ok(Some(SegmentName::new(timeline, next).start_lsn(self.seg)))
     }
 
-    /// Rebuild the catalog's WAL index from the repository, saying `why`.
+    /// Rebuild the catalog's WAL index from the repository, saying `why` (loudly when
+    /// the repository held WAL the catalog did not know).
     async fn index_repository(&self, why: &str) -> Result<(), ArchiverError> {
-        tracing::warn!("{why}; rebuilding its WAL index from the repository so that streaming resumes at the repository's end");
         let found = tidemark_store::reindex::reindex_wal(&self.repo, &self.catalog, self.seg)
             .await
             .map_err(|e| match e {
                 ReindexError::Repository(e) => ArchiverError::Repository(e),
                 ReindexError::Catalog(e) => ArchiverError::Catalog(e),
             })?;
-        tracing::info!(
-            segments = found.segments,
-            partials = found.partials,
-            "WAL index rebuilt"
-        );
+        if found.segments + found.partials > 0 {
+            tracing::warn!(
+                segments = found.segments,
+                partials = found.partials,
+                "{why}; rebuilt its WAL index from the repository so that streaming resumes at the repository's end"
+            );
+        }
         Ok(())
     }
 
