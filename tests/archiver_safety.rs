@@ -14,20 +14,21 @@ fn one_mb_on(major: u32) -> ClusterOptions {
     ClusterOptions { major, ..one_mb() }
 }
 
-/// A cluster being streamed (partial uploads every `partial_interval` seconds) with one
-/// base backup and a table `t(n)` holding rows 1..=3.
+/// A table `t(n)` holding rows 1..=3.
+const ROWS_1_TO_3: &str = "CREATE TABLE t(n int); INSERT INTO t SELECT generate_series(1, 3)";
+
+/// A cluster being streamed (`stream` with `args`), where `sql` ran, then one base backup.
 fn streamed_with_backup(
     opts: ClusterOptions,
     repo: &Repo,
-    partial_interval: &str,
+    args: &[&str],
+    sql: &str,
 ) -> (Cluster, Archiver) {
     let cluster = Cluster::start(opts).expect("cluster");
-    let mut archiver = Archiver::new(&cluster, repo, &["--partial-interval", partial_interval]);
+    let mut archiver = Archiver::new(&cluster, repo, args);
     archiver.init();
     archiver.start();
-    cluster
-        .psql("CREATE TABLE t(n int); INSERT INTO t SELECT generate_series(1, 3)")
-        .unwrap();
+    cluster.psql(sql).unwrap();
     let out = run(archiver.command(&["backup"]));
     assert!(out.status.success(), "backup: {}", stderr(&out));
     (cluster, archiver)
@@ -43,7 +44,12 @@ fn rows_restored_to_latest(archiver: &Archiver, opts: ClusterOptions) -> String 
 
 fn fast_shutdown_is_not_held_up_by_stream(major: u32) {
     let repo = Repo::file();
-    let (mut cluster, mut archiver) = streamed_with_backup(one_mb_on(major), &repo, "3600");
+    let (mut cluster, mut archiver) = streamed_with_backup(
+        one_mb_on(major),
+        &repo,
+        &["--partial-interval", "3600"],
+        ROWS_1_TO_3,
+    );
     cluster.psql("INSERT INTO t VALUES (4)").unwrap();
     let last_commit = current_lsn(&cluster);
     wait_received(&mut archiver, &cluster, last_commit);
@@ -100,7 +106,8 @@ fn fast_shutdown_is_not_held_up_by_stream_on_postgresql_18() {
 fn a_primary_killed_with_sigkill_does_not_take_the_received_tail_with_it() {
     let repo = Repo::file();
     // A partial interval far beyond the test: only the loss of the connection can store it.
-    let (mut cluster, mut archiver) = streamed_with_backup(one_mb(), &repo, "60");
+    let (mut cluster, mut archiver) =
+        streamed_with_backup(one_mb(), &repo, &["--partial-interval", "60"], ROWS_1_TO_3);
     cluster.psql("INSERT INTO t VALUES (4)").unwrap();
     let last_commit = current_lsn(&cluster);
     wait_received(&mut archiver, &cluster, last_commit);
@@ -114,7 +121,12 @@ fn a_primary_killed_with_sigkill_does_not_take_the_received_tail_with_it() {
 #[test]
 fn an_archiver_killed_with_sigkill_stores_its_spooled_tail_on_restart_without_the_primary() {
     let repo = Repo::file();
-    let (mut cluster, mut archiver) = streamed_with_backup(one_mb(), &repo, "3600");
+    let (mut cluster, mut archiver) = streamed_with_backup(
+        one_mb(),
+        &repo,
+        &["--partial-interval", "3600"],
+        ROWS_1_TO_3,
+    );
     cluster.psql("INSERT INTO t VALUES (4)").unwrap();
     let last_commit = current_lsn(&cluster);
     wait_received(&mut archiver, &cluster, last_commit);
@@ -142,13 +154,8 @@ fn an_archiver_killed_with_sigkill_stores_its_spooled_tail_on_restart_without_th
 fn an_idle_archive_proves_a_time_seconds_after_the_last_commit_restorable() {
     let repo = Repo::file();
     // Defaults throughout: partial interval 5 s, wal_sender_timeout 60 s.
-    let cluster = Cluster::start(one_mb()).expect("cluster");
-    let mut archiver = Archiver::new(&cluster, &repo, &[]);
-    archiver.init();
-    archiver.start();
-    cluster.psql("CREATE TABLE t(n int)").unwrap();
-    let out = run(archiver.command(&["backup"]));
-    assert!(out.status.success(), "backup: {}", stderr(&out));
+    let (cluster, mut archiver) =
+        streamed_with_backup(one_mb(), &repo, &[], "CREATE TABLE t(n int)");
     cluster.psql("INSERT INTO t VALUES (1)").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let target = cluster.psql("SELECT now()::text").unwrap();
@@ -386,13 +393,12 @@ fn a_lost_catalog_and_a_new_slot_do_not_make_stream_skip_wal() {
 fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_older_targets_still_restore(
 ) {
     let repo = Repo::file();
-    let cluster = Cluster::start(one_mb()).expect("cluster");
-    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
-    archiver.init();
-    archiver.start();
-    cluster.psql("CREATE TABLE t(n int)").unwrap();
-    let out = run(archiver.command(&["backup"]));
-    assert!(out.status.success(), "backup: {}", stderr(&out));
+    let (cluster, mut archiver) = streamed_with_backup(
+        one_mb(),
+        &repo,
+        &["--partial-interval", "1"],
+        "CREATE TABLE t(n int)",
+    );
     cluster.psql("INSERT INTO t VALUES (1)").unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     let before_gap = cluster.psql("SELECT now()::text").unwrap();
@@ -468,28 +474,10 @@ fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_old
 #[test]
 fn a_cloned_primary_archiving_into_the_same_repository_cannot_replace_the_real_primarys_wal() {
     let repo = Repo::file();
-    let (cluster, mut real) = streamed_with_backup(one_mb(), &repo, "1");
+    let (cluster, mut real) =
+        streamed_with_backup(one_mb(), &repo, &["--partial-interval", "1"], ROWS_1_TO_3);
     // The clone: a base backup of the real primary, later started as a primary itself.
-    let dir = tidemark_fixtures::test_dir("clone");
-    let out = std::process::Command::new(cluster.bin().tool("pg_basebackup"))
-        .arg("-D")
-        .arg(dir.path().join("data"))
-        .args([
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "--no-sync",
-            "-d",
-            &cluster.conninfo(),
-        ])
-        .output()
-        .expect("run pg_basebackup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = pg_basebackup_into(&cluster, "stream");
     // The real primary commits after the clone was taken; it is stored (a partial).
     cluster.psql("INSERT INTO t VALUES (4)").unwrap();
     let committed = current_lsn(&cluster);

@@ -525,13 +525,18 @@ pub fn slot_restart(cluster: &Cluster, slot: &str) -> Option<Lsn> {
 /// needs every WAL segment from the archive. Returns the directory (for
 /// `Cluster::start_prepared`).
 pub fn pg_basebackup_without_wal(cluster: &Cluster) -> TempDir {
+    pg_basebackup_into(cluster, "none")
+}
+
+/// `pg_basebackup -X WAL_METHOD` of `cluster` into `<dir>/data`; returns the directory.
+pub fn pg_basebackup_into(cluster: &Cluster, wal_method: &str) -> TempDir {
     let dir = tidemark_fixtures::test_dir("restore");
     let out = Command::new(cluster.bin().tool("pg_basebackup"))
         .arg("-D")
         .arg(dir.path().join("data"))
         .args([
             "-X",
-            "none",
+            wal_method,
             "-c",
             "fast",
             "--no-sync",
