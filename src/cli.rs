@@ -27,6 +27,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "TIDEMARK_CATALOG", value_name = "PATH")]
     pub catalog: Option<PathBuf>,
 
+    /// Read storage settings (AWS_*, TIDEMARK_S3_* lines, mode 0600) from this file
+    /// first; `restore` writes one for the restored server's restore_command
+    #[arg(long, global = true, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+
     /// Log filter (tracing syntax), e.g. info or tidemark_archiver=debug
     #[arg(long, global = true, env = "TIDEMARK_LOG", default_value = "info")]
     pub log: String,
@@ -203,9 +208,18 @@ pub struct TargetOpts {
     /// Recover only until the backup is consistent
     #[arg(long)]
     pub target_immediate: bool,
+    /// With --target-name made more than once: oldest, newest or N (1 = oldest)
+    #[arg(long, value_name = "WHICH", requires = "target_name")]
+    pub target_occurrence: Option<String>,
     /// Timeline to follow: latest, current or a number
     #[arg(long, default_value = "latest")]
     pub target_timeline: String,
+    /// What PostgreSQL does at the target (also at the end of the archive, for latest)
+    #[arg(long, value_enum, default_value_t = Action::Promote)]
+    pub target_action: Action,
+    /// Stop after (true) or just before (false) the target
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub target_inclusive: bool,
 }
 
 #[derive(Debug, Args)]
@@ -215,12 +229,6 @@ pub struct RestoreArgs {
     pub pgdata: PathBuf,
     #[command(flatten)]
     pub target: TargetOpts,
-    /// What PostgreSQL does at the target
-    #[arg(long, value_enum, default_value_t = Action::Promote)]
-    pub target_action: Action,
-    /// Stop after (true) or just before (false) the target
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub target_inclusive: bool,
     /// Use this backup instead of the newest one before the target
     #[arg(long)]
     pub backup: Option<String>,

@@ -59,6 +59,11 @@ pub fn usage_exit(err: clap::Error) -> std::process::ExitCode {
     if informational {
         return std::process::ExitCode::SUCCESS;
     }
+    usage_status()
+}
+
+/// The exit status of a usage error: `USAGE`, except as `restore_command`.
+pub fn usage_status() -> std::process::ExitCode {
     if std::env::args().any(|a| a == "wal-fetch") {
         return std::process::ExitCode::from(FETCH_FATAL);
     }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod env_file;
 mod expire;
 mod failure;
 mod fetch;
@@ -15,6 +16,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before parsing (its TIDEMARK_* values act as environment) and before any thread.
+    if let Err(e) = env_file::load_from_args() {
+        eprintln!("error: {e}");
+        return failure::usage_status();
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return failure::usage_exit(e),

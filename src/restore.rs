@@ -4,29 +4,48 @@ use anyhow::Context;
 use chrono::Utc;
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::TimelineId;
-use tidemark_restorer::plan::Plan;
-use tidemark_restorer::restore::{segment_size, RestoreOptions};
-use tidemark_restorer::start::{start_and_wait, Restored, StartOptions};
+use tidemark_restorer::plan::{Plan, PlanRequest};
+use tidemark_restorer::restore::{segment_size, sibling, RestoreOptions};
+use tidemark_restorer::start::{server_owner, start_and_wait, Restored, StartOptions};
 use tidemark_restorer::target::{
-    parse_time, RecoveryTarget, TargetAction, TargetArgs, TimelineTarget,
+    parse_time, Occurrence, RecoveryTarget, TargetAction, TargetArgs, TimelineTarget,
 };
 use tidemark_store::backup::BackupId;
 use tidemark_store::repository::Repository;
 use tidemark_store::storage::S3Options;
+use tidemark_store::url::RepoUrl;
 
 use crate::cli::{Action, Cli, RestoreArgs, TargetOpts};
 use crate::commands::repo_url;
 use crate::failure::Usage;
 
-fn target(opts: &TargetOpts) -> anyhow::Result<RecoveryTarget> {
-    Ok(TargetArgs {
+/// What to plan for, from the target options (and `--backup`).
+fn request(opts: &TargetOpts, backup: Option<&str>) -> anyhow::Result<PlanRequest> {
+    let target = TargetArgs {
         time: opts.target_time.clone(),
         lsn: opts.target_lsn.clone(),
         name: opts.target_name.clone(),
         xid: opts.target_xid.clone(),
         immediate: opts.target_immediate,
     }
-    .resolve()?)
+    .resolve()?;
+    Ok(PlanRequest {
+        target,
+        timeline: timeline(&opts.target_timeline)?,
+        inclusive: opts.target_inclusive,
+        action: match opts.target_action {
+            Action::Promote => TargetAction::Promote,
+            Action::Pause => TargetAction::Pause,
+            Action::Shutdown => TargetAction::Shutdown,
+        },
+        backup: backup.map(str::parse::<BackupId>).transpose()?,
+        occurrence: opts
+            .target_occurrence
+            .as_deref()
+            .map(str::parse::<Occurrence>)
+            .transpose()?
+            .unwrap_or_default(),
+    })
 }
 
 fn timeline(text: &str) -> anyhow::Result<TimelineTarget> {
@@ -39,15 +58,16 @@ fn timeline(text: &str) -> anyhow::Result<TimelineTarget> {
     })
 }
 
-/// Single-quote `s` for the shell that runs restore_command.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+/// `s` as one word of restore_command: single-quoted for the shell that runs it, with
+/// `%` doubled so PostgreSQL does not read it as a placeholder.
+fn command_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''").replace('%', "%%"))
 }
 
 pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
-    let target = target(&args.target)?;
-    let time_target = match &target {
+    let request = request(&args.target, args.backup.as_deref())?;
+    let time_target = match &request.target {
         RecoveryTarget::Time(t) => Some(t.with_timezone(&Utc)),
         _ => None,
     };
@@ -71,27 +91,30 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let backup = args
-        .backup
-        .as_deref()
-        .map(str::parse::<BackupId>)
-        .transpose()?;
     let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
+    let pgdata = std::path::absolute(&args.pgdata).context("--pgdata")?;
+    // An S3 repository's settings reach wal-fetch through a file beside the data
+    // directory, never through the command line.
+    let settings = crate::env_file::current();
+    let env_file = match &url {
+        RepoUrl::S3 { .. } if !settings.is_empty() => Some(sibling(&pgdata, ".tidemark.env")),
+        _ => None,
+    };
+    let env_option = match &env_file {
+        Some(path) => format!(
+            "{} {} ",
+            crate::env_file::OPTION,
+            command_word(&path.display().to_string())
+        ),
+        None => String::new(),
+    };
     let options = RestoreOptions {
-        pgdata: std::path::absolute(&args.pgdata).context("--pgdata")?,
-        target,
-        timeline: timeline(&args.target.target_timeline)?,
-        action: match args.target_action {
-            Action::Promote => TargetAction::Promote,
-            Action::Pause => TargetAction::Pause,
-            Action::Shutdown => TargetAction::Shutdown,
-        },
-        inclusive: args.target_inclusive,
-        backup,
+        pgdata,
+        request,
         restore_command: format!(
-            "{} --repo {} wal-fetch %f %p",
-            shell_quote(&exe.display().to_string()),
-            shell_quote(&url.to_string())
+            "{} {env_option}--repo {} wal-fetch %f %p",
+            command_word(&exe.display().to_string()),
+            command_word(&url.to_string())
         ),
         keep_archiving: args.archive,
         concurrency: usize::from(args.concurrency),
@@ -100,6 +123,13 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let started = std::time::Instant::now();
     let report = tidemark_restorer::restore::restore(repo, &options).await?;
+    if let Some(path) = &env_file {
+        crate::env_file::write(path, &settings, server_owner())?;
+        println!(
+            "storage settings for restore_command written to {}",
+            path.display()
+        );
+    }
     let prepared = started.elapsed();
     print_plan(&report.plan);
     println!(
@@ -113,6 +143,13 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         println!("tablespace {oid} restored into {}", dir.display());
     }
     if !args.start {
+        if let (Some(objects), Some(instant)) = (objects, time_target) {
+            // The bucket is restored to the target time right after the database files;
+            // the database reaches the same instant when PostgreSQL is started.
+            let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+            let (objects_report, _) = objects.run(&repo, instant).await?;
+            crate::objects::print_report(&objects_report);
+        }
         println!(
             "recovery settings written; start PostgreSQL on {} to recover",
             options.pgdata.display()
@@ -131,7 +168,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         },
         timeout: std::time::Duration::from_secs(args.start_timeout),
     };
-    let (pgdata, action, port) = (options.pgdata.clone(), options.action, start.port);
+    let (pgdata, action, port) = (options.pgdata.clone(), options.request.action, start.port);
     let recovering = std::time::Instant::now();
     let restored =
         tokio::task::spawn_blocking(move || start_and_wait(&pgdata, major, &start, action))
@@ -222,24 +259,19 @@ pub async fn plan(
     json: bool,
 ) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
-    let target = target(opts)?;
-    let backup = backup.map(str::parse::<BackupId>).transpose()?;
+    let request = request(opts, backup)?;
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let seg = segment_size(&repo).await?;
-    let plan = tidemark_restorer::plan::plan(
-        &repo,
-        seg,
-        &target,
-        timeline(&opts.target_timeline)?,
-        backup.as_ref(),
-    )
-    .await?;
+    let plan = tidemark_restorer::plan::plan(&repo, seg, &request).await?;
     if json {
         let value = serde_json::json!({
             "backup": plan.backup.id.to_string(),
             "backup_start_lsn": plan.backup.start_lsn.to_string(),
             "backup_stop_lsn": plan.backup.stop_lsn.to_string(),
             "target": plan.target.to_string(),
+            "target_inclusive": plan.inclusive,
+            "timeline": plan.timeline.0,
+            "note": plan.note,
             "wal_first": plan.wal_first.file_name(seg),
             "wal_last": plan.wal_last.file_name(seg),
             "archive_end": plan.archive_end.to_string(),

@@ -5,6 +5,8 @@
 //! Architecture invariant: never imports `tidemark-archiver`; reaches the repository only
 //! through `tidemark-store`, and works without a catalog.
 
+pub mod archived;
+pub mod lineage;
 pub mod objects;
 pub mod plan;
 pub mod prefetch;

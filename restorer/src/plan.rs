@@ -1,25 +1,25 @@
 //! Restore planning: which backup, which WAL, and whether the target is reachable at
 //! all — decided from the repository alone before anything is written.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use futures::{StreamExt, TryStreamExt};
-
-use tidemark_protocol::{
-    parse_history, HistoryEntry, Lsn, SegmentName, TimelineId, WalSegmentSize,
-};
+use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::backup::{BackupId, BackupInfo};
-use tidemark_store::layout;
 use tidemark_store::repository::{CompleteMarker, RepoError, Repository};
-use tidemark_store::wal_summary::WalSummary;
+use tidemark_store::wal_summary::RestorePoint;
 
-use crate::target::{RecoveryTarget, TimelineTarget};
+use crate::archived::{last_record_start, summaries, ArchivedWal};
+use crate::lineage::{Lineage, Timelines};
+use crate::target::{Occurrence, RecoveryTarget, TargetAction, TimelineTarget};
 
 /// What a restore will do.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub backup: BackupInfo,
+    /// Where recovery stops, as PostgreSQL is told (the planner may have made it exact).
     pub target: RecoveryTarget,
+    /// Whether recovery stops after the target (`recovery_target_inclusive`).
+    pub inclusive: bool,
+    /// The timeline recovery ends on.
+    pub timeline: TimelineId,
     /// First and last WAL segment recovery needs (the last may be partial).
     pub wal_first: SegmentName,
     pub wal_last: SegmentName,
@@ -73,123 +73,95 @@ pub enum PlanError {
         timeline: TimelineId,
         backup: BackupId,
     },
+    #[error("restore point {name:?} was made more than once ({occurrences}); recovery would stop at whichever it meets first; HINT: add --target-occurrence newest, oldest or a number from the list, or use --target-lsn")]
+    AmbiguousName { name: String, occurrences: String },
+    #[error("restore point {name:?} occurs {count} time(s) in the archive, not {asked}; HINT: see `tidemark plan --target-name` without --target-occurrence for the list")]
+    NoSuchOccurrence {
+        name: String,
+        asked: usize,
+        count: usize,
+    },
+    #[error("no whole WAL record found at the end of the archive ({archive_end}), so recovery cannot be told where to pause or shut down; HINT: use --target-action promote, or a --target-lsn")]
+    NoRecordAtEnd { archive_end: Lsn },
     #[error("the history file of timeline {0} is damaged: {1}")]
     BadHistory(TimelineId, String),
     #[error(transparent)]
     Repository(#[from] RepoError),
 }
 
-/// What the repository holds of one timeline's WAL.
-struct ArchivedWal {
-    complete: BTreeSet<u64>,
-    /// The newest partial segment: its number, end and key.
-    partial: Option<(u64, Lsn, String)>,
-    /// Partial segments of segments not stored complete (the newest, and the tail
-    /// before each accepted gap): end and key, by segment number.
-    tails: BTreeMap<u64, (Lsn, String)>,
+/// What to plan a restore for.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub target: RecoveryTarget,
+    pub timeline: TimelineTarget,
+    /// `--target-inclusive`: whether recovery stops after (or before) the target.
+    pub inclusive: bool,
+    /// What the server does at the target: for pause and shutdown even "latest" needs a
+    /// target PostgreSQL can reach, or it would promote.
+    pub action: TargetAction,
+    pub backup: Option<BackupId>,
+    /// Which restore point, when a name was used more than once.
+    pub occurrence: Occurrence,
 }
 
-impl ArchivedWal {
-    async fn list(
-        repo: &Repository,
-        timeline: TimelineId,
-        seg: WalSegmentSize,
-    ) -> Result<Self, RepoError> {
-        let prefix = layout::wal_timeline_prefix(timeline);
-        let listing = repo.list(&prefix).await?;
-        let mut complete = BTreeSet::new();
-        let mut partial_segnos = Vec::new();
-        for info in listing {
-            match layout::parse_wal_key(&info.key, seg) {
-                Some(k) if !k.partial => {
-                    complete.insert(k.name.segno);
-                }
-                Some(k) => partial_segnos.push((k.name, info.key)),
-                None => {}
-            }
-        }
-        // Partials of completed segments are superseded; the others end what is there.
-        let mut tails = BTreeMap::new();
-        for (name, key) in partial_segnos {
-            if complete.contains(&name.segno) {
-                continue;
-            }
-            let head = repo.head(&key).await?;
-            let end = head
-                .and_then(|h| h.metadata.get(tidemark_store::meta::END_LSN).cloned())
-                .and_then(|v| v.parse::<Lsn>().ok());
-            if let Some(end) = end {
-                tails.insert(name.segno, (end, key));
-            }
-        }
-        let top = complete.last().copied();
-        let partial = tails
-            .last_key_value()
-            .filter(|(s, _)| top.is_none_or(|t| **s > t))
-            .map(|(s, (end, key))| (*s, *end, key.clone()));
-        Ok(ArchivedWal {
-            complete,
-            partial,
-            tails,
-        })
-    }
-
-    /// The end of WAL that is unbroken from segment `from`, and the first missing
-    /// segment (if the run stops before the newest archived WAL).
-    fn unbroken_from(&self, from: u64, seg: WalSegmentSize) -> (Lsn, Option<u64>) {
-        let mut next = from;
-        while self.complete.contains(&next) {
-            next += 1;
-        }
-        let newest = self.complete.last().copied().map_or(0, |t| t + 1);
-        match (&self.partial, self.tails.get(&next)) {
-            (Some((p, end, _)), _) if *p == next => (*end, None),
-            // The tail before a gap: the WAL stops within this segment.
-            (_, Some((end, _))) => (*end, Some(next)),
-            _ => {
-                let end = Lsn(next * seg.bytes());
-                let later_partial = self.partial.as_ref().is_some_and(|(p, _, _)| *p > next);
-                let gap = (next < newest || later_partial).then_some(next);
-                (end, gap)
-            }
-        }
-    }
-}
-
-/// Plan a restore to `target`, from `backup` if given, else the newest backup that
-/// ends before the target.
+/// Plan a restore: resolve the timeline recovery ends on, keep the backups on its line,
+/// locate a restore point or transaction along that line, choose the newest backup that
+/// ends before the target (or check the one asked for), and prove the WAL is there.
 pub async fn plan(
     repo: &Repository,
     seg: WalSegmentSize,
-    target: &RecoveryTarget,
-    timeline_target: TimelineTarget,
-    backup: Option<&BackupId>,
+    req: &PlanRequest,
 ) -> Result<Plan, PlanError> {
+    let target = &req.target;
     let backups = repo.backups().await?;
-    let oldest = backups.first().cloned().ok_or(PlanError::NoBackups)?;
-    // Restore points and transactions are found in the WAL summaries; a backup must end
-    // before them. Unknown (unsummarised WAL): only the oldest backup is certain to.
-    let located = match target {
-        RecoveryTarget::Name(_) | RecoveryTarget::Xid(_) => {
-            let newest = backups.last().unwrap_or(&oldest);
-            locate(repo, seg, TimelineId(newest.timeline), target).await?
-        }
-        _ => None,
-    };
-    let ends_before = |b: &BackupInfo| match (target, located) {
-        (RecoveryTarget::Lsn(l), _) => b.stop_lsn <= *l,
-        (RecoveryTarget::Time(t), _) => b.stop_time <= *t,
-        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), Some(at)) => b.stop_lsn <= at,
-        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), None) => b.id == oldest.id,
-        _ => true,
-    };
-    let chosen = match backup {
+    if backups.is_empty() {
+        return Err(PlanError::NoBackups);
+    }
+    let on_line = on_the_line(repo, &backups, req.timeline).await?;
+    let requested = match &req.backup {
         Some(id) => {
             let b = backups
                 .iter()
                 .find(|b| &b.id == id)
-                .cloned()
                 .ok_or_else(|| PlanError::UnknownBackup(id.clone()))?;
+            let found = on_line.iter().find(|(c, _)| c.id == b.id).cloned();
+            Some(found.ok_or_else(|| {
+                PlanError::NotDescendant {
+                    timeline: on_line
+                        .last()
+                        .map_or(TimelineId(b.timeline), |(_, l)| l.last),
+                    backup: b.id.clone(),
+                }
+            })?)
+        }
+        None => None,
+    };
+    let (oldest, newest) = match (&requested, on_line.first(), on_line.last()) {
+        (Some(r), _, _) => (r.clone(), r.clone()),
+        (None, Some(o), Some(n)) => (o.clone(), n.clone()),
+        _ => unreachable!("on_the_line never returns an empty list"),
+    };
+    // Restore points and transactions are found in the WAL summaries along the line; a
+    // backup must end before them. Unknown (unsummarised WAL): only the oldest backup is
+    // certain to.
+    let located = match target {
+        RecoveryTarget::Name(_) | RecoveryTarget::Xid(_) => {
+            let start =
+                SegmentName::containing(TimelineId(oldest.0.timeline), oldest.0.start_lsn, seg);
+            locate(repo, seg, &newest.1, start, req).await?
+        }
+        _ => None,
+    };
+    let at = located.as_ref().map(|l| l.lsn);
+    let ends_before = |b: &BackupInfo| match (target, at) {
+        (RecoveryTarget::Lsn(l), _) => b.stop_lsn <= *l,
+        (RecoveryTarget::Time(t), _) => b.stop_time <= *t,
+        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), Some(at)) => b.stop_lsn <= at,
+        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), None) => b.id == oldest.0.id,
+        _ => true,
+    };
+    let (chosen, lineage) = match requested {
+        Some((b, lineage)) => {
             if !ends_before(&b) {
                 return Err(PlanError::BackupAfterTarget {
                     backup: b.id.clone(),
@@ -197,22 +169,22 @@ pub async fn plan(
                     target: target.clone(),
                 });
             }
-            b
+            (b, lineage)
         }
-        None => backups
+        None => on_line
             .iter()
             .rev()
-            .find(|b| ends_before(b))
+            .find(|(b, _)| ends_before(b))
             .cloned()
             .ok_or_else(|| PlanError::BeforeOldestBackup {
                 target: target.clone(),
-                oldest: oldest.id.clone(),
-                end: describe_end(&oldest),
+                oldest: oldest.0.id.clone(),
+                end: describe_end(&oldest.0),
             })?,
     };
 
-    let (timeline, wal, wal_first, archive_end, gap) =
-        follow_timelines(repo, seg, &chosen, timeline_target).await?;
+    let (wal, wal_first, archive_end, gap) = follow_timelines(repo, seg, &chosen, &lineage).await?;
+    let timeline = wal.timeline;
     // The WAL recovery must have: through the target's LSN when it has one, else all of it.
     let needed_end = match target {
         RecoveryTarget::Lsn(l) => *l,
@@ -225,7 +197,8 @@ pub async fn plan(
         backup: chosen.id.clone(),
         target: target.clone(),
     };
-    if covered > archive_end {
+    let beyond = covered > archive_end || at.is_some_and(|at| at >= archive_end);
+    if beyond {
         return Err(match gap {
             Some(missing) => gap_error(missing),
             None => PlanError::BeyondArchive {
@@ -244,7 +217,7 @@ pub async fn plan(
         // is reached before it (a transaction in the WAL before the gap ended after it).
         let reached_before = match target {
             RecoveryTarget::Time(t) => {
-                xact_after(repo, &wal, timeline, seg, from, Some(missing.segno), t).await?
+                xact_reaching(repo, &wal, seg, from, Some(missing.segno), t, req.inclusive).await?
             }
             _ => false,
         };
@@ -252,13 +225,18 @@ pub async fn plan(
             return Err(gap_error(missing));
         }
     }
-    let mut resolved = target.clone();
-    let mut note = None;
+    let mut resolved = located
+        .as_ref()
+        .and_then(|l| l.exact.clone())
+        .unwrap_or_else(|| target.clone());
+    let mut inclusive = req.inclusive || located.as_ref().is_some_and(|l| l.exact.is_some());
+    let mut note = located.and_then(|l| l.note);
     if let RecoveryTarget::Time(t) = target {
-        if !xact_after(repo, &wal, timeline, seg, from, None, t).await? {
-            // PostgreSQL stops on a time only at a transaction that ended after it; with
-            // none in the archive, the end of the archive is the same database — if the
-            // archive provably held everything written up to the target time.
+        if !xact_reaching(repo, &wal, seg, from, None, t, req.inclusive).await? {
+            // PostgreSQL stops on a time only at a transaction that ended after it (at or
+            // after it, when exclusive); with none in the archive, the end of the archive
+            // is the same database — if the archive provably held everything written up
+            // to the target time.
             let marker = repo.complete_marker(timeline).await?;
             let when = |m: &CompleteMarker| {
                 format!(
@@ -271,7 +249,8 @@ pub async fn plan(
             match marker {
                 Some(m) if m.server_time >= *t && m.lsn <= archive_end => {
                     note = Some(format!(
-                        "no transaction ended after {target}; the archive was {}, so recovery runs to its end",
+                        "no transaction ended {} {target}; the archive was {}, so recovery runs to its end",
+                        if req.inclusive { "after" } else { "at or after" },
                         when(&m)
                     ));
                     resolved = RecoveryTarget::Latest;
@@ -288,10 +267,28 @@ pub async fn plan(
             }
         }
     }
+    if resolved == RecoveryTarget::Latest && req.action != TargetAction::Promote {
+        // Without a target PostgreSQL promotes at the end of the WAL whatever the target
+        // action says: name the archive's last whole record, so that it pauses or shuts
+        // down there instead.
+        let last = last_record_start(repo, &wal, seg, archive_end)
+            .await?
+            .ok_or(PlanError::NoRecordAtEnd { archive_end })?;
+        let end_note =
+            format!("recovery stops after the archive's last whole record, at LSN {last}");
+        note = Some(match note {
+            Some(n) => format!("{n}; {end_note}"),
+            None => end_note,
+        });
+        resolved = RecoveryTarget::Lsn(last);
+        inclusive = true;
+    }
     let wal_last = SegmentName::containing(timeline, Lsn(covered.0.saturating_sub(1)), seg);
     Ok(Plan {
         backup: chosen,
         target: resolved,
+        inclusive,
+        timeline,
         wal_first,
         wal_last,
         archive_end,
@@ -299,209 +296,210 @@ pub async fn plan(
     })
 }
 
-/// The timeline recovery ends on: the backup's own (`current`), the one asked for, or
-/// (`latest`) the highest timeline in the repository whose history descends from it.
-async fn final_timeline(
+/// The backups recovery can start from, oldest first, each with the line of timelines it
+/// would follow (PostgreSQL picks the final timeline from the backup's own one: see
+/// [`Timelines::final_for`]). A backup on a line the final timeline branched off before
+/// the backup ended is left out: restoring from it would reach a different history.
+async fn on_the_line(
     repo: &Repository,
-    backup: &BackupInfo,
+    backups: &[BackupInfo],
     wanted: TimelineTarget,
-) -> Result<(TimelineId, Vec<HistoryEntry>), PlanError> {
-    let own = TimelineId(backup.timeline);
-    let candidates: Vec<TimelineId> = match wanted {
-        TimelineTarget::Current => return Ok((own, Vec::new())),
-        TimelineTarget::Id(t) if t == own => return Ok((own, Vec::new())),
-        TimelineTarget::Id(t) => vec![t],
-        TimelineTarget::Latest => {
-            let listing = repo.list(layout::WAL_PREFIX).await?;
-            let mut tlis: Vec<TimelineId> = listing
-                .iter()
-                .filter_map(|o| layout::parse_history_key(&o.key))
-                .filter(|t| *t > own)
-                .collect();
-            tlis.sort();
-            tlis.reverse();
-            tlis
-        }
-    };
-    for tli in candidates {
-        let bytes = match repo.history(tli).await? {
-            Some(bytes) => bytes,
-            None if wanted == TimelineTarget::Latest => continue,
-            None => return Err(PlanError::UnknownTimeline(tli)),
-        };
-        let history =
-            parse_history(&bytes).map_err(|e| PlanError::BadHistory(tli, e.to_string()))?;
-        // It must branch from the backup's timeline after the backup became consistent.
-        match history.iter().find(|e| e.parent == own) {
-            Some(e) if e.switch_lsn >= backup.stop_lsn => return Ok((tli, history)),
-            _ if wanted == TimelineTarget::Latest => continue,
-            _ => {
-                return Err(PlanError::NotDescendant {
-                    timeline: tli,
-                    backup: backup.id.clone(),
-                })
+) -> Result<Vec<(BackupInfo, Lineage)>, PlanError> {
+    let mut timelines = Timelines::list(repo).await?;
+    let mut out = Vec::new();
+    let mut refused = None;
+    for b in backups {
+        let last = timelines.final_for(b, wanted);
+        match timelines.lineage(last).await {
+            Ok(lineage) if lineage.descends_from(b) => out.push((b.clone(), lineage)),
+            Ok(_) => {
+                refused.get_or_insert(PlanError::NotDescendant {
+                    timeline: last,
+                    backup: b.id.clone(),
+                });
             }
+            Err(e @ (PlanError::UnknownTimeline(_) | PlanError::BadHistory(..))) => {
+                refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok((own, Vec::new()))
+    match (out.is_empty(), refused) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(PlanError::NoBackups),
+        _ => Ok(out),
+    }
 }
 
-/// Walk the archived WAL from the backup's start along the timelines recovery follows:
-/// each timeline up to the segment where the next one branches off (that segment itself
-/// comes from the new timeline, which holds a copy of the old one's part), then the final
-/// timeline to its end. Returns the final timeline, its WAL, the first segment, where the
-/// unbroken WAL ends, and the first missing segment if the WAL stops short.
+/// Walk the archived WAL from the backup's start along the line of timelines: each
+/// timeline up to the segment where the next one branches off (that segment itself comes
+/// from the new timeline, which holds a copy of the old one's part), then the final
+/// timeline to its end. Returns the WAL of the timeline where the walk ended, the first
+/// segment, where the unbroken WAL ends, and the first missing segment if it stops short.
 async fn follow_timelines(
     repo: &Repository,
     seg: WalSegmentSize,
     backup: &BackupInfo,
-    wanted: TimelineTarget,
-) -> Result<
-    (
-        TimelineId,
-        ArchivedWal,
-        SegmentName,
-        Lsn,
-        Option<SegmentName>,
-    ),
-    PlanError,
-> {
-    let (last, history) = final_timeline(repo, backup, wanted).await?;
+    lineage: &Lineage,
+) -> Result<(ArchivedWal, SegmentName, Lsn, Option<SegmentName>), PlanError> {
     let own = TimelineId(backup.timeline);
     let first = SegmentName::containing(own, backup.start_lsn, seg);
-    // Each timeline before the last, with the LSN where the next one branches off.
-    let branches = history
-        .iter()
-        .filter(|e| e.parent >= own)
-        .map(|e| (e.parent, e.switch_lsn));
     let mut pos = backup.start_lsn;
-    for (tli, switch) in branches {
+    for (tli, leaves) in lineage.from(own) {
         let wal = ArchivedWal::list(repo, tli, seg).await?;
-        let (end, _) = wal.unbroken_from(pos.segment_number(seg), seg);
-        let needed = switch.segment_start(seg);
-        if end < needed {
-            let missing = SegmentName::containing(tli, end, seg);
-            return Ok((tli, wal, first, end, Some(missing)));
+        let (end, gap) = wal.unbroken_from(pos.segment_number(seg), seg);
+        match leaves {
+            Some(switch) if end >= switch.segment_start(seg) => pos = switch.segment_start(seg),
+            Some(_) => {
+                let missing = SegmentName::containing(tli, end, seg);
+                return Ok((wal, first, end, Some(missing)));
+            }
+            None => return Ok((wal, first, end, gap.map(|g| SegmentName::new(tli, g)))),
         }
-        pos = needed;
     }
-    let wal = ArchivedWal::list(repo, last, seg).await?;
-    let (end, gap) = wal.unbroken_from(pos.segment_number(seg), seg);
-    Ok((
-        last,
-        wal,
-        first,
-        end,
-        gap.map(|g| SegmentName::new(last, g)),
-    ))
+    unreachable!("a lineage always ends with its last timeline")
 }
 
-/// Where a restore point or transaction is in the archived WAL of `timeline`: the
-/// restore point's LSN, or the start of the earliest segment whose transactions' xid range
-/// holds the xid. `None` when some WAL has no summary and the target was not found in the
-/// rest; an error when every object is summarised and none holds it.
+/// A restore point or transaction found along the line.
+struct Located {
+    /// Where it is: the restore point's LSN, or the start of the earliest segment whose
+    /// transactions' xid range holds the xid.
+    lsn: Lsn,
+    /// The exact target to give PostgreSQL instead of the name (one occurrence of a name
+    /// used several times: its LSN, inclusive), if the name alone is not enough.
+    exact: Option<RecoveryTarget>,
+    note: Option<String>,
+}
+
+/// Find a restore point or transaction in the summarised WAL along `lineage`, from
+/// segment `from` (where the oldest usable backup starts: nothing before it can be
+/// reached) on. `None` when some of that WAL has no summary and the target was not found
+/// in the rest; an error when every object is summarised and none holds it, or when a
+/// name was used more than once and no occurrence was chosen.
 async fn locate(
     repo: &Repository,
     seg: WalSegmentSize,
-    timeline: TimelineId,
-    target: &RecoveryTarget,
-) -> Result<Option<Lsn>, PlanError> {
-    let wal = ArchivedWal::list(repo, timeline, seg).await?;
-    let mut keys: Vec<(u64, String)> = wal
-        .complete
-        .iter()
-        .map(|&s| {
-            (
-                s,
-                layout::wal_segment_key(SegmentName::new(timeline, s), seg),
-            )
-        })
-        .collect();
-    if let Some((p, _, key)) = &wal.partial {
-        keys.push((*p, key.clone()));
-    }
-    let heads: Vec<(u64, Option<WalSummary>)> = futures::stream::iter(keys)
-        .map(|(segno, key)| async move {
-            let head = repo.head(&key).await?;
-            Ok::<_, RepoError>((
-                segno,
-                head.and_then(|h| WalSummary::from_metadata(&h.metadata)),
-            ))
-        })
-        .buffered(16)
-        .try_collect()
-        .await?;
+    lineage: &Lineage,
+    from: SegmentName,
+    req: &PlanRequest,
+) -> Result<Option<Located>, PlanError> {
+    let target = &req.target;
+    let mut points: Vec<RestorePoint> = Vec::new();
     let mut all_known = true;
-    for (segno, summary) in heads {
-        let Some(summary) = summary else {
-            all_known = false;
-            continue;
-        };
-        let found = match target {
-            RecoveryTarget::Name(n) => summary
-                .restore_points
-                .iter()
-                .find(|r| &r.name == n)
-                .map(|r| r.lsn),
-            RecoveryTarget::Xid(x) => {
-                let x = *x as u32; // the xid without its epoch, as WAL records carry it
-                match (summary.xid_min, summary.xid_max) {
-                    (Some(lo), Some(hi)) if lo <= x && x <= hi => {
-                        Some(SegmentName::new(timeline, segno).start_lsn(seg))
+    for (tli, leaves) in lineage.from(from.timeline) {
+        let wal = ArchivedWal::list(repo, tli, seg).await?;
+        let first = if tli == from.timeline { from.segno } else { 0 };
+        let to = leaves.map_or(u64::MAX, |l| l.segment_number(seg));
+        for (segno, summary) in summaries(repo, wal.keys(first, to, seg)).await? {
+            let Some(summary) = summary else {
+                all_known = false;
+                continue;
+            };
+            match target {
+                RecoveryTarget::Name(n) => points.extend(
+                    summary
+                        .restore_points
+                        .into_iter()
+                        .filter(|r| &r.name == n && lineage.holds(tli, r.lsn)),
+                ),
+                RecoveryTarget::Xid(x) => {
+                    let x = *x as u32; // the xid without its epoch, as WAL records carry it
+                    let start = SegmentName::new(tli, segno).start_lsn(seg);
+                    let holds = matches!((summary.xid_min, summary.xid_max),
+                        (Some(lo), Some(hi)) if lo <= x && x <= hi);
+                    if holds && lineage.holds(tli, start) {
+                        return Ok(Some(Located {
+                            lsn: start,
+                            exact: None,
+                            note: None,
+                        }));
                     }
-                    _ => None,
                 }
+                _ => {}
             }
-            _ => None,
-        };
-        if found.is_some() {
-            return Ok(found);
         }
     }
-    if all_known {
-        return Err(PlanError::NotInArchive(target.clone()));
+    if points.is_empty() {
+        return if all_known {
+            Err(PlanError::NotInArchive(target.clone()))
+        } else {
+            Ok(None)
+        };
     }
-    Ok(None)
+    let RecoveryTarget::Name(name) = target else {
+        unreachable!("only restore points are collected")
+    };
+    let count = points.len();
+    let pick = match req.occurrence {
+        Occurrence::Only if count == 1 => {
+            return Ok(Some(Located {
+                lsn: points[0].lsn,
+                exact: None,
+                note: None,
+            }))
+        }
+        Occurrence::Only => {
+            return Err(PlanError::AmbiguousName {
+                name: name.clone(),
+                occurrences: points
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        format!(
+                            "{}: {} at LSN {}",
+                            i + 1,
+                            r.time.format("%Y-%m-%d %H:%M:%S%.6f+00"),
+                            r.lsn
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })
+        }
+        Occurrence::Oldest => 0,
+        Occurrence::Newest => count - 1,
+        Occurrence::Nth(n) if (1..=count).contains(&n) => n - 1,
+        Occurrence::Nth(n) => {
+            return Err(PlanError::NoSuchOccurrence {
+                name: name.clone(),
+                asked: n,
+                count,
+            })
+        }
+    };
+    let point = &points[pick];
+    Ok(Some(Located {
+        lsn: point.lsn,
+        exact: Some(RecoveryTarget::Lsn(point.lsn)),
+        note: Some(format!(
+            "restore point {name:?} occurs {count} times; using occurrence {} of {count}, made at {}: recovery stops right after it, at LSN {}",
+            pick + 1,
+            point.time.format("%Y-%m-%d %H:%M:%S%.6f+00"),
+            point.lsn
+        )),
+    }))
 }
 
-/// Whether the archive (from segment `from` on, and before segment `before` if given —
-/// the WAL short of a gap) may hold a transaction that ended after `t`: scanning the WAL
-/// summaries backwards from the newest, stop at the first segment
-/// whose transactions all ended at or before `t`. An object without a summary counts as
-/// "may hold one" (then PostgreSQL decides, as it would without tidemark).
-async fn xact_after(
+/// Whether the archive (from segment `from` on, and up to segment `before` if given —
+/// the WAL short of a gap) may hold a transaction that ended after `t` (at or after it
+/// when not `inclusive`): where PostgreSQL stops on a time target. Every object is
+/// read, because commit times need not grow with the LSN. An object without a summary
+/// counts as "may hold one" (then PostgreSQL decides, as it would without tidemark).
+async fn xact_reaching(
     repo: &Repository,
     wal: &ArchivedWal,
-    timeline: TimelineId,
     seg: WalSegmentSize,
     from: u64,
     before: Option<u64>,
     t: &chrono::DateTime<chrono::FixedOffset>,
+    inclusive: bool,
 ) -> Result<bool, RepoError> {
-    let mut keys: Vec<String> = Vec::new();
-    let tail = match before {
-        None => wal.partial.as_ref().map(|(_, _, key)| key),
-        Some(gap) => wal.tails.get(&gap).map(|(_, key)| key),
-    };
-    keys.extend(tail.cloned());
-    keys.extend(
-        wal.complete
-            .range(from..before.unwrap_or(u64::MAX))
-            .rev()
-            .map(|&s| layout::wal_segment_key(SegmentName::new(timeline, s), seg)),
-    );
-    for key in keys {
-        let head = repo.head(&key).await?;
-        let Some(summary) = head.and_then(|h| WalSummary::from_metadata(&h.metadata)) else {
-            return Ok(true);
-        };
-        match summary.last_xact {
-            Some(last) if last > *t => return Ok(true),
-            Some(_) => return Ok(false),
-            None => continue,
-        }
-    }
-    Ok(false)
+    let keys = wal.keys(from, before.unwrap_or(u64::MAX), seg);
+    Ok(summaries(repo, keys).await?.into_iter().any(|(_, s)| {
+        let Some(s) = s else { return true };
+        s.last_xact
+            .is_some_and(|last| last > *t || (!inclusive && last == *t))
+    }))
 }
 
 fn describe_end(b: &BackupInfo) -> String {

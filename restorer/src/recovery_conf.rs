@@ -1,7 +1,10 @@
 //! The recovery settings a restored data directory starts with: `restore_command`, the
 //! target, `recovery.signal`, and `archive_mode = off` unless asked (a side restore must
 //! never push WAL into the production archive). Written into `postgresql.auto.conf`,
-//! which PostgreSQL reads last, atomically (temp, fsync, rename).
+//! which PostgreSQL reads last, atomically (temp, fsync, rename). Recovery settings the
+//! backed-up cluster carried (a cluster that was itself restored keeps its old target)
+//! are commented out there and overridden for any other configuration file, so only
+//! tidemark's own apply; a `standby.signal` it carried is removed.
 
 use std::fs;
 use std::io::{self, Write};
@@ -22,9 +25,39 @@ pub struct RecoverySettings {
     pub keep_archiving: bool,
 }
 
-/// A value as a quoted configuration-file string.
+/// Settings that steer recovery, with the value that makes each inert: any that
+/// tidemark does not write itself is set to it, ahead of tidemark's own lines, so a value
+/// from `postgresql.conf` or an included file cannot add a second target. (Every name
+/// exists on PostgreSQL 14–18: an unknown one would stop the server.)
+const INERT: &[(&str, &str)] = &[
+    ("recovery_target", "''"),
+    ("recovery_target_name", "''"),
+    ("recovery_target_time", "''"),
+    ("recovery_target_xid", "''"),
+    ("recovery_target_lsn", "''"),
+    ("recovery_target_inclusive", "on"),
+    ("recovery_target_action", "'pause'"),
+    ("recovery_end_command", "''"),
+    ("archive_cleanup_command", "''"),
+    ("recovery_min_apply_delay", "0"),
+    ("primary_conninfo", "''"),
+    ("primary_slot_name", "''"),
+];
+
+/// A value as a quoted configuration-file string (PostgreSQL reads backslash escapes in
+/// quoted values, so backslashes are doubled too).
 fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The setting a configuration line assigns, if any (`name = value` or `name value`).
+fn setting_name(line: &str) -> Option<String> {
+    let line = line.trim_start();
+    if line.starts_with('#') {
+        return None;
+    }
+    let end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))?;
+    (end > 0).then(|| line[..end].to_ascii_lowercase())
 }
 
 impl RecoverySettings {
@@ -67,24 +100,48 @@ impl RecoverySettings {
         out
     }
 
-    /// Append the settings to `<data_dir>/postgresql.auto.conf` and create
-    /// `recovery.signal`.
+    /// Every line to append: inert values for the recovery settings tidemark does not
+    /// write, then its own.
+    fn all_lines(&self) -> Vec<(String, String)> {
+        let own = self.lines();
+        let mut out: Vec<(String, String)> = INERT
+            .iter()
+            .filter(|(name, _)| !own.iter().any(|(n, _)| n == name))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        out.extend(own);
+        out
+    }
+
+    /// Comment out the recovery settings already in `<data_dir>/postgresql.auto.conf`,
+    /// append tidemark's, create `recovery.signal` and remove any `standby.signal`.
     pub fn write(&self, data_dir: &Path) -> io::Result<()> {
         let auto = data_dir.join("postgresql.auto.conf");
-        let mut content = match fs::read_to_string(&auto) {
+        let old = match fs::read_to_string(&auto) {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
-        if !content.is_empty() && !content.ends_with('\n') {
+        let lines = self.all_lines();
+        let mut content = String::new();
+        for line in old.lines() {
+            let ours = setting_name(line).is_some_and(|n| lines.iter().any(|(o, _)| *o == n));
+            if ours {
+                content.push_str("# (disabled by tidemark restore) ");
+            }
+            content.push_str(line);
             content.push('\n');
         }
         content.push_str("# recovery settings written by tidemark restore\n");
-        for (name, value) in self.lines() {
+        for (name, value) in lines {
             content.push_str(&format!("{name} = {value}\n"));
         }
         write_atomically(&auto, content.as_bytes())?;
-        write_atomically(&data_dir.join("recovery.signal"), b"")
+        write_atomically(&data_dir.join("recovery.signal"), b"")?;
+        match fs::remove_file(data_dir.join("standby.signal")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -155,6 +212,44 @@ mod tests {
             .any(|(n, _)| n.starts_with("recovery_target_") && n != "recovery_target_timeline"));
         let imm = settings(RecoveryTarget::Immediate).lines();
         assert!(imm.contains(&("recovery_target".into(), "'immediate'".into())));
+    }
+
+    #[test]
+    fn quoting_survives_quotes_backslashes_and_spaces() {
+        assert_eq!(quote(r"C:\a b\it's"), r"'C:\\a b\\it''s'");
+    }
+
+    #[test]
+    fn old_recovery_settings_are_disabled_and_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "work_mem = '8MB'\nrecovery_target_name = 'old'\nrestore_command='cp x %p'\nRecovery_Target_Action = promote\n",
+        )
+        .unwrap();
+        fs::write(dir.path().join("standby.signal"), "").unwrap();
+        settings(RecoveryTarget::Latest).write(dir.path()).unwrap();
+        let conf = fs::read_to_string(dir.path().join("postgresql.auto.conf")).unwrap();
+        let active: Vec<&str> = conf
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect();
+        assert_eq!(active[0], "work_mem = '8MB'");
+        assert!(active.contains(&"recovery_target_name = ''"), "{conf}");
+        assert!(
+            active.contains(&"recovery_target_action = 'pause'"),
+            "{conf}"
+        );
+        assert_eq!(
+            active
+                .iter()
+                .filter(|l| l.starts_with("restore_command"))
+                .count(),
+            1,
+            "{conf}"
+        );
+        assert!(conf.contains("# (disabled by tidemark restore) recovery_target_name = 'old'"));
+        assert!(!dir.path().join("standby.signal").exists());
     }
 
     #[test]

@@ -9,25 +9,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidemark_protocol::WalSegmentSize;
-use tidemark_store::backup::BackupId;
 use tidemark_store::repository::{RepoError, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::plan::{plan, Plan, PlanError};
+use crate::plan::{plan, Plan, PlanError, PlanRequest};
 use crate::recovery_conf::RecoverySettings;
-use crate::target::{RecoveryTarget, TargetAction, TimelineTarget};
 use crate::unpack::{unpack_tar, UnpackError};
 
 /// What to restore, where, and how recovery should end.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub pgdata: PathBuf,
-    pub target: RecoveryTarget,
-    pub timeline: TimelineTarget,
-    pub action: TargetAction,
-    pub inclusive: bool,
-    pub backup: Option<BackupId>,
+    /// The target, timeline, action and backup.
+    pub request: PlanRequest,
     /// The command PostgreSQL runs to fetch WAL (`… wal-fetch %f %p`).
     pub restore_command: String,
     pub keep_archiving: bool,
@@ -105,14 +100,7 @@ pub async fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     let seg = segment_size(&repo).await?;
-    let plan = plan(
-        &repo,
-        seg,
-        &opts.target,
-        opts.timeline,
-        opts.backup.as_ref(),
-    )
-    .await?;
+    let plan = plan(&repo, seg, &opts.request).await?;
     // Refuse before writing anything anywhere.
     for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
         if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
@@ -143,9 +131,9 @@ pub async fn restore(
     let settings = RecoverySettings {
         restore_command: opts.restore_command.clone(),
         target: plan.target.clone(),
-        timeline: opts.timeline,
-        action: opts.action,
-        inclusive: opts.inclusive,
+        timeline: opts.request.timeline,
+        action: opts.request.action,
+        inclusive: plan.inclusive,
         keep_archiving: opts.keep_archiving,
     };
     settings.write(&opts.pgdata).map_err(io_at(&opts.pgdata))?;
@@ -159,7 +147,7 @@ pub async fn restore(
 }
 
 /// `<pgdata><suffix>`, beside the data directory.
-pub(crate) fn sibling(pgdata: &Path, suffix: &str) -> PathBuf {
+pub fn sibling(pgdata: &Path, suffix: &str) -> PathBuf {
     let mut name = pgdata.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

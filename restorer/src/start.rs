@@ -110,7 +110,8 @@ pub fn start_and_wait(
             TargetAction::Promote => {
                 text.contains("database system is ready to accept connections")
             }
-            TargetAction::Pause => text.contains("recovery has paused"),
+            // PostgreSQL 14+ logs this when it pauses at the recovery target.
+            TargetAction::Pause => text.contains("pausing at the end of recovery"),
             TargetAction::Shutdown => {
                 exited.is_some() && text.contains("shutdown at recovery target")
             }
@@ -158,8 +159,9 @@ fn report(log: &str, action: TargetAction, path: PathBuf, pid: u32) -> Restored 
     }
 }
 
-/// `postgres` refuses root: when running as root, the server runs as the `postgres` user.
-fn server_owner() -> Option<(u32, u32)> {
+/// `postgres` refuses root: when running as root, the server runs as the `postgres` user
+/// (uid, gid); `None` when not root.
+pub fn server_owner() -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return None;

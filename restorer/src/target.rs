@@ -36,6 +36,33 @@ pub enum TargetAction {
     Shutdown,
 }
 
+/// Which occurrence of a restore point name to stop at, when it was made more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Occurrence {
+    /// The name must be unique in the archive.
+    #[default]
+    Only,
+    Oldest,
+    Newest,
+    /// The n-th, counting from 1 at the oldest.
+    Nth(usize),
+}
+
+impl std::str::FromStr for Occurrence {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "oldest" => Ok(Occurrence::Oldest),
+            "newest" => Ok(Occurrence::Newest),
+            n => match n.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Occurrence::Nth(n)),
+                _ => Err(TargetError::BadOccurrence(s.to_string())),
+            },
+        }
+    }
+}
+
 /// The raw target options, as typed.
 #[derive(Debug, Clone, Default)]
 pub struct TargetArgs {
@@ -61,6 +88,8 @@ pub enum TargetError {
     BadXid(String),
     #[error("restore point name {0:?} is empty or longer than 63 bytes")]
     BadName(String),
+    #[error("--target-occurrence {0:?} is not oldest, newest or a positive number")]
+    BadOccurrence(String),
 }
 
 impl TargetArgs {
@@ -252,6 +281,12 @@ mod tests {
         assert!(matches!(
             args(|a| a.name = Some("x".repeat(64))).resolve(),
             Err(TargetError::BadName(_))
+        ));
+        assert_eq!("newest".parse(), Ok(Occurrence::Newest));
+        assert_eq!("2".parse(), Ok(Occurrence::Nth(2)));
+        assert!(matches!(
+            "0".parse::<Occurrence>(),
+            Err(TargetError::BadOccurrence(_))
         ));
     }
 }

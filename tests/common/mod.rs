@@ -63,7 +63,7 @@ impl Repo {
 
     pub fn url(&self) -> String {
         match self {
-            Repo::File { dir } => format!("file://{}/repo", dir.path().display()),
+            Repo::File { dir } => file_url(&dir.path().join("repo")),
             Repo::S3 { bucket, .. } => format!("s3://{bucket}/{}", S3_PREFIX.trim_end_matches('/')),
         }
     }
@@ -567,6 +567,20 @@ pub fn configure_recovery(data_dir: &Path, restore_command: &str) {
     )
     .unwrap();
     fs::write(data_dir.join("recovery.signal"), b"").unwrap();
+}
+
+/// The `file://` URL of `path`, every byte outside `[A-Za-z0-9/._~-]` percent-encoded.
+pub fn file_url(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut url = String::from("file://");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._~-".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
 }
 
 /// Let the postgres user read a `file://` repository written by root.
