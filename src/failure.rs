@@ -15,6 +15,7 @@ use tidemark_protocol::conninfo::ConnInfoError;
 use tidemark_protocol::replication::ReplicationError;
 use tidemark_restorer::objects::ObjectRestoreError;
 use tidemark_restorer::plan::PlanError;
+use tidemark_restorer::probe::ProbeError;
 use tidemark_restorer::restore::RestoreError;
 use tidemark_restorer::start::StartError;
 use tidemark_restorer::target::TargetError;
@@ -153,7 +154,7 @@ fn code(err: &anyhow::Error) -> u8 {
                 _ => REFUSED,
             };
         }
-        if cause.is::<StartError>() {
+        if cause.is::<StartError>() || cause.is::<ProbeError>() {
             return LOCAL;
         }
         if let Some(e) = cause.downcast_ref::<PlanError>() {

@@ -5,6 +5,7 @@ use chrono::Utc;
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::TimelineId;
 use tidemark_restorer::plan::{Plan, PlanRequest};
+use tidemark_restorer::probe::probe;
 use tidemark_restorer::restore::{segment_size, sibling, RestoreOptions};
 use tidemark_restorer::start::{server_owner, start_and_wait, Restored, StartOptions};
 use tidemark_restorer::target::{
@@ -122,9 +123,41 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     };
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let started = std::time::Instant::now();
-    let report = tidemark_restorer::restore::restore(repo, &options).await?;
     if let Some(path) = &env_file {
         crate::env_file::write(path, &settings, server_owner())?;
+    }
+    // The server will run restore_command as its own user with only what tidemark wrote:
+    // try it before anything is restored. With --start that server is started right away,
+    // so a failure is refused; without, the DBA still has the chance to fix it first.
+    let probed = tokio::task::spawn_blocking({
+        let command = options.restore_command.clone();
+        move || probe(&command, server_owner())
+    })
+    .await
+    .context("the restore_command check failed")?;
+    let probed = match probed {
+        Err(e) if !args.start => {
+            eprintln!("warning: {e}; PostgreSQL will not recover until this is fixed");
+            Ok(())
+        }
+        other => other,
+    };
+    let report = match probed {
+        Ok(()) => tidemark_restorer::restore::restore(repo, &options)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            if let Some(path) = &env_file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(path) = &env_file {
         println!(
             "storage settings for restore_command written to {}",
             path.display()

@@ -203,6 +203,8 @@ fn bad_restore_requests_are_refused_and_write_nothing() {
         ),
         (vec!["--backup", "yesterday"], 2, "not a backup id"),
     ];
+    // A repository the server could read: the refusals are the targets' own.
+    share_with_postgres(&archiver.repo_dir_for_postgres());
     for (args, code, needle) in cases {
         let mut all = vec!["restore", "--pgdata", &data_s];
         all.extend_from_slice(&args);

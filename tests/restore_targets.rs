@@ -2,7 +2,8 @@
 //! the last commit, pause and shutdown at the end of the archive, recovery settings a
 //! restored cluster carried into its backups, targets on the new line of a timeline fork,
 //! restore point names made twice, the bucket of a coordinated restore without `--start`,
-//! and `restore_command` for paths holding quotes, spaces, backslashes and `%`.
+//! `restore_command` for paths holding quotes, spaces, backslashes and `%`, and a
+//! repository the server's user cannot read.
 
 mod common;
 
@@ -452,6 +453,48 @@ fn restore_command_survives_quotes_spaces_backslashes_and_percent_in_paths() {
         .arg(&data);
     let out = run(cmd);
     assert!(out.status.success(), "{}", stderr(&out));
+    let restored = start_recovered(dir, one_mb());
+    assert_eq!(bursts(&restored), "1,2");
+}
+
+#[test]
+fn a_repository_the_server_user_cannot_read_is_refused_before_start_writes_anything() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test reproduces a root-run archiver; run the suite as root"
+    );
+    let (cluster, mut archiver) = streamed(one_mb());
+    rows(&cluster, 1);
+    backup(&archiver);
+    rows(&cluster, 2);
+    finish(&cluster, &mut archiver);
+
+    // Root wrote the file:// repository: its files are private to root, and the server
+    // runs restore_command as postgres.
+    let dir = tidemark_fixtures::test_dir("unreadable-repo");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let out = run(archiver.command(&["restore", "--pgdata", data_s, "--start"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("restore_command fails when run as the server's user")
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!data.exists(), "a refused restore wrote {data_s}");
+
+    // Without --start the DBA is warned, and recovers once the repository is shared.
+    let out = run(archiver.command(&["restore", "--pgdata", data_s]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: restore_command fails when run as the server's user"),
+        "{}",
+        stderr(&out)
+    );
+    share_with_postgres(&archiver.repo_dir_for_postgres());
     let restored = start_recovered(dir, one_mb());
     assert_eq!(bursts(&restored), "1,2");
 }

@@ -10,6 +10,7 @@ pub mod lineage;
 pub mod objects;
 pub mod plan;
 pub mod prefetch;
+pub mod probe;
 pub mod recovery_conf;
 pub mod restore;
 pub mod start;

@@ -612,18 +612,19 @@ pub fn delete_catalog(archiver: &Archiver) {
 }
 
 /// `tidemark restore` with `args` into a fresh directory, which must succeed; a `file://`
-/// repository is shared with the postgres user, who runs `wal-fetch` during recovery.
+/// repository is first shared with the postgres user, who runs `wal-fetch` during
+/// recovery (restore checks that it can).
 /// Returns the directory holding `data/`.
 pub fn restore_into(archiver: &Archiver, args: &[&str]) -> TempDir {
     let dir = tidemark_fixtures::test_dir("pitr");
     let data = dir.path().join("data");
     let mut all = vec!["restore", "--pgdata", data.to_str().unwrap()];
     all.extend_from_slice(args);
-    let out = run(archiver.command(&all));
-    assert!(out.status.success(), "restore {args:?}: {}", stderr(&out));
     if archiver.repo_url.starts_with("file://") {
         share_with_postgres(&archiver.repo_dir_for_postgres());
     }
+    let out = run(archiver.command(&all));
+    assert!(out.status.success(), "restore {args:?}: {}", stderr(&out));
     dir
 }
 
