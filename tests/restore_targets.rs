@@ -3,7 +3,7 @@
 //! restored cluster carried into its backups, targets on the new line of a timeline fork,
 //! restore point names made twice, the bucket of a coordinated restore without `--start`,
 //! `restore_command` for paths holding quotes, spaces, backslashes and `%`, and a
-//! repository the server's user cannot read.
+//! repository the server's user cannot read, and a gap that refuses only what is after it.
 
 mod common;
 
@@ -497,4 +497,54 @@ fn a_repository_the_server_user_cannot_read_is_refused_before_start_writes_anyth
     share_with_postgres(&archiver.repo_dir_for_postgres());
     let restored = start_recovered(dir, one_mb());
     assert_eq!(bursts(&restored), "1,2");
+}
+
+#[test]
+fn a_gap_in_the_archive_refuses_only_the_targets_after_it() {
+    let (cluster, mut archiver) = streamed(one_mb());
+    let now = || cluster.psql("SELECT clock_timestamp()").unwrap();
+    rows(&cluster, 1);
+    backup(&archiver);
+    rows(&cluster, 2);
+    let before_gap = now();
+    let lsn_before_gap = current_lsn(&cluster);
+    rows(&cluster, 3);
+    switch_wal(&cluster);
+    let gap_start = current_lsn(&cluster);
+    rows(&cluster, 4);
+    let after_gap = now();
+    switch_wal(&cluster);
+    rows(&cluster, 5);
+    finish(&cluster, &mut archiver);
+
+    // The segment holding burst 4 is lost from the repository.
+    let lost = tidemark_protocol::SegmentName::containing(
+        tidemark_protocol::TimelineId(1),
+        gap_start,
+        seg(),
+    );
+    let key = tidemark_store::layout::wal_segment_key(lost, seg());
+    let root = archiver.repo_dir_for_postgres();
+    std::fs::remove_file(root.join(&key)).unwrap();
+    let _ = std::fs::remove_file(root.join(format!("{key}.meta.json")));
+
+    // Targets before the gap restore from the backup before it, with exactly their rows.
+    let dir = restore_into(&archiver, &["--target-time", &before_gap]);
+    assert_eq!(bursts(&start_recovered(dir, one_mb())), "1,2");
+    let dir = restore_into(&archiver, &["--target-lsn", &lsn_before_gap.to_string()]);
+    assert_eq!(bursts(&start_recovered(dir, one_mb())), "1,2");
+
+    // Targets after it, and the end of the archive, are refused naming the lost segment.
+    let missing = lost.file_name(seg());
+    for target in [vec!["--target-time", after_gap.as_str()], vec![]] {
+        let dir = tidemark_fixtures::test_dir("after-gap");
+        let data = dir.path().join("data");
+        let mut args = vec!["restore", "--pgdata", data.to_str().unwrap()];
+        args.extend_from_slice(&target);
+        let out = run(archiver.command(&args));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{target:?}: {err}");
+        assert!(err.contains(&missing), "{target:?}: {err}");
+        assert!(!data.exists(), "{target:?} wrote the data directory");
+    }
 }

@@ -480,7 +480,7 @@ async fn locate(
     }))
 }
 
-/// Whether the archive (from segment `from` on, and up to segment `before` if given —
+/// Whether the archive (from segment `from` on, and short of segment `before` if given —
 /// the WAL short of a gap) may hold a transaction that ended after `t` (at or after it
 /// when not `inclusive`): where PostgreSQL stops on a time target. Every object is
 /// read, because commit times need not grow with the LSN. An object without a summary
@@ -494,7 +494,12 @@ async fn xact_reaching(
     t: &chrono::DateTime<chrono::FixedOffset>,
     inclusive: bool,
 ) -> Result<bool, RepoError> {
-    let keys = wal.keys(from, before.unwrap_or(u64::MAX), seg);
+    let to = match before {
+        Some(0) => return Ok(false),
+        Some(b) => b - 1,
+        None => u64::MAX,
+    };
+    let keys = wal.keys(from, to, seg);
     Ok(summaries(repo, keys).await?.into_iter().any(|(_, s)| {
         let Some(s) = s else { return true };
         s.last_xact
