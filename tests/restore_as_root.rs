@@ -136,6 +136,7 @@ fn restore_start_as_root_with_a_tablespace_recovers_instead_of_failing_with_eacc
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "PG {major}: {stdout}{}", stderr(&out));
         let _running = Running::from(&stdout);
+        assert!(!stdout.contains("warning"), "PG {major}: {stdout}");
         assert_eq!(
             psql_port(&cluster, &port, "SELECT count(*), max(id) FROM u"),
             "1100|1100",

@@ -211,57 +211,73 @@ pub fn start_and_wait(
     loop {
         let text = fs::read_to_string(&log).unwrap_or_default();
         let exited = child.try_wait().map_err(io("wait for postgres".into()))?;
-        let done = match action {
-            TargetAction::Promote => promoted(&text),
-            // PostgreSQL 14+ logs this when it pauses at the recovery target.
-            TargetAction::Pause => text.contains("pausing at the end of recovery"),
-            TargetAction::Shutdown => {
-                exited.is_some() && text.contains("shutdown at recovery target")
+        match progress(&text, action, exited.is_some()) {
+            Progress::Reached => return Ok(report(&text, action, log, child.id())),
+            Progress::Stopped(reason) => return Err(StartError::Failed { reason, log }),
+            Progress::Promoted(reason) => {
+                // Never wait for a pause or shutdown that cannot come: stop the primary
+                // nobody asked for (fast shutdown) and say why recovery ended.
+                // SAFETY: signalling the server this function started.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let _ = child.wait();
+                return Err(StartError::UnexpectedPromotion {
+                    asked: match action {
+                        TargetAction::Pause => "a pause",
+                        _ => "a shutdown",
+                    },
+                    reason,
+                    log,
+                });
             }
-        };
-        if done {
-            return Ok(report(&text, action, log, child.id()));
-        }
-        if exited.is_some() {
-            return Err(StartError::Failed {
-                reason: failure_reason(&text),
-                log,
-            });
-        }
-        if action != TargetAction::Promote && promoted(&text) {
-            // Never wait for a pause or shutdown that cannot come: stop the primary
-            // nobody asked for (fast shutdown) and say why recovery ended.
-            // SAFETY: signalling the server this function started.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait();
-            let text = fs::read_to_string(&log).unwrap_or(text);
-            let reason = text
-                .lines()
-                .filter(|l| l.contains("redo done at") || l.contains("recovery stopping"))
-                .chain(
-                    text.lines()
-                        .filter(|l| l.contains("selected new timeline ID")),
-                )
-                .map(|l| l.split_once("LOG:  ").map_or(l, |(_, m)| m).trim())
-                .collect::<Vec<_>>();
-            let reason = if reason.is_empty() {
-                failure_reason(&text)
-            } else {
-                reason.join(" | ")
-            };
-            return Err(StartError::UnexpectedPromotion {
-                asked: match action {
-                    TargetAction::Pause => "a pause",
-                    _ => "a shutdown",
-                },
-                reason,
-                log,
-            });
+            Progress::Recovering => {}
         }
         if started.elapsed() > opts.timeout {
             return Err(StartError::Timeout(opts.timeout));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Where recovery is, read from the server's log.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Recovering,
+    /// Ended as the target action said.
+    Reached,
+    /// The server exited otherwise; its reason.
+    Stopped(String),
+    /// Promoted although a pause or shutdown was asked; where recovery ended.
+    Promoted(String),
+}
+
+fn progress(log: &str, action: TargetAction, exited: bool) -> Progress {
+    let reached = match action {
+        TargetAction::Promote => promoted(log),
+        // PostgreSQL 14+ logs this when it pauses at the recovery target.
+        TargetAction::Pause => log.contains("pausing at the end of recovery"),
+        TargetAction::Shutdown => exited && log.contains("shutdown at recovery target"),
+    };
+    if reached {
+        Progress::Reached
+    } else if exited {
+        Progress::Stopped(failure_reason(log))
+    } else if promoted(log) {
+        let ended: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                [
+                    "recovery stopping",
+                    "redo done at",
+                    "selected new timeline ID",
+                ]
+                .iter()
+                .any(|m| l.contains(m))
+            })
+            .map(|l| l.split_once("LOG:  ").map_or(l, |(_, m)| m).trim())
+            .collect();
+        Progress::Promoted(ended.join(" | "))
+    } else {
+        Progress::Recovering
     }
 }
 
@@ -362,5 +378,43 @@ mod tests {
             "recovery ended before configured recovery target was reached"
         );
         assert_eq!(failure_reason("a\nb\nc\nd"), "b | c | d");
+    }
+
+    #[test]
+    fn a_promotion_when_a_pause_was_asked_fails_at_once() {
+        let log = "2026-11-21 10:00:01 UTC [2] LOG:  redo done at 0/3000148 system usage: CPU: user: 0.00 s
+2026-11-21 10:00:01 UTC [2] LOG:  selected new timeline ID: 2
+2026-11-21 10:00:01 UTC [1] LOG:  database system is ready to accept connections";
+        for action in [TargetAction::Pause, TargetAction::Shutdown] {
+            assert_eq!(
+                progress(log, action, false),
+                Progress::Promoted(
+                    "redo done at 0/3000148 system usage: CPU: user: 0.00 s | selected new timeline ID: 2"
+                        .into()
+                )
+            );
+        }
+        assert_eq!(
+            progress(log, TargetAction::Promote, false),
+            Progress::Reached
+        );
+        let paused = "LOG:  recovery stopping after commit\nLOG:  pausing at the end of recovery";
+        assert_eq!(
+            progress(paused, TargetAction::Pause, false),
+            Progress::Reached
+        );
+        let hot = "LOG:  database system is ready to accept read-only connections";
+        assert_eq!(
+            progress(hot, TargetAction::Pause, false),
+            Progress::Recovering
+        );
+        assert_eq!(
+            progress(
+                "FATAL:  could not open file \"x\": Permission denied",
+                TargetAction::Pause,
+                true
+            ),
+            Progress::Stopped("could not open file \"x\": Permission denied".into())
+        );
     }
 }
