@@ -31,6 +31,9 @@ const OWN_NAMES: &[&str] = &[
     "standby.signal",
     "tablespace_map",
     "backup_manifest",
+    // wal-fetch's prefetch cache (relative to the data directory, where PostgreSQL runs
+    // restore_command).
+    ".tidemark-prefetch",
 ];
 
 /// Why a chunk could not be unpacked.
@@ -362,6 +365,7 @@ mod tests {
             "./recovery.signal",
             "postgresql.auto.conf.tidemark-tmp",
             "tablespace_map",
+            ".tidemark-prefetch",
         ] {
             let (_dir, r) = unpack(&[(name, Some("/etc/passwd"))]);
             assert!(
