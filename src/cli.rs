@@ -246,8 +246,9 @@ pub struct RestoreArgs {
     /// target, and report where it stopped (the server keeps running)
     #[arg(long)]
     pub start: bool,
-    /// Directory of the PostgreSQL binaries for --start [default:
-    /// /usr/lib/postgresql/<major>/bin, else `postgres` on PATH]
+    /// Directory of the PostgreSQL binaries for --start; they must be of the backup's
+    /// major [default: the first of /usr/lib/postgresql/<major>/bin,
+    /// /opt/tidemark/pg/<major>/bin, `pg_config --bindir` and `postgres` on PATH that is of that major]
     #[arg(long, value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
     /// Port for --start [default: a free one]

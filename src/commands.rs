@@ -224,6 +224,12 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
         info.raw_size() as f64 / (1 << 20) as f64,
         info.chunks().count()
     );
+    if !info.skipped_files.is_empty() {
+        println!(
+            "left out by the server (a restore lacks them): {}",
+            info.skipped_files.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -142,8 +142,9 @@ fn code(err: &anyhow::Error) -> u8 {
                 RestoreError::Plan(_)
                 | RestoreError::NotEmpty(_)
                 | RestoreError::NotARepository => REFUSED,
-                RestoreError::Unpack(UnpackError::Hostile { .. }) => REFUSED,
-                RestoreError::Unpack(_) | RestoreError::Io { .. } => LOCAL,
+                RestoreError::Unpack(UnpackError::Io { .. } | UnpackError::Check { .. })
+                | RestoreError::Io { .. } => LOCAL,
+                RestoreError::Unpack(_) => REFUSED,
                 RestoreError::Task(_) => INTERNAL,
             };
         }

@@ -6,8 +6,8 @@ use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::TimelineId;
 use tidemark_restorer::plan::{Plan, PlanRequest};
 use tidemark_restorer::probe::probe;
-use tidemark_restorer::restore::{segment_size, sibling, RestoreOptions};
-use tidemark_restorer::start::{server_owner, start_and_wait, Restored, StartOptions};
+use tidemark_restorer::restore::{plan_restore, segment_size, sibling, RestoreOptions};
+use tidemark_restorer::start::{find_bindir, server_owner, start_and_wait, Restored, StartOptions};
 use tidemark_restorer::target::{
     parse_time, Occurrence, RecoveryTarget, TargetAction, TargetArgs, TimelineTarget,
 };
@@ -123,6 +123,12 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     };
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let started = std::time::Instant::now();
+    let plan = plan_restore(&repo, &options).await?;
+    // The backup's own major runs it, found before anything is written.
+    let bindir = match args.start {
+        true => Some(find_bindir(plan.backup.pg_major, args.pg_bin.as_deref())?),
+        false => None,
+    };
     if let Some(path) = &env_file {
         crate::env_file::write(path, &settings, server_owner())?;
     }
@@ -143,7 +149,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         other => other,
     };
     let report = match probed {
-        Ok(()) => tidemark_restorer::restore::restore(repo, &options)
+        Ok(()) => tidemark_restorer::restore::restore(repo, plan, &options)
             .await
             .map_err(anyhow::Error::from),
         Err(e) => Err(e.into()),
@@ -175,7 +181,14 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     for (oid, dir) in &report.tablespaces {
         println!("tablespace {oid} restored into {}", dir.display());
     }
-    if !args.start {
+    for link in &report.absolute_links {
+        println!(
+            "warning: {} restored as a link to {}, which must exist on this host",
+            link.link.display(),
+            link.target.display()
+        );
+    }
+    let Some(bindir) = bindir else {
         if let (Some(objects), Some(instant)) = (objects, time_target) {
             // The bucket is restored to the target time right after the database files;
             // the database reaches the same instant when PostgreSQL is started.
@@ -188,13 +201,11 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
             options.pgdata.display()
         );
         return Ok(());
-    }
+    };
     let major = report.plan.backup.pg_major;
     let start = StartOptions {
-        bindir: match &args.pg_bin {
-            Some(dir) => dir.clone(),
-            None => default_bindir(major),
-        },
+        bindir,
+        also_owned: report.tablespaces.iter().map(|(_, d)| d.clone()).collect(),
         port: match args.port {
             Some(p) => p,
             None => free_port().context("cannot find a free port for --start; pass --port")?,
@@ -268,17 +279,6 @@ fn restored_conninfo(cli: &Cli, port: u16) -> anyhow::Result<ConnInfo> {
     Ok(info)
 }
 
-/// Debian's layout for `major`, else whatever `postgres` is on PATH.
-fn default_bindir(major: u32) -> std::path::PathBuf {
-    let debian = std::path::PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-    if debian.join("postgres").exists() {
-        return debian;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).find(|d| d.join("postgres").exists()))
-        .unwrap_or(debian)
-}
-
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -308,6 +308,7 @@ pub async fn plan(
             "wal_first": plan.wal_first.file_name(seg),
             "wal_last": plan.wal_last.file_name(seg),
             "archive_end": plan.archive_end.to_string(),
+            "skipped_files": plan.backup.skipped_files,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -319,6 +320,11 @@ pub async fn plan(
 fn print_plan(plan: &Plan) {
     if let Some(note) = &plan.note {
         println!("{note}");
+    }
+    for path in &plan.backup.skipped_files {
+        println!(
+            "warning: the backup lacks {path:?}: the server left it out (PostgreSQL copies no symlink outside pg_tblspc); HINT: put the file back by hand after the restore"
+        );
     }
     println!(
         "backup {} (WAL {} .. {}, finished {}), recovering to {}",

@@ -322,3 +322,77 @@ fn a_backup_cut_off_midway_leaves_none_of_its_chunks_in_the_repository() {
     assert!(left.is_empty(), "the cut-off backup left {left:?}");
     assert_eq!(archiver.terminate(), 0);
 }
+
+#[test]
+fn a_symlink_in_pgdata_the_server_skips_is_warned_about_at_backup_time_not_in_the_disaster() {
+    for major in tidemark_fixtures::pg_majors() {
+        let cluster = Cluster::start(tidemark_fixtures::ClusterOptions { major, ..one_mb() })
+            .expect("cluster");
+        let seg = WalSegmentSize::new(1 << 20).unwrap();
+        // An admin's certificate kept outside PGDATA through a link, and a relative link.
+        let certs = tidemark_fixtures::test_dir("certs");
+        let cert = certs.path().join("server.crt");
+        fs::write(&cert, "certificate").unwrap();
+        let data = cluster.data_dir();
+        std::os::unix::fs::symlink(&cert, data.join("server.crt")).unwrap();
+        std::os::unix::fs::symlink("PG_VERSION", data.join("version.link")).unwrap();
+        let repo = Repo::file();
+        let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+        archiver.init();
+        archiver.start();
+
+        let out = run(archiver.command(&["backup"]));
+        let (stdout, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(out.status.success(), "PG {major}: {err}");
+        for name in ["server.crt", "version.link"] {
+            assert!(
+                err.contains(&format!("the server left \"{name}\" out of the backup"))
+                    && err.contains("HINT: replace the link by a regular file"),
+                "PG {major}: no warning for {name}: {err}"
+            );
+        }
+        assert!(
+            stdout.contains("left out by the server (a restore lacks them): "),
+            "PG {major}: {stdout}"
+        );
+        let listed = run(archiver.command(&["list", "backups", "--json"]));
+        let backups: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+        let mut skipped: Vec<&str> = backups[0]["skipped_files"]
+            .as_array()
+            .unwrap_or_else(|| panic!("PG {major}: no skipped_files: {:#}", backups[0]))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        skipped.sort_unstable();
+        assert_eq!(skipped, ["server.crt", "version.link"], "PG {major}");
+        let through = switch_wal(&cluster);
+        archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+        assert_eq!(archiver.terminate(), 0);
+
+        let planned = run(archiver.command(&["plan", "--json"]));
+        let plan: serde_json::Value = serde_json::from_slice(&planned.stdout)
+            .unwrap_or_else(|_| panic!("PG {major}: {}", stderr(&planned)));
+        assert_eq!(
+            plan["skipped_files"].as_array().unwrap().len(),
+            2,
+            "{plan:#}"
+        );
+        let dir = tidemark_fixtures::test_dir("skipped");
+        let restored = dir.path().join("data");
+        let out = run(archiver.command(&["restore", "--pgdata", restored.to_str().unwrap()]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "PG {major}: {}", stderr(&out));
+        assert!(
+            stdout.contains("warning: the backup lacks \"server.crt\""),
+            "PG {major}: {stdout}"
+        );
+        // Exactly what the warnings said: the links are missing, the rest is there.
+        assert!(restored.join("PG_VERSION").is_file(), "PG {major}");
+        for name in ["server.crt", "version.link"] {
+            assert!(
+                fs::symlink_metadata(restored.join(name)).is_err(),
+                "PG {major}: {name} restored"
+            );
+        }
+    }
+}

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tidemark_protocol::conninfo::ConnInfo;
-use tidemark_protocol::replication::{BackupEvent, BaseBackupOptions, ReplicationClient};
+use tidemark_protocol::replication::{
+    skipped_file, BackupEvent, BaseBackupOptions, ReplicationClient,
+};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::backup::{ArchiveInfo, BackupClaim, BackupId, BackupInfo, ChunkInfo};
 use tidemark_store::crashsafe;
@@ -34,7 +36,7 @@ use tidemark_store::storage::{Body, Metadata};
 use tidemark_store::Sealed;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
 use crate::error::ArchiverError;
@@ -158,6 +160,7 @@ async fn store(
         stop_time: Utc::now(),
         archives: taken.archives,
         manifest_key: taken.manifest_key,
+        skipped_files: taken.skipped_files,
     };
     with_retry("store backup.json", || repo.put_backup_info(&info)).await?;
     Ok(info)
@@ -171,6 +174,7 @@ struct Taken {
     end_timeline: TimelineId,
     archives: Vec<ArchiveInfo>,
     manifest_key: Option<String>,
+    skipped_files: Vec<String>,
 }
 
 /// The chunk being written and the uploads in flight.
@@ -393,6 +397,7 @@ async fn take(
     let manifest_path = work.join("backup_manifest");
     let mut manifest: Option<(BufWriter<File>, crc32fast::Hasher, u64)> = None;
     let mut splitter = TarSplitter::new();
+    let mut skipped_files = Vec::new();
     let started = Instant::now();
     let streamed = async {
         let end = loop {
@@ -419,6 +424,20 @@ async fn take(
                         report_progress(done_bytes, total_kb * 1024, started);
                     }
                 }
+                BackupEvent::Notice { severity, message } => match skipped_file(&message) {
+                    Some(path) => {
+                        warn!(
+                            "the server left {path:?} out of the backup (PostgreSQL copies \
+                             only regular files and directories; a symlink outside pg_tblspc is \
+                             skipped), so a restore will lack it; HINT: replace the link by a \
+                             regular file, or keep the file outside the data directory and \
+                             point postgresql.conf at it"
+                        );
+                        skipped_files.push(path.to_string());
+                    }
+                    None if severity == "WARNING" => warn!("server: {message}"),
+                    None => info!(%severity, "server: {message}"),
+                },
                 BackupEvent::End {
                     end_lsn,
                     end_timeline,
@@ -475,6 +494,7 @@ async fn take(
         end_timeline,
         archives,
         manifest_key,
+        skipped_files,
     })
 }
 

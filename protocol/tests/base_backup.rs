@@ -162,6 +162,9 @@ async fn drain(mut backup: BaseBackup, out: &Path) -> Taken {
                 file.as_mut().unwrap().write_all(&bytes).unwrap();
             }
             BackupEvent::Progress { done_bytes } => progress.push(done_bytes),
+            BackupEvent::Notice { severity, message } => {
+                panic!("a plain cluster's backup sent a notice: {severity}: {message}")
+            }
             BackupEvent::End {
                 end_lsn,
                 end_timeline,

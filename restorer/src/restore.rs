@@ -1,6 +1,7 @@
-//! `tidemark restore`: plan, then fetch and unpack the chosen backup's chunks in parallel
-//! into an empty data directory, put PostgreSQL's manifest beside them, and write the
-//! recovery settings. Refuses a non-empty directory (DESIGN invariant 5).
+//! `tidemark restore`: plan (`plan_restore`, which writes nothing), then fetch and unpack
+//! the chosen backup's chunks in parallel into an empty data directory (`restore`), check
+//! the links they hold, put PostgreSQL's manifest beside them, and write the recovery
+//! settings. Refuses a non-empty directory (DESIGN invariant 5).
 
 use std::fs;
 use std::io;
@@ -15,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::plan::{plan, Plan, PlanError, PlanRequest};
 use crate::recovery_conf::RecoverySettings;
-use crate::unpack::{unpack_tar, UnpackError};
+use crate::unpack::{check_links, unpack_tar, AbsoluteLink, UnpackError};
 
 /// What to restore, where, and how recovery should end.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct RestoreReport {
     pub bytes: u64,
     pub chunks: usize,
     pub tablespaces: Vec<(String, PathBuf)>,
+    /// Links restored as they were, pointing at absolute paths (they work only where
+    /// those exist).
+    pub absolute_links: Vec<AbsoluteLink>,
     pub fetch_time: Duration,
 }
 
@@ -94,19 +98,24 @@ fn empty_dir(dir: &Path) -> Result<(), RestoreError> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_at(dir))
 }
 
-/// Plan and restore. Nothing is written when planning fails.
-pub async fn restore(
-    repo: Repository,
-    opts: &RestoreOptions,
-) -> Result<RestoreReport, RestoreError> {
-    let seg = segment_size(&repo).await?;
-    let plan = plan(&repo, seg, &opts.request).await?;
-    // Refuse before writing anything anywhere.
+/// Plan the restore `opts` asks for and check its directories are free; writes nothing.
+pub async fn plan_restore(repo: &Repository, opts: &RestoreOptions) -> Result<Plan, RestoreError> {
+    let seg = segment_size(repo).await?;
+    let plan = plan(repo, seg, &opts.request).await?;
     for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
         if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
             return Err(RestoreError::NotEmpty(dir));
         }
     }
+    Ok(plan)
+}
+
+/// Restore `plan` (from [`plan_restore`] with the same `opts`).
+pub async fn restore(
+    repo: Repository,
+    plan: Plan,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
     empty_dir(&opts.pgdata)?;
     let scratch = sibling(&opts.pgdata, ".tidemark-restore-tmp");
     fs::create_dir_all(&scratch).map_err(io_at(&scratch))?;
@@ -115,6 +124,10 @@ pub async fn restore(
     let _ = fs::remove_dir_all(&scratch);
     let (bytes, chunks, tablespaces) = fetched?;
     let fetch_time = started.elapsed();
+    let mut absolute_links = check_links(&opts.pgdata)?;
+    for (_, dir) in &tablespaces {
+        absolute_links.extend(check_links(dir)?);
+    }
 
     if let Some(key) = &plan.backup.manifest_key {
         repo.fetch_verified(key, &opts.pgdata.join("backup_manifest"))
@@ -142,6 +155,7 @@ pub async fn restore(
         bytes,
         chunks,
         tablespaces,
+        absolute_links,
         fetch_time,
     })
 }

@@ -2,6 +2,11 @@
 //! its target, then report where it stopped — read from the server's own log (with
 //! `lc_messages = C`), so no login to the restored cluster is needed. The server keeps
 //! running afterwards (detached), unless the target action was `shutdown`.
+//!
+//! The binaries are those of the backup's major ([`find_bindir`], checked before anything
+//! is restored); as root the server runs as `postgres`, and every restored directory is
+//! handed to it without following a single link. When recovery fails, the server's own
+//! FATAL and PANIC lines are the reason reported.
 
 use std::fs::{self, File};
 use std::io;
@@ -16,8 +21,11 @@ use crate::target::TargetAction;
 /// How to run the restored cluster.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
-    /// Directory holding `postgres`.
+    /// Directory holding `postgres` of the backup's major (see [`find_bindir`]).
     pub bindir: PathBuf,
+    /// Restored directories besides the data directory (the tablespaces): as root, they
+    /// are handed to the server's user too.
+    pub also_owned: Vec<PathBuf>,
     pub port: u16,
     /// How long recovery may take.
     pub timeout: Duration,
@@ -40,6 +48,8 @@ pub struct Restored {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("the backup is from PostgreSQL {major}, and no PostgreSQL {major} binaries were found (looked at {}); nothing was restored; HINT: install PostgreSQL {major}, or pass --pg-bin with the directory of its binaries", looked.join(", "))]
+    NoBinaries { major: u32, looked: Vec<String> },
     #[error("cannot run {}: {source}; HINT: pass --pg-bin with the directory of PostgreSQL {major}'s binaries", path.display())]
     Spawn {
         path: PathBuf,
@@ -53,10 +63,103 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
-    #[error("PostgreSQL stopped during recovery: {last_lines}; the data directory is left as it is for inspection (log: {})", log.display())]
-    Failed { last_lines: String, log: PathBuf },
+    #[error("PostgreSQL stopped during recovery: {reason}; the data directory is left as it is for inspection (log: {})", log.display())]
+    Failed { reason: String, log: PathBuf },
+    #[error("recovery ended and PostgreSQL was promoted, but {asked} at the target was asked: {reason}; the server was stopped and the data directory is left as it is for inspection (log: {})", log.display())]
+    UnexpectedPromotion {
+        asked: &'static str,
+        reason: String,
+        log: PathBuf,
+    },
     #[error("recovery did not reach its target within {0:?}; PostgreSQL is still running")]
     Timeout(Duration),
+}
+
+/// The major of the `postgres` in `bindir`, from `postgres --version`
+/// ("postgres (PostgreSQL) 16.4 …"); `None` when there is none or it does not run.
+fn bindir_major(bindir: &Path) -> Option<u32> {
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split(')').nth(1)?.split_whitespace().next()?;
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The directory of PostgreSQL `major`'s binaries: `explicit` (`--pg-bin`) if given,
+/// else the first of `/usr/lib/postgresql/<major>/bin`, `/opt/tidemark/pg/<major>/bin`,
+/// `pg_config --bindir` and `postgres` on `PATH` whose `postgres --version` is that
+/// major. Refuses, naming every place it looked, when none is.
+pub fn find_bindir(major: u32, explicit: Option<&Path>) -> Result<PathBuf, StartError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    match explicit {
+        Some(dir) => candidates.push(dir.to_path_buf()),
+        None => {
+            candidates.push(format!("/usr/lib/postgresql/{major}/bin").into());
+            candidates.push(format!("/opt/tidemark/pg/{major}/bin").into());
+            let pg_config = Command::new("pg_config")
+                .arg("--bindir")
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output();
+            if let Some(out) = pg_config.ok().filter(|o| o.status.success()) {
+                let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if !dir.is_empty() {
+                    candidates.push(dir.into());
+                }
+            }
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            candidates
+                .extend(std::env::split_paths(&path).filter(|d| d.join("postgres").is_file()));
+        }
+    }
+    let mut looked = Vec::new();
+    for dir in candidates {
+        match bindir_major(&dir) {
+            Some(m) if m == major => return Ok(dir),
+            Some(m) => looked.push(format!("{} (PostgreSQL {m})", dir.display())),
+            None => looked.push(format!("{} (no postgres)", dir.display())),
+        }
+    }
+    Err(StartError::NoBinaries { major, looked })
+}
+
+/// The server's own reason for stopping: its FATAL and PANIC lines (the last few,
+/// without the prefix), else the last lines of its log.
+fn failure_reason(log: &str) -> String {
+    let mut fatal: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            ["FATAL:  ", "PANIC:  "]
+                .iter()
+                .find_map(|tag| l.split_once(tag).map(|(_, m)| m.trim()))
+        })
+        .collect();
+    fatal.dedup();
+    let lines: Vec<&str> = if fatal.is_empty() {
+        log.lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    } else {
+        fatal.split_off(fatal.len().saturating_sub(3))
+    };
+    lines.join(" | ")
+}
+
+/// Whether the log says recovery ended and the server now runs as a primary.
+fn promoted(log: &str) -> bool {
+    log.contains("database system is ready to accept connections")
 }
 
 /// Start PostgreSQL on `pgdata` and wait for recovery to end as `action` says.
@@ -69,7 +172,9 @@ pub fn start_and_wait(
     let io = |what: String| move |source| StartError::Io { what, source };
     let owner = server_owner();
     if let Some((uid, gid)) = owner {
-        chown_tree(pgdata, uid, gid).map_err(io(format!("chown {}", pgdata.display())))?;
+        for dir in std::iter::once(pgdata).chain(opts.also_owned.iter().map(PathBuf::as_path)) {
+            chown_tree(dir, uid, gid).map_err(io(format!("chown {}", dir.display())))?;
+        }
     }
     let log = sibling(pgdata, ".log");
     let log_file = File::create(&log).map_err(io(format!("create {}", log.display())))?;
@@ -106,31 +211,73 @@ pub fn start_and_wait(
     loop {
         let text = fs::read_to_string(&log).unwrap_or_default();
         let exited = child.try_wait().map_err(io("wait for postgres".into()))?;
-        let done = match action {
-            TargetAction::Promote => {
-                text.contains("database system is ready to accept connections")
+        match progress(&text, action, exited.is_some()) {
+            Progress::Reached => return Ok(report(&text, action, log, child.id())),
+            Progress::Stopped(reason) => return Err(StartError::Failed { reason, log }),
+            Progress::Promoted(reason) => {
+                // Never wait for a pause or shutdown that cannot come: stop the primary
+                // nobody asked for (fast shutdown) and say why recovery ended.
+                // SAFETY: signalling the server this function started.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let _ = child.wait();
+                return Err(StartError::UnexpectedPromotion {
+                    asked: match action {
+                        TargetAction::Pause => "a pause",
+                        _ => "a shutdown",
+                    },
+                    reason,
+                    log,
+                });
             }
-            // PostgreSQL 14+ logs this when it pauses at the recovery target.
-            TargetAction::Pause => text.contains("pausing at the end of recovery"),
-            TargetAction::Shutdown => {
-                exited.is_some() && text.contains("shutdown at recovery target")
-            }
-        };
-        if done {
-            return Ok(report(&text, action, log, child.id()));
-        }
-        if exited.is_some() {
-            let last_lines: Vec<&str> = text.lines().rev().take(3).collect();
-            let last_lines: Vec<&str> = last_lines.into_iter().rev().collect();
-            return Err(StartError::Failed {
-                last_lines: last_lines.join(" | "),
-                log,
-            });
+            Progress::Recovering => {}
         }
         if started.elapsed() > opts.timeout {
             return Err(StartError::Timeout(opts.timeout));
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Where recovery is, read from the server's log.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Recovering,
+    /// Ended as the target action said.
+    Reached,
+    /// The server exited otherwise; its reason.
+    Stopped(String),
+    /// Promoted although a pause or shutdown was asked; where recovery ended.
+    Promoted(String),
+}
+
+fn progress(log: &str, action: TargetAction, exited: bool) -> Progress {
+    let reached = match action {
+        TargetAction::Promote => promoted(log),
+        // PostgreSQL 14+ logs this when it pauses at the recovery target.
+        TargetAction::Pause => log.contains("pausing at the end of recovery"),
+        TargetAction::Shutdown => exited && log.contains("shutdown at recovery target"),
+    };
+    if reached {
+        Progress::Reached
+    } else if exited {
+        Progress::Stopped(failure_reason(log))
+    } else if promoted(log) {
+        let ended: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                [
+                    "recovery stopping",
+                    "redo done at",
+                    "selected new timeline ID",
+                ]
+                .iter()
+                .any(|m| l.contains(m))
+            })
+            .map(|l| l.split_once("LOG:  ").map_or(l, |(_, m)| m).trim())
+            .collect();
+        Progress::Promoted(ended.join(" | "))
+    } else {
+        Progress::Recovering
     }
 }
 
@@ -175,18 +322,16 @@ pub fn server_owner() -> Option<(u32, u32)> {
     })
 }
 
+/// Give `path` and everything under it to `uid:gid`. Links are changed themselves
+/// (`lchown`), never followed: a restored backup is outside input, and what its links
+/// point at is not ours to give away.
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
-    } else if meta.file_type().is_symlink() {
-        // Tablespace links: give the target tree too.
-        if let Ok(target) = fs::canonicalize(path) {
-            if target.is_dir() {
-                chown_tree(&target, uid, gid)?;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        if fs::symlink_metadata(&path)?.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
             }
         }
     }
@@ -218,5 +363,58 @@ mod tests {
         );
         assert_eq!(r.new_timeline.as_deref(), Some("2"));
         assert_eq!(r.state, "promoted");
+    }
+
+    #[test]
+    fn a_failed_recovery_is_explained_by_the_servers_fatal_lines() {
+        let log = "2026-11-21 10:00:00 UTC [1] LOG:  starting point-in-time recovery to 2026-11-21 09:30:00+00
+2026-11-21 10:00:01 UTC [2] LOG:  redo done at 0/3000148
+2026-11-21 10:00:01 UTC [2] FATAL:  recovery ended before configured recovery target was reached
+2026-11-21 10:00:01 UTC [1] LOG:  startup process (PID 2) exited with exit code 1
+2026-11-21 10:00:01 UTC [1] LOG:  terminating any other active server processes
+2026-11-21 10:00:01 UTC [1] LOG:  database system is shut down";
+        assert_eq!(
+            failure_reason(log),
+            "recovery ended before configured recovery target was reached"
+        );
+        assert_eq!(failure_reason("a\nb\nc\nd"), "b | c | d");
+    }
+
+    #[test]
+    fn a_promotion_when_a_pause_was_asked_fails_at_once() {
+        let log = "2026-11-21 10:00:01 UTC [2] LOG:  redo done at 0/3000148 system usage: CPU: user: 0.00 s
+2026-11-21 10:00:01 UTC [2] LOG:  selected new timeline ID: 2
+2026-11-21 10:00:01 UTC [1] LOG:  database system is ready to accept connections";
+        for action in [TargetAction::Pause, TargetAction::Shutdown] {
+            assert_eq!(
+                progress(log, action, false),
+                Progress::Promoted(
+                    "redo done at 0/3000148 system usage: CPU: user: 0.00 s | selected new timeline ID: 2"
+                        .into()
+                )
+            );
+        }
+        assert_eq!(
+            progress(log, TargetAction::Promote, false),
+            Progress::Reached
+        );
+        let paused = "LOG:  recovery stopping after commit\nLOG:  pausing at the end of recovery";
+        assert_eq!(
+            progress(paused, TargetAction::Pause, false),
+            Progress::Reached
+        );
+        let hot = "LOG:  database system is ready to accept read-only connections";
+        assert_eq!(
+            progress(hot, TargetAction::Pause, false),
+            Progress::Recovering
+        );
+        assert_eq!(
+            progress(
+                "FATAL:  could not open file \"x\": Permission denied",
+                TargetAction::Pause,
+                true
+            ),
+            Progress::Stopped("could not open file \"x\": Permission denied".into())
+        );
     }
 }

@@ -161,6 +161,12 @@ pub struct BackupInfo {
     pub archives: Vec<ArchiveInfo>,
     /// Key of PostgreSQL's `backup_manifest`.
     pub manifest_key: Option<String>,
+    /// Files the server left out of the backup, as it named them (relative to the data
+    /// directory for the base tablespace): BASE_BACKUP skips symlinks outside
+    /// `pg_tblspc` (an admin's `server.crt -> /etc/ssl/…`) and other special files with
+    /// a warning. A restore lacks them; `plan` and `restore` say so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<String>,
 }
 
 impl BackupInfo {
@@ -249,6 +255,7 @@ mod tests {
                 }],
             }],
             manifest_key: None,
+            skipped_files: Vec::new(),
         };
         let json = serde_json::to_string(&info).unwrap();
         assert!(json.contains("\"start_lsn\":\"1/28\""), "{json}");

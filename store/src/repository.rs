@@ -1338,6 +1338,7 @@ mod tests {
                 }],
             }],
             manifest_key: None,
+            skipped_files: Vec::new(),
         };
         repo.put_backup_info(&info).await.unwrap();
         assert_eq!(repo.backups().await.unwrap(), vec![info.clone()]);

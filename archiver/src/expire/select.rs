@@ -167,6 +167,7 @@ mod tests {
             stop_time: t(h),
             archives: Vec::new(),
             manifest_key: None,
+            skipped_files: Vec::new(),
         }
     }
 

@@ -62,7 +62,7 @@ pub struct Tablespace {
 
 /// One piece of a running base backup, in stream order: for each tablespace an
 /// `Archive` followed by its `Data`, then `Manifest` followed by its `ManifestData`,
-/// `Progress` anywhere in between, and `End` last.
+/// `Progress` and `Notice` anywhere in between, and `End` last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupEvent {
     /// A new tar archive begins: "base.tar" or "<oid>.tar"; tablespace location for
@@ -81,6 +81,10 @@ pub enum BackupEvent {
     /// Archive bytes produced so far, all tablespaces together; compare with the sum of
     /// `Tablespace::size_kb`. Reported at least at the end of every archive.
     Progress { done_bytes: u64 },
+    /// A notice the server sent while backing up, e.g. the WARNING `skipping special
+    /// file "./server.crt"` for a file it leaves out (a symlink outside `pg_tblspc`, a
+    /// socket). See [`skipped_file`].
+    Notice { severity: String, message: String },
     /// The backup is complete; WAL from the start to this position (on `end_timeline`)
     /// makes it consistent.
     End {
@@ -355,6 +359,13 @@ impl BaseBackup {
                 }
             }
             Message::ErrorResponse(body) => return Err(server_error(body.fields())),
+            Message::NoticeResponse(body) => match server_error(body.fields()) {
+                ReplicationError::Server(n) => self.pending.push_back(BackupEvent::Notice {
+                    severity: n.severity,
+                    message: n.message,
+                }),
+                other => return Err(other),
+            },
             Message::CopyDone => {
                 if !*in_copy {
                     return Err(protocol("CopyDone outside a COPY"));
@@ -399,6 +410,17 @@ impl BaseBackup {
         }
         Ok(())
     }
+}
+
+/// The file a `Notice` says the server left out of the backup, as it named it relative
+/// to the data directory (`server.crt`, `pg_tblspc/…` inside a tablespace), if it is that
+/// notice. BASE_BACKUP skips, with this warning, every file that is not a regular file
+/// or a directory: symlinks outside `pg_tblspc` (and `pg_wal`), sockets, devices.
+pub fn skipped_file(message: &str) -> Option<&str> {
+    let path = message
+        .strip_prefix("skipping special file \"")?
+        .strip_suffix('"')?;
+    Some(path.strip_prefix("./").unwrap_or(path))
 }
 
 fn running(target: Target) -> Phase {
@@ -588,6 +610,19 @@ mod tests {
         ] {
             assert_eq!(command(&opts, version), expected);
         }
+    }
+
+    #[test]
+    fn names_the_files_the_server_skipped() {
+        assert_eq!(
+            skipped_file("skipping special file \"./server.crt\""),
+            Some("server.crt")
+        );
+        assert_eq!(
+            skipped_file("skipping special file \"./conf/my link\""),
+            Some("conf/my link")
+        );
+        assert_eq!(skipped_file("some other warning"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod startup;
 mod stream;
 mod tls;
 
-pub use base_backup::{BackupEvent, BaseBackup, BaseBackupOptions, Tablespace};
+pub use base_backup::{skipped_file, BackupEvent, BaseBackup, BaseBackupOptions, Tablespace};
 pub use client::{ReplicationClient, SlotInfo, StartOutcome, SystemIdentity};
 pub use error::{
     ReplicationError, ServerError, SQLSTATE_DUPLICATE_OBJECT, SQLSTATE_INSUFFICIENT_PRIVILEGE,
