@@ -194,6 +194,7 @@ fn repo_code(e: &RepoError) -> u8 {
         | RepoError::Envelope { .. } => STORAGE,
         RepoError::Local { .. } | RepoError::IncompleteSegment { .. } => LOCAL,
         RepoError::Task { .. } => INTERNAL,
+        RepoError::GaveUp { source, .. } => repo_code(source),
     }
 }
 

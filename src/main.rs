@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         Err(e) => return failure::usage_exit(e),
     };
     init_logging(&cli.log);
+    if matches!(cli.command, cli::Command::WalFetch(_)) {
+        fetch::exit_on_panic();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -114,7 +114,7 @@ fn wal_fetch_keeps_its_contract_with_postgres() {
     let (code, err) = wal_fetch(&repo, cwd, &name(first), &["--prefetch", "2"]);
     assert_eq!(code, 0, "{err}");
     fs::remove_file(&dest).unwrap();
-    let cache = cwd.join(".tidemark-prefetch");
+    let cache = cwd.join("pg_wal/.tidemark-prefetch");
     wait_for("two prefetched segments", Duration::from_secs(30), || {
         let n = fs::read_dir(&cache)
             .ok()?

@@ -2,6 +2,13 @@
 //! network: after serving segment N, `wal-fetch` starts a detached filler that fetches the
 //! next segments into the cache.
 //!
+//! Its place is `pg_wal/.tidemark-prefetch`: on `pg_wal`'s filesystem (often not the data
+//! directory's: `pg_wal` may be a symlink), so an entry is moved to `%p` by a rename (a
+//! copy when another `--prefetch-dir` is on another filesystem), and outside what a base
+//! backup sends (BASE_BACKUP sends `pg_wal` empty). `recovery_end_command` removes it
+//! ([`Cache::remove`]). Only `wal-fetch` creates the directory, so a filler that outlives
+//! the removal finds nothing to fill and stops.
+//!
 //! Entries are complete segments only (never partials, which can grow), named
 //! `<SEGNAME>.<crc32>` with the CRC-32 of their bytes as verified against the repository,
 //! written under a temporary name and renamed. Before an entry is served its size and
@@ -46,6 +53,10 @@ impl Cache {
         Cache { dir: dir.into() }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn describe(&self) -> String {
         format!("prefetch cache {}", self.dir.display())
     }
@@ -84,7 +95,7 @@ impl Cache {
                 Some(crc) => matches!(checksum(&path), Ok(c) if c == crc),
                 None => false,
             };
-            if good && fs::rename(&path, dst).is_ok() {
+            if good && move_to(&path, dst).is_ok() {
                 return true;
             }
             tracing::warn!(entry = %path.display(), "discarding a prefetched segment that failed verification");
@@ -93,10 +104,28 @@ impl Cache {
         false
     }
 
+    /// Create the cache directory (before a filler is started for it).
+    pub fn create(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)
+    }
+
+    /// Remove the cache directory and everything in it, once a running filler is done.
+    /// False when there was none.
+    pub fn remove(&self) -> io::Result<bool> {
+        let lock = match Lock::acquire(&self.dir.join(LOCK_FILE)) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        fs::remove_dir_all(&self.dir)?;
+        drop(lock);
+        Ok(true)
+    }
+
     /// Fetch up to `count` complete segments after `after` that are not cached yet,
     /// stopping at the first one the repository lacks; drop entries at or before `after`.
     /// Returns how many were fetched. Only one filler runs at a time: if another holds
-    /// the lock this returns at once.
+    /// the lock this returns at once. The directory must exist ([`Cache::create`]).
     pub async fn fill(
         &self,
         repo: &Repository,
@@ -108,7 +137,6 @@ impl Cache {
             path: self.dir.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(io_err)?;
         let Some(_lock) = Lock::try_acquire(&self.dir.join(LOCK_FILE)).map_err(io_err)? else {
             return Ok(0);
         };
@@ -162,6 +190,22 @@ impl Cache {
     }
 }
 
+/// Move the verified entry `path` to `dst`: a rename, or where they are on different
+/// filesystems a durable copy (temp, fsync, rename) and then the entry's removal.
+fn move_to(path: &Path, dst: &Path) -> io::Result<()> {
+    match fs::rename(path, dst) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            tidemark_store::crashsafe::write_durably(
+                dst,
+                tidemark_store::crashsafe::Publish::Replace,
+                |out| io::copy(&mut File::open(path)?, out),
+            )?;
+            fs::remove_file(path)
+        }
+        moved => moved,
+    }
+}
+
 /// CRC-32 of the file at `path`.
 fn checksum(path: &Path) -> io::Result<u32> {
     let mut file = File::open(path)?;
@@ -179,22 +223,35 @@ fn checksum(path: &Path) -> io::Result<u32> {
 struct Lock(File);
 
 impl Lock {
+    /// The lock, or `None` at once when another process holds it.
     fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
+        match Lock::flock(path, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The lock, waiting for another holder to release it.
+    fn acquire(path: &Path) -> io::Result<Lock> {
+        Lock::flock(path, libc::LOCK_EX)
+    }
+
+    fn flock(path: &Path, operation: libc::c_int) -> io::Result<Lock> {
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(Some(Lock(file)));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(err)
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+                return Ok(Lock(file));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
         }
     }
 }
@@ -241,6 +298,17 @@ mod tests {
         assert!(!cache.take(&name, &dst));
         assert!(!dst.exists());
         assert!(cache.entries(&name).is_empty());
+    }
+
+    #[test]
+    fn removal_takes_everything_and_a_missing_cache_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        assert!(!cache.remove().unwrap());
+        cache.create().unwrap();
+        fs::write(cache.dir.join("000000010000000000000003.00000000"), b"x").unwrap();
+        assert!(cache.remove().unwrap());
+        assert!(!cache.dir.exists());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct RestoreOptions {
     pub request: PlanRequest,
     /// The command PostgreSQL runs to fetch WAL (`… wal-fetch %f %p`).
     pub restore_command: String,
+    /// The command PostgreSQL runs when recovery ends (`… wal-fetch-end`).
+    pub recovery_end_command: String,
     pub keep_archiving: bool,
     /// Chunks fetched and unpacked at once.
     pub concurrency: usize,
@@ -130,6 +132,7 @@ pub async fn restore(
     }
     let settings = RecoverySettings {
         restore_command: opts.restore_command.clone(),
+        recovery_end_command: opts.recovery_end_command.clone(),
         target: plan.target.clone(),
         timeline: opts.request.timeline,
         action: opts.request.action,
