@@ -253,6 +253,10 @@ pub struct RestoreArgs {
     /// Chunks fetched and unpacked at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+    /// Finish an interrupted restore into --pgdata (its journal <pgdata>.tidemark-restore
+    /// says which chunks are done; they are kept)
+    #[arg(long)]
+    pub resume: bool,
     /// Start PostgreSQL on the restored directory, wait until recovery reaches the
     /// target, and report where it stopped (the server keeps running)
     #[arg(long)]

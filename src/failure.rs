@@ -140,6 +140,8 @@ fn code(err: &anyhow::Error) -> u8 {
                 }
                 RestoreError::Plan(_)
                 | RestoreError::NotEmpty(_)
+                | RestoreError::Interrupted { .. }
+                | RestoreError::ResumeOtherBackup { .. }
                 | RestoreError::NotARepository => REFUSED,
                 RestoreError::Unpack(UnpackError::Hostile { .. }) => REFUSED,
                 RestoreError::Unpack(_) | RestoreError::Io { .. } => LOCAL,

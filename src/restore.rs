@@ -124,6 +124,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         keep_archiving: args.archive,
         concurrency: usize::from(args.concurrency),
         tablespace_root: args.tablespace_dir.clone(),
+        resume: args.resume,
     };
     let repo = Repository::open_for_reads(&url, &S3Options::from_env()?, READS).await?;
     let started = std::time::Instant::now();

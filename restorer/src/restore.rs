@@ -1,6 +1,8 @@
 //! `tidemark restore`: plan, then fetch and unpack the chosen backup's chunks in parallel
 //! into an empty data directory, put PostgreSQL's manifest beside them, and write the
-//! recovery settings. Refuses a non-empty directory (DESIGN invariant 5).
+//! recovery settings. Refuses a non-empty directory (DESIGN invariant 5). A journal
+//! (`crate::journal`) records the chunks unpacked, so an interrupted restore is finished
+//! with `resume` and a plain rerun into its directory is refused.
 
 use std::fs;
 use std::io;
@@ -13,9 +15,10 @@ use tidemark_store::repository::{RepoError, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::journal::{Interrupted, Journal};
 use crate::plan::{plan, Plan, PlanError, PlanRequest};
 use crate::recovery_conf::RecoverySettings;
-use crate::unpack::{unpack_tar, UnpackError};
+use crate::unpack::{unpack_tar, Existing, UnpackError};
 
 /// What to restore, where, and how recovery should end.
 #[derive(Debug, Clone)]
@@ -32,6 +35,9 @@ pub struct RestoreOptions {
     pub concurrency: usize,
     /// Where tablespaces go: `<dir>/<oid>` (default: `<pgdata>.tablespaces/<oid>`).
     pub tablespace_root: Option<PathBuf>,
+    /// Finish the interrupted restore into `pgdata` that its journal describes, keeping
+    /// the chunks it completed (without a journal: an ordinary restore).
+    pub resume: bool,
 }
 
 /// What a restore did.
@@ -50,6 +56,19 @@ pub enum RestoreError {
     NotEmpty(PathBuf),
     #[error("the repository has no tidemark.json; HINT: check --repo")]
     NotARepository,
+    #[error("{} holds an interrupted restore of backup {} ({} chunk(s) done, journal {}); HINT: rerun the same restore with --resume to finish it, or remove both (and any tablespace directories it made) to start over", pgdata.display(), interrupted.backup, interrupted.chunks_done, journal.display())]
+    Interrupted {
+        pgdata: PathBuf,
+        journal: PathBuf,
+        interrupted: Interrupted,
+    },
+    #[error("the interrupted restore in {} is of backup {interrupted}, but this one would restore backup {planned}; HINT: resume with the target options of the first run (or --backup {interrupted}), or remove the directory and {} to start over", pgdata.display(), journal.display())]
+    ResumeOtherBackup {
+        pgdata: PathBuf,
+        journal: PathBuf,
+        interrupted: String,
+        planned: String,
+    },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -103,17 +122,47 @@ pub async fn restore(
 ) -> Result<RestoreReport, RestoreError> {
     let seg = segment_size(&repo).await?;
     let plan = plan(&repo, seg, &opts.request).await?;
-    // Refuse before writing anything anywhere.
-    for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
-        if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
-            return Err(RestoreError::NotEmpty(dir));
+    let journal_path = Journal::path_for(&opts.pgdata);
+    let earlier = Journal::read(&journal_path).map_err(io_at(&journal_path))?;
+    let journal = match earlier {
+        Some((interrupted, _)) if !opts.resume => {
+            return Err(RestoreError::Interrupted {
+                pgdata: opts.pgdata.clone(),
+                journal: journal_path,
+                interrupted,
+            })
         }
-    }
-    empty_dir(&opts.pgdata)?;
+        Some((interrupted, done)) => {
+            if interrupted.backup != plan.backup.id.to_string() {
+                return Err(RestoreError::ResumeOtherBackup {
+                    pgdata: opts.pgdata.clone(),
+                    journal: journal_path,
+                    interrupted: interrupted.backup,
+                    planned: plan.backup.id.to_string(),
+                });
+            }
+            tracing::info!(
+                chunks = interrupted.chunks_done,
+                "resuming the interrupted restore; its completed chunks are kept"
+            );
+            Journal::resume(&journal_path, done).map_err(io_at(&journal_path))?
+        }
+        None => {
+            // Refuse before writing anything anywhere.
+            for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
+                if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
+                    return Err(RestoreError::NotEmpty(dir));
+                }
+            }
+            empty_dir(&opts.pgdata)?;
+            Journal::begin(&journal_path, &plan.backup.id).map_err(io_at(&journal_path))?
+        }
+    };
+    let journal = Arc::new(journal);
     let scratch = sibling(&opts.pgdata, ".tidemark-restore-tmp");
     fs::create_dir_all(&scratch).map_err(io_at(&scratch))?;
     let started = Instant::now();
-    let fetched = fetch_all(&repo, &plan, opts, &scratch).await;
+    let fetched = fetch_all(&repo, &plan, opts, &scratch, &journal).await;
     let _ = fs::remove_dir_all(&scratch);
     let (bytes, chunks, tablespaces) = fetched?;
     let fetch_time = started.elapsed();
@@ -140,6 +189,11 @@ pub async fn restore(
         keep_archiving: opts.keep_archiving,
     };
     settings.write(&opts.pgdata).map_err(io_at(&opts.pgdata))?;
+    let journal = Arc::into_inner(journal).ok_or(RestoreError::Task(
+        "the restore journal is still in use".into(),
+    ))?;
+    let journal_path = journal.path().to_path_buf();
+    journal.finish().map_err(io_at(&journal_path))?;
     Ok(RestoreReport {
         plan,
         bytes,
@@ -185,7 +239,13 @@ async fn fetch_all(
     plan: &Plan,
     opts: &RestoreOptions,
     scratch: &Path,
+    journal: &Arc<Journal>,
 ) -> Result<Fetched, RestoreError> {
+    // A resumed restore unpacks its unfinished chunks again, over what they left.
+    let existing = match opts.resume {
+        true => Existing::Replace,
+        false => Existing::Refuse,
+    };
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut jobs = JoinSet::new();
     let mut tablespaces = Vec::new();
@@ -197,28 +257,38 @@ async fn fetch_all(
             Some("base") | None => opts.pgdata.clone(),
             Some(oid) => {
                 let dir = ts_dirs.next().unwrap_or_else(|| scratch.join(oid));
-                empty_dir(&dir)?;
+                match existing {
+                    Existing::Refuse => empty_dir(&dir)?,
+                    Existing::Replace => fs::create_dir_all(&dir).map_err(io_at(&dir))?,
+                }
                 tablespaces.push((oid.to_string(), dir.clone()));
                 dir
             }
         };
         for chunk in &archive.chunks {
             bytes += chunk.raw_size;
-            let (repo, dest, key) = (repo.clone(), dest.clone(), chunk.key.clone());
             let tmp = scratch.join(format!("{n}.tar"));
             n += 1;
-            let permits = permits.clone();
+            if journal.is_done(&chunk.key) {
+                continue;
+            }
+            let (repo, dest, key) = (repo.clone(), dest.clone(), chunk.key.clone());
+            let (permits, journal) = (permits.clone(), journal.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 repo.fetch_verified(&key, &tmp).await?;
                 let unpacked = tokio::task::spawn_blocking(move || {
-                    let r = unpack_tar(&tmp, &dest, &key);
+                    let r = unpack_tar(&tmp, &dest, &key, existing);
                     let _ = fs::remove_file(&tmp);
-                    r
+                    r?;
+                    journal.record(&key).map_err(|source| RestoreError::Io {
+                        path: journal.path().to_path_buf(),
+                        source,
+                    })
                 })
                 .await
                 .map_err(|e| RestoreError::Task(e.to_string()))?;
-                unpacked.map_err(RestoreError::from)
+                unpacked
             });
         }
     }
