@@ -377,9 +377,12 @@ fn wal_fetch_exits_200_not_101_when_it_panics() {
     assert_eq!(panicking().0, Some(1));
 }
 
-#[test]
-fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery() {
-    let cluster = Cluster::start(one_mb()).expect("cluster");
+/// Restore from a tidemark backup, move `pg_wal` to another filesystem behind a symlink,
+/// recover: segments are served from the prefetch cache, which is gone once recovery has
+/// ended, and which a base backup never carries.
+fn prefetch_with_pg_wal_on_another_filesystem(major: u32) {
+    let opts = tidemark_fixtures::ClusterOptions { major, ..one_mb() };
+    let cluster = Cluster::start(opts.clone()).expect("cluster");
     let repo = Repo::file();
     let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
     archiver.init();
@@ -423,7 +426,7 @@ fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_
     let conf = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     assert!(conf.contains("wal-fetch-end"), "{conf}");
 
-    let restored = start_recovered(dir, one_mb());
+    let restored = start_recovered(dir, opts);
     assert_eq!(
         restored.psql("SELECT count(*), max(id) FROM t").unwrap(),
         "250|250"
@@ -450,6 +453,36 @@ fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_
         "a base backup carried the prefetch cache"
     );
     fs::remove_dir_all(&cache).unwrap();
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_14(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(14);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_15(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(15);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_16(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(16);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_17(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(17);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_18(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(18);
 }
 
 fn device(path: &Path) -> u64 {
