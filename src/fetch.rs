@@ -10,7 +10,7 @@ use tidemark_protocol::{SegmentName, WalSegmentSize};
 use tidemark_restorer::prefetch::Cache;
 use tidemark_restorer::{wal_fetch as fetch, FetchOutcome};
 use tidemark_store::repository::Repository;
-use tidemark_store::retry::{RetryPolicy, READ_BUDGET};
+use tidemark_store::retry::RetryPolicy;
 use tidemark_store::storage::S3Options;
 
 use crate::cli::{Cli, WalFetchArgs};
@@ -158,8 +158,8 @@ fn spawn_prefetch(cli: &Cli, file: &str, count: u32, cache: &Cache) {
 
 /// Run `wal-prefetch`.
 pub async fn wal_prefetch(cli: &Cli, after: &str, count: u32, dir: &Path) -> anyhow::Result<()> {
-    let policy = RetryPolicy::reads(READ_BUDGET);
-    let repo = Repository::open_for_reads(&repo_url(cli)?, &S3Options::from_env()?, policy).await?;
+    // Best effort, never retried: after a failure, wal-fetch reads the repository itself.
+    let repo = Repository::open(&repo_url(cli)?, &S3Options::from_env()?).await?;
     let seg = segment_size(&repo).await?;
     let name = SegmentName::parse(after, seg)?;
     Cache::new(dir).fill(&repo, name, seg, count).await?;

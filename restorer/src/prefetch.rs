@@ -7,7 +7,7 @@
 //! copy when another `--prefetch-dir` is on another filesystem), and outside what a base
 //! backup sends (BASE_BACKUP sends `pg_wal` empty). `recovery_end_command` removes it
 //! ([`Cache::remove`]). Only `wal-fetch` creates the directory, so a filler that outlives
-//! the removal finds nothing to fill and stops.
+//! the removal fails its next write and stops.
 //!
 //! Entries are complete segments only (never partials, which can grow), named
 //! `<SEGNAME>.<crc32>` with the CRC-32 of their bytes as verified against the repository,
@@ -109,17 +109,23 @@ impl Cache {
         fs::create_dir_all(&self.dir)
     }
 
-    /// Remove the cache directory and everything in it, once a running filler is done.
-    /// False when there was none.
+    /// Remove the cache directory and everything in it; false when there was none. A
+    /// filler still running is not waited for (recovery's end must not wait on the
+    /// network): it cannot create the directory again, only fail its next write there,
+    /// and what it adds meanwhile is removed by trying again.
     pub fn remove(&self) -> io::Result<bool> {
-        let lock = match Lock::acquire(&self.dir.join(LOCK_FILE)) {
-            Ok(lock) => lock,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        fs::remove_dir_all(&self.dir)?;
-        drop(lock);
-        Ok(true)
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir_all(&self.dir) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(tries > 0),
+                Err(_) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Fetch up to `count` complete segments after `after` that are not cached yet,
@@ -223,35 +229,22 @@ fn checksum(path: &Path) -> io::Result<u32> {
 struct Lock(File);
 
 impl Lock {
-    /// The lock, or `None` at once when another process holds it.
     fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
-        match Lock::flock(path, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(lock) => Ok(Some(lock)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The lock, waiting for another holder to release it.
-    fn acquire(path: &Path) -> io::Result<Lock> {
-        Lock::flock(path, libc::LOCK_EX)
-    }
-
-    fn flock(path: &Path, operation: libc::c_int) -> io::Result<Lock> {
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)?;
-        loop {
-            // SAFETY: flock on a file descriptor we own; no memory is involved.
-            if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-                return Ok(Lock(file));
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(Lock(file)));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(err)
         }
     }
 }
@@ -298,6 +291,30 @@ mod tests {
         assert!(!cache.take(&name, &dst));
         assert!(!dst.exists());
         assert!(cache.entries(&name).is_empty());
+    }
+
+    #[test]
+    fn an_entry_on_another_filesystem_is_copied_into_place() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(elsewhere) = tempfile::tempdir_in("/dev/shm") else {
+            return; // no second filesystem on this machine
+        };
+        let here = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+        if dev(elsewhere.path()) == dev(here.path()) {
+            return;
+        }
+        let cache = Cache::new(elsewhere.path());
+        let name = SegmentName::new(TimelineId(1), 7).file_name(seg());
+        let data = vec![5u8; 1 << 20];
+        fs::write(cache.entry(&name, crc32fast::hash(&data)), &data).unwrap();
+        let dst = here.path().join("RECOVERYXLOG");
+        assert!(cache.take(&name, &dst));
+        assert_eq!(fs::read(&dst).unwrap(), data);
+        assert!(
+            cache.entries(&name).is_empty(),
+            "the entry was moved, not left"
+        );
     }
 
     #[test]
