@@ -45,8 +45,9 @@ pub async fn wal_fetch(cli: &Cli, args: &WalFetchArgs) -> ExitCode {
         }
         Err(err) => {
             let (_, line) = failure::describe(&err);
-            eprintln!("error: {line} {}", failed_status().1);
-            ExitCode::from(failed_status().0)
+            let (code, meaning) = failed_status();
+            eprintln!("error: {line} {meaning}");
+            ExitCode::from(code)
         }
     }
 }
