@@ -89,6 +89,13 @@ pub enum Command {
     /// standby mode (standby.signal in the working directory), where PostgreSQL retries.
     #[command(name = "wal-fetch")]
     WalFetch(WalFetchArgs),
+    /// recovery_end_command hook: remove wal-fetch's prefetch cache once recovery ends
+    #[command(name = "wal-fetch-end")]
+    WalFetchEnd {
+        /// The cache directory, if wal-fetch was given --prefetch-dir
+        #[arg(long, value_name = "DIR")]
+        prefetch_dir: Option<PathBuf>,
+    },
     /// Fill the prefetch cache (started by wal-fetch in the background)
     #[command(name = "wal-prefetch", hide = true)]
     WalPrefetch {
@@ -158,7 +165,11 @@ pub struct WalFetchArgs {
     /// Segments to prefetch in the background after this one (0: none)
     #[arg(long, default_value_t = 8)]
     pub prefetch: u32,
-    /// Prefetch cache directory [default: .tidemark-prefetch in the data directory]
+    /// Fetch exactly the requested file: no prefetch cache read or filled (for
+    /// pg_rewind --restore-target-wal)
+    #[arg(long, conflicts_with_all = ["prefetch", "prefetch_dir"])]
+    pub no_prefetch: bool,
+    /// Prefetch cache directory [default: pg_wal/.tidemark-prefetch in the data directory]
     #[arg(long, value_name = "DIR")]
     pub prefetch_dir: Option<PathBuf>,
     /// How long to retry failures other than absence before giving up
@@ -242,6 +253,10 @@ pub struct RestoreArgs {
     /// Chunks fetched and unpacked at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+    /// Finish an interrupted restore into --pgdata (its journal <pgdata>.tidemark-restore
+    /// says which chunks are done; they are kept)
+    #[arg(long)]
+    pub resume: bool,
     /// Start PostgreSQL on the restored directory, wait until recovery reaches the
     /// target, and report where it stopped (the server keeps running)
     #[arg(long)]

@@ -45,6 +45,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: ListWhat::Wal { json },
         } => list_wal(&cli, *json),
         Command::WalFetch(args) => return Ok(crate::fetch::wal_fetch(&cli, args).await),
+        Command::WalFetchEnd { prefetch_dir } => {
+            return Ok(crate::fetch::wal_fetch_end(prefetch_dir.as_deref()))
+        }
         Command::WalPrefetch { after, count, dir } => {
             crate::fetch::wal_prefetch(&cli, after, *count, dir).await
         }

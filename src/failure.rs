@@ -141,6 +141,8 @@ fn code(err: &anyhow::Error) -> u8 {
                 }
                 RestoreError::Plan(_)
                 | RestoreError::NotEmpty(_)
+                | RestoreError::Interrupted { .. }
+                | RestoreError::ResumeOtherBackup { .. }
                 | RestoreError::NotARepository => REFUSED,
                 RestoreError::Unpack(UnpackError::Io { .. } | UnpackError::Check { .. })
                 | RestoreError::Io { .. } => LOCAL,
@@ -196,6 +198,7 @@ fn repo_code(e: &RepoError) -> u8 {
         | RepoError::Envelope { .. } => STORAGE,
         RepoError::Local { .. } | RepoError::IncompleteSegment { .. } => LOCAL,
         RepoError::Task { .. } => INTERNAL,
+        RepoError::GaveUp { source, .. } => repo_code(source),
     }
 }
 

@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         Err(e) => return failure::usage_exit(e),
     };
     init_logging(&cli.log);
+    if matches!(cli.command, cli::Command::WalFetch(_)) {
+        fetch::exit_on_panic();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,8 +52,11 @@ fn main() -> ExitCode {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes where stderr is not a terminal (a server log, a file).
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -13,12 +13,16 @@ use tidemark_restorer::target::{
 };
 use tidemark_store::backup::BackupId;
 use tidemark_store::repository::Repository;
+use tidemark_store::retry::{RetryPolicy, READ_BUDGET};
 use tidemark_store::storage::S3Options;
 use tidemark_store::url::RepoUrl;
 
 use crate::cli::{Action, Cli, RestoreArgs, TargetOpts};
 use crate::commands::repo_url;
 use crate::failure::Usage;
+
+/// `restore` and `plan` ride out a flaky network: every repository read is retried.
+const READS: RetryPolicy = RetryPolicy::reads(READ_BUDGET);
 
 /// What to plan for, from the target options (and `--backup`).
 fn request(opts: &TargetOpts, backup: Option<&str>) -> anyhow::Result<PlanRequest> {
@@ -117,11 +121,13 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
             command_word(&exe.display().to_string()),
             command_word(&url.to_string())
         ),
+        recovery_end_command: format!("{} wal-fetch-end", command_word(&exe.display().to_string())),
         keep_archiving: args.archive,
         concurrency: usize::from(args.concurrency),
         tablespace_root: args.tablespace_dir.clone(),
+        resume: args.resume,
     };
-    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let repo = Repository::open_for_reads(&url, &S3Options::from_env()?, READS).await?;
     let started = std::time::Instant::now();
     let plan = plan_restore(&repo, &options).await?;
     // The backup's own major runs it, found before anything is written.
@@ -293,7 +299,7 @@ pub async fn plan(
 ) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
     let request = request(opts, backup)?;
-    let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+    let repo = Repository::open_for_reads(&url, &S3Options::from_env()?, READS).await?;
     let seg = segment_size(&repo).await?;
     let plan = tidemark_restorer::plan::plan(&repo, seg, &request).await?;
     if json {

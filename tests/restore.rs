@@ -26,19 +26,6 @@ fn burst(cluster: &Cluster, n: u32) -> Lsn {
     lsn(&cluster.psql("SELECT pg_current_wal_lsn()").unwrap())
 }
 
-fn backup(archiver: &Archiver) -> String {
-    let out = run(archiver.command(&["backup"]));
-    assert!(out.status.success(), "backup: {}", stderr(&out));
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .expect("backup id in the output")
-        .to_string();
-    // Ids have one-second resolution: keep two backups apart.
-    std::thread::sleep(Duration::from_millis(1100));
-    id
-}
-
 /// Restore with `args` into a fresh directory, verify it, start it, and return the
 /// bursts present (burst -> rows).
 fn restore_and_count(archiver: &Archiver, cluster: &Cluster, args: &[&str]) -> String {
@@ -100,11 +87,11 @@ fn restores_to_lsn_targets_latest_and_immediate_with_exactly_the_right_rows() {
         .psql("CREATE TABLE events(id int, burst int)")
         .unwrap();
     let _b1 = burst(&cluster, 1);
-    let backup_a = backup(&archiver);
+    let backup_a = backup(&archiver, &[]);
     let b2 = burst(&cluster, 2);
     switch_wal(&cluster);
     let b3 = burst(&cluster, 3);
-    let _backup_b = backup(&archiver);
+    let _backup_b = backup(&archiver, &[]);
     let b4 = burst(&cluster, 4);
     let through = switch_wal(&cluster);
     archiver.wait_complete_through(through, seg, Duration::from_secs(60));
@@ -167,7 +154,7 @@ fn bad_restore_requests_are_refused_and_write_nothing() {
         .psql("CREATE TABLE events(id int, burst int)")
         .unwrap();
     let before_backup = burst(&cluster, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     let through = switch_wal(&cluster);
     archiver.wait_complete_through(through, seg, Duration::from_secs(60));
     assert_eq!(archiver.terminate(), 0);
@@ -243,7 +230,7 @@ fn restores_to_times_restore_points_and_transactions() {
     let now = || cluster.psql("SELECT clock_timestamp()").unwrap();
     let gap = || std::thread::sleep(Duration::from_millis(1200));
     burst(&cluster, 1);
-    let backup_a = backup(&archiver);
+    let backup_a = backup(&archiver, &[]);
     burst(&cluster, 2);
     cluster
         .psql("SELECT pg_create_restore_point('after_burst_2')")
@@ -264,7 +251,7 @@ fn restores_to_times_restore_points_and_transactions() {
         .psql("INSERT INTO events SELECT g, 3 FROM generate_series(101, 300) g")
         .unwrap();
     switch_wal(&cluster);
-    let backup_b = backup(&archiver);
+    let backup_b = backup(&archiver, &[]);
     gap();
     let t3 = now(); // idle: between bursts 3 and 4, after the second backup
     gap();
@@ -334,7 +321,7 @@ fn a_time_after_the_last_commit_on_an_idle_database_restores() {
     // complete: a record may continue into it from before).
     let first = switch_wal(&cluster);
     archiver.wait_complete_through(first, seg, Duration::from_secs(60));
-    backup(&archiver);
+    backup(&archiver, &[]);
     burst(&cluster, 1);
     burst(&cluster, 2);
     std::thread::sleep(Duration::from_secs(2));
@@ -388,7 +375,7 @@ fn restore_start_recovers_to_the_target_and_reports_where_it_stopped() {
         .psql("CREATE TABLE events(id int, burst int)")
         .unwrap();
     burst(&cluster, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     let b2 = burst(&cluster, 2);
     burst(&cluster, 3);
     let through = switch_wal(&cluster);

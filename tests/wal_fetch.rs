@@ -1,6 +1,8 @@
 //! `tidemark wal-fetch %f %p`, PostgreSQL's restore_command: the exit-status contract of
-//! DESIGN invariant 6, verified and atomic delivery, zero-padded partial segments, a
-//! prefetch cache that never serves a wrong file, and real recoveries through it.
+//! DESIGN invariant 6 (a panic included), verified and atomic delivery, zero-padded
+//! partial segments, a prefetch cache that never serves a wrong file, lives on pg_wal's
+//! filesystem and goes away when recovery ends, a rewind mode that fetches nothing else,
+//! and real recoveries through it — also when the repository fails while being opened.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use tidemark_fixtures::{Cluster, OutageProxy};
+use tidemark_fixtures::{Cluster, Fault, FaultRule, OutageProxy};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 
 const SEG: u64 = 1 << 20;
@@ -114,7 +116,7 @@ fn wal_fetch_keeps_its_contract_with_postgres() {
     let (code, err) = wal_fetch(&repo, cwd, &name(first), &["--prefetch", "2"]);
     assert_eq!(code, 0, "{err}");
     fs::remove_file(&dest).unwrap();
-    let cache = cwd.join(".tidemark-prefetch");
+    let cache = cwd.join("pg_wal/.tidemark-prefetch");
     wait_for("two prefetched segments", Duration::from_secs(30), || {
         let n = fs::read_dir(&cache)
             .ok()?
@@ -260,4 +262,290 @@ fn unreachable_s3_during_archive_recovery_stops_postgres_instead_of_promoting() 
         !log.contains("selected new timeline ID") && !log.contains("ready to accept connections"),
         "PostgreSQL promoted without the archive:\n{log}"
     );
+}
+
+/// The bucket of an S3 repository.
+fn bucket(repo: &Repo) -> String {
+    match repo {
+        Repo::S3 { bucket, .. } => bucket.clone(),
+        Repo::File { .. } => panic!("not an S3 repository"),
+    }
+}
+
+/// An archive of `cluster` in a fresh S3 bucket, WAL switched and stored through the
+/// returned position; the archiver is stopped.
+fn archived_in_s3(cluster: &Cluster, hint: &str, before_stop: impl FnOnce()) -> (Repo, Lsn) {
+    let repo = Repo::s3(hint);
+    let mut archiver = Archiver::new(cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    before_stop();
+    let through = switch_wal(cluster);
+    archiver.wait_complete_through(through, seg(), Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0);
+    (repo, through)
+}
+
+#[test]
+fn a_recovery_whose_wal_fetch_meets_a_500_and_a_cut_transfer_opening_the_repository_still_completes(
+) {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    cluster.psql("CREATE TABLE t(id int)").unwrap();
+    cluster
+        .psql("INSERT INTO t SELECT generate_series(1, 100)")
+        .unwrap();
+    let mut backup = None;
+    let (repo, _) = archived_in_s3(&cluster, "fetch-open", || {
+        backup = Some(pg_basebackup_without_wal(&cluster));
+        cluster
+            .psql("INSERT INTO t SELECT generate_series(101, 250)")
+            .unwrap();
+    });
+    let backup = backup.unwrap();
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let proxy = OutageProxy::start_http(s3.endpoint.trim_start_matches("http://")).expect("proxy");
+    // The first wal-fetch: its HeadBucket answers 500, its read of the identity is cut.
+    proxy.fail(FaultRule {
+        method: "HEAD",
+        path_contains: format!("/{}", bucket(&repo)),
+        nth: 1,
+        times: 1,
+        fault: Fault::Status(500),
+    });
+    proxy.fail(FaultRule {
+        method: "GET",
+        path_contains: "tidemark.json".into(),
+        nth: 1,
+        times: 1,
+        fault: Fault::CutBody,
+    });
+    let env: String = repo
+        .env()
+        .iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL_S3")
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    let data = backup.path().join("data");
+    configure_recovery(
+        &data,
+        &format!(
+            "{env}AWS_ENDPOINT_URL_S3={} {} --repo {} wal-fetch %f %p",
+            proxy.endpoint(),
+            env!("CARGO_BIN_EXE_tidemark"),
+            repo.url()
+        ),
+    );
+    let restored = start_recovered(backup, one_mb());
+    assert_eq!(
+        restored.psql("SELECT count(*), max(id) FROM t").unwrap(),
+        "250|250"
+    );
+    assert_eq!(proxy.faults_fired(), 2, "both faults were met");
+}
+
+#[test]
+fn wal_fetch_exits_200_not_101_when_it_panics() {
+    let repo = Repo::file();
+    let dir = tidemark_fixtures::test_dir("fetch-panic");
+    fs::create_dir(dir.path().join("pg_wal")).unwrap();
+    let panicking = || {
+        let mut cmd = tidemark(&repo);
+        cmd.current_dir(dir.path())
+            .env("TIDEMARK_TEST_PANIC", "1")
+            .args([
+                "--repo",
+                &repo.url(),
+                "wal-fetch",
+                &name(3),
+                "pg_wal/RECOVERYXLOG",
+            ]);
+        let out = run(cmd);
+        (out.status.code(), stderr(&out))
+    };
+    let (code, err) = panicking();
+    assert_eq!(code, Some(200), "{err}");
+    assert!(
+        err.contains("error: internal error") && err.contains("archive recovery stops"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("RUST_BACKTRACE"),
+        "one line, no Rust panic text: {err}"
+    );
+    // In standby mode PostgreSQL retries: a panic is "not available", like other failures.
+    fs::write(dir.path().join("standby.signal"), b"").unwrap();
+    assert_eq!(panicking().0, Some(1));
+}
+
+/// Restore from a tidemark backup, move `pg_wal` to another filesystem behind a symlink,
+/// recover: segments are served from the prefetch cache, which is gone once recovery has
+/// ended, and which a base backup never carries.
+fn prefetch_with_pg_wal_on_another_filesystem(major: u32) {
+    let opts = tidemark_fixtures::ClusterOptions { major, ..one_mb() };
+    let cluster = Cluster::start(opts.clone()).expect("cluster");
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.psql("CREATE TABLE t(id int)").unwrap();
+    cluster
+        .psql("INSERT INTO t SELECT generate_series(1, 100)")
+        .unwrap();
+    backup(&archiver, &[]);
+    // Enough WAL after the backup for the prefetch to run ahead of replay.
+    cluster.pgbench_init(1).expect("pgbench -i");
+    cluster
+        .psql("INSERT INTO t SELECT generate_series(101, 250)")
+        .unwrap();
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg(), Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0);
+
+    let dir = restore_into(&archiver, &[]);
+    let data = dir.path().join("data");
+    // pg_wal on another filesystem (tmpfs), as a symlink.
+    let elsewhere = tempfile::Builder::new()
+        .prefix("tidemark-pg-wal-")
+        .tempdir_in("/dev/shm")
+        .expect("a directory on /dev/shm");
+    assert_ne!(
+        device(elsewhere.path()),
+        device(&data),
+        "/dev/shm is another filesystem"
+    );
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(data.join("pg_wal"))
+        .arg(elsewhere.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::remove_dir_all(data.join("pg_wal")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("pg_wal"), data.join("pg_wal")).unwrap();
+    give_to_postgres(elsewhere.path());
+    let conf = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("wal-fetch-end"), "{conf}");
+
+    let restored = start_recovered(dir, opts);
+    assert_eq!(
+        restored.psql("SELECT count(*), max(id) FROM t").unwrap(),
+        "250|250"
+    );
+    let log = fs::read_to_string(restored.log_path()).unwrap();
+    assert!(
+        log.contains("source=prefetch cache pg_wal/.tidemark-prefetch"),
+        "no segment was served from the prefetch cache:\n{log}"
+    );
+    let cache = data.join("pg_wal/.tidemark-prefetch");
+    wait_for(
+        "recovery_end_command to remove the cache",
+        Duration::from_secs(10),
+        || (!cache.exists()).then_some(()),
+    );
+    assert!(!data.join(".tidemark-prefetch").exists());
+    // Even while it exists, the cache is not part of a base backup.
+    fs::create_dir(&cache).unwrap();
+    fs::write(cache.join(format!("{}.00000000", name(0x99))), b"x").unwrap();
+    let copy = pg_basebackup_into(&restored, "fetch");
+    assert!(copy.path().join("data/pg_wal").is_dir());
+    assert!(
+        !copy.path().join("data/pg_wal/.tidemark-prefetch").exists(),
+        "a base backup carried the prefetch cache"
+    );
+    fs::remove_dir_all(&cache).unwrap();
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_14(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(14);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_15(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(15);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_16(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(16);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_17(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(17);
+}
+
+#[test]
+fn prefetch_works_with_pg_wal_on_another_filesystem_and_the_cache_is_gone_after_recovery_on_postgresql_18(
+) {
+    prefetch_with_pg_wal_on_another_filesystem(18);
+}
+
+fn device(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().dev()
+}
+
+/// Make `dir` (a tree outside a fixture's data directory) the postgres user's when the
+/// tests run as root.
+fn give_to_postgres(dir: &Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let ok = std::process::Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn no_prefetch_fetches_only_the_asked_file() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let (repo, through) = archived_in_s3(&cluster, "fetch-rewind", || {
+        cluster.pgbench_init(1).expect("pgbench -i");
+    });
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let proxy = OutageProxy::start_http(s3.endpoint.trim_start_matches("http://")).expect("proxy");
+    let dir = tidemark_fixtures::test_dir("fetch-rewind");
+    fs::create_dir(dir.path().join("pg_wal")).unwrap();
+    let last = Lsn(through.0 - 1).segment_number(seg());
+    let fetch = |file: &str, args: &[&str]| {
+        let mut cmd = tidemark(&repo);
+        cmd.current_dir(dir.path())
+            .env("AWS_ENDPOINT_URL_S3", proxy.endpoint())
+            .args(["--repo", &repo.url(), "wal-fetch"])
+            .args(args)
+            .args([file, "pg_wal/RECOVERYXLOG"]);
+        let out = run(cmd);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        fs::remove_file(dir.path().join("pg_wal/RECOVERYXLOG")).unwrap();
+    };
+    let wal_reads = || -> Vec<String> {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.contains("/wal/"))
+            .collect()
+    };
+
+    fetch(&name(last - 6), &["--no-prefetch"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let reads = wal_reads();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert!(reads[0].contains(&name(last - 6)), "{reads:?}");
+    assert!(!dir.path().join("pg_wal/.tidemark-prefetch").exists());
+
+    // Without it, the segments after the one asked for are fetched too.
+    proxy.clear_requests();
+    fetch(&name(last - 6), &["--prefetch", "2"]);
+    wait_for("the prefetch", Duration::from_secs(30), || {
+        (wal_reads().len() >= 3).then_some(())
+    });
 }

@@ -4,11 +4,11 @@
 //! is returned to the stream loop, which stops.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::repository::{ArchivedObject, RepoError, Repository};
+use tidemark_store::retry::RetryPolicy;
 use tidemark_store::storage::Metadata;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -154,63 +154,15 @@ impl Uploads {
     }
 }
 
-/// How long refused credentials and a full local disk are retried before giving up: long
-/// enough for keys to rotate, a token to be renewed or an operator to free space.
-pub const PATIENCE: Duration = Duration::from_secs(15 * 60);
-/// At most one warning per this long for one failing operation.
-const LOG_EVERY: Duration = Duration::from_secs(30);
+pub use tidemark_store::retry::{chain, PATIENCE};
 
-/// The one retry policy for repository writes: transient errors (network, 5xx,
-/// throttling) are retried with exponential backoff capped at 30 s, indefinitely; refused
-/// credentials and a full local disk for [`PATIENCE`]; others are returned at once.
-/// Retries are logged loudly but at most every [`LOG_EVERY`].
-pub async fn with_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, ArchiverError>
+/// Repository writes under the one retry policy ([`RetryPolicy::WRITES`]): transient
+/// errors are retried for as long as they last, refused credentials and a full local disk
+/// for [`PATIENCE`], others are returned at once.
+pub async fn with_retry<T, F, Fut>(what: &str, op: F) -> Result<T, ArchiverError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RepoError>>,
 {
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1u32;
-    let mut logged: Option<tokio::time::Instant> = None;
-    loop {
-        match op().await {
-            Ok(v) => {
-                if logged.is_some() {
-                    tracing::info!(attempt, "{what} succeeded after retrying");
-                }
-                return Ok(v);
-            }
-            Err(e)
-                if e.is_transient()
-                    || ((e.is_access_denied() || e.is_disk_full())
-                        && started.elapsed() < PATIENCE) =>
-            {
-                let error = chain(&e);
-                if logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                    tracing::warn!(%error, attempt, failing_for = ?started.elapsed(), retry_in = ?delay, "{what} failed; retrying");
-                    logged = Some(tokio::time::Instant::now());
-                } else {
-                    tracing::debug!(%error, attempt, "{what} failed; retrying");
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// `e` and every cause under it, joined by `: `, for log lines (a repository error's own
-/// text only names the object; the cause says what went wrong).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+    Ok(RetryPolicy::WRITES.run(what, op).await?)
 }

@@ -2,6 +2,13 @@
 //! network: after serving segment N, `wal-fetch` starts a detached filler that fetches the
 //! next segments into the cache.
 //!
+//! Its place is `pg_wal/.tidemark-prefetch`: on `pg_wal`'s filesystem (often not the data
+//! directory's: `pg_wal` may be a symlink), so an entry is moved to `%p` by a rename (a
+//! copy when another `--prefetch-dir` is on another filesystem), and outside what a base
+//! backup sends (BASE_BACKUP sends `pg_wal` empty). `recovery_end_command` removes it
+//! ([`Cache::remove`]). Only `wal-fetch` creates the directory, so a filler that outlives
+//! the removal fails its next write and stops.
+//!
 //! Entries are complete segments only (never partials, which can grow), named
 //! `<SEGNAME>.<crc32>` with the CRC-32 of their bytes as verified against the repository,
 //! written under a temporary name and renamed. Before an entry is served its size and
@@ -46,6 +53,10 @@ impl Cache {
         Cache { dir: dir.into() }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn describe(&self) -> String {
         format!("prefetch cache {}", self.dir.display())
     }
@@ -84,7 +95,7 @@ impl Cache {
                 Some(crc) => matches!(checksum(&path), Ok(c) if c == crc),
                 None => false,
             };
-            if good && fs::rename(&path, dst).is_ok() {
+            if good && move_to(&path, dst).is_ok() {
                 return true;
             }
             tracing::warn!(entry = %path.display(), "discarding a prefetched segment that failed verification");
@@ -93,10 +104,34 @@ impl Cache {
         false
     }
 
+    /// Create the cache directory (before a filler is started for it).
+    pub fn create(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)
+    }
+
+    /// Remove the cache directory and everything in it; false when there was none. A
+    /// filler still running is not waited for (recovery's end must not wait on the
+    /// network): it cannot create the directory again, only fail its next write there,
+    /// and what it adds meanwhile is removed by trying again.
+    pub fn remove(&self) -> io::Result<bool> {
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir_all(&self.dir) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(tries > 0),
+                Err(_) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Fetch up to `count` complete segments after `after` that are not cached yet,
     /// stopping at the first one the repository lacks; drop entries at or before `after`.
     /// Returns how many were fetched. Only one filler runs at a time: if another holds
-    /// the lock this returns at once.
+    /// the lock this returns at once. The directory must exist ([`Cache::create`]).
     pub async fn fill(
         &self,
         repo: &Repository,
@@ -108,7 +143,6 @@ impl Cache {
             path: self.dir.clone(),
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(io_err)?;
         let Some(_lock) = Lock::try_acquire(&self.dir.join(LOCK_FILE)).map_err(io_err)? else {
             return Ok(0);
         };
@@ -159,6 +193,22 @@ impl Cache {
                 }
             }
         }
+    }
+}
+
+/// Move the verified entry `path` to `dst`: a rename, or where they are on different
+/// filesystems a durable copy (temp, fsync, rename) and then the entry's removal.
+fn move_to(path: &Path, dst: &Path) -> io::Result<()> {
+    match fs::rename(path, dst) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            tidemark_store::crashsafe::write_durably(
+                dst,
+                tidemark_store::crashsafe::Publish::Replace,
+                |out| io::copy(&mut File::open(path)?, out),
+            )?;
+            fs::remove_file(path)
+        }
+        moved => moved,
     }
 }
 
@@ -241,6 +291,41 @@ mod tests {
         assert!(!cache.take(&name, &dst));
         assert!(!dst.exists());
         assert!(cache.entries(&name).is_empty());
+    }
+
+    #[test]
+    fn an_entry_on_another_filesystem_is_copied_into_place() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(elsewhere) = tempfile::tempdir_in("/dev/shm") else {
+            return; // no second filesystem on this machine
+        };
+        let here = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+        if dev(elsewhere.path()) == dev(here.path()) {
+            return;
+        }
+        let cache = Cache::new(elsewhere.path());
+        let name = SegmentName::new(TimelineId(1), 7).file_name(seg());
+        let data = vec![5u8; 1 << 20];
+        fs::write(cache.entry(&name, crc32fast::hash(&data)), &data).unwrap();
+        let dst = here.path().join("RECOVERYXLOG");
+        assert!(cache.take(&name, &dst));
+        assert_eq!(fs::read(&dst).unwrap(), data);
+        assert!(
+            cache.entries(&name).is_empty(),
+            "the entry was moved, not left"
+        );
+    }
+
+    #[test]
+    fn removal_takes_everything_and_a_missing_cache_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        assert!(!cache.remove().unwrap());
+        cache.create().unwrap();
+        fs::write(cache.dir.join("000000010000000000000003.00000000"), b"x").unwrap();
+        assert!(cache.remove().unwrap());
+        assert!(!cache.dir.exists());
     }
 
     #[test]

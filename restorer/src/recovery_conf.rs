@@ -1,5 +1,5 @@
-//! The recovery settings a restored data directory starts with: `restore_command`, the
-//! target, `recovery.signal`, and `archive_mode = off` unless asked (a side restore must
+//! The recovery settings a restored data directory starts with: `restore_command`,
+//! `recovery_end_command` (which removes `wal-fetch`'s prefetch cache), the target, `recovery.signal`, and `archive_mode = off` unless asked (a side restore must
 //! never push WAL into the production archive). Written into `postgresql.auto.conf`,
 //! which PostgreSQL reads last, atomically (temp, fsync, rename). Recovery settings the
 //! backed-up cluster carried (a cluster that was itself restored keeps its old target)
@@ -16,6 +16,8 @@ use crate::target::{postgres_time, RecoveryTarget, TargetAction, TimelineTarget}
 #[derive(Debug, Clone)]
 pub struct RecoverySettings {
     pub restore_command: String,
+    /// The command PostgreSQL runs once recovery has ended (`… wal-fetch-end`).
+    pub recovery_end_command: String,
     pub target: RecoveryTarget,
     pub timeline: TimelineTarget,
     pub action: TargetAction,
@@ -63,7 +65,13 @@ fn setting_name(line: &str) -> Option<String> {
 impl RecoverySettings {
     /// The `name = value` lines, in order.
     pub fn lines(&self) -> Vec<(String, String)> {
-        let mut out = vec![("restore_command".to_string(), quote(&self.restore_command))];
+        let mut out = vec![
+            ("restore_command".to_string(), quote(&self.restore_command)),
+            (
+                "recovery_end_command".to_string(),
+                quote(&self.recovery_end_command),
+            ),
+        ];
         let target = match &self.target {
             RecoveryTarget::Latest => None,
             RecoveryTarget::Immediate => Some(("recovery_target", quote("immediate"))),
@@ -168,6 +176,7 @@ mod tests {
     fn settings(target: RecoveryTarget) -> RecoverySettings {
         RecoverySettings {
             restore_command: "tidemark --repo 's3://b/p' wal-fetch %f %p".into(),
+            recovery_end_command: "tidemark wal-fetch-end".into(),
             target,
             timeline: TimelineTarget::Latest,
             action: TargetAction::Promote,
@@ -187,6 +196,7 @@ mod tests {
                     "restore_command",
                     "'tidemark --repo ''s3://b/p'' wal-fetch %f %p'"
                 ),
+                ("recovery_end_command", "'tidemark wal-fetch-end'"),
                 ("recovery_target_time", "'2026-11-21 09:30:00.000000+00'"),
                 ("recovery_target_inclusive", "on"),
                 ("recovery_target_action", "'promote'"),

@@ -1,7 +1,9 @@
 //! `tidemark restore`: plan (`plan_restore`, which writes nothing), then fetch and unpack
 //! the chosen backup's chunks in parallel into an empty data directory (`restore`), check
 //! the links they hold, put PostgreSQL's manifest beside them, and write the recovery
-//! settings. Refuses a non-empty directory (DESIGN invariant 5).
+//! settings. Refuses a non-empty directory (DESIGN invariant 5). A journal
+//! (`crate::journal`) records the chunks unpacked, so an interrupted restore is finished
+//! with `resume` and a plain rerun into its directory is refused.
 
 use std::fs;
 use std::io;
@@ -14,9 +16,10 @@ use tidemark_store::repository::{RepoError, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::journal::{Interrupted, Journal};
 use crate::plan::{plan, Plan, PlanError, PlanRequest};
 use crate::recovery_conf::RecoverySettings;
-use crate::unpack::{check_links, unpack_tar, AbsoluteLink, UnpackError};
+use crate::unpack::{check_links, unpack_tar, AbsoluteLink, Existing, UnpackError};
 
 /// What to restore, where, and how recovery should end.
 #[derive(Debug, Clone)]
@@ -26,11 +29,16 @@ pub struct RestoreOptions {
     pub request: PlanRequest,
     /// The command PostgreSQL runs to fetch WAL (`… wal-fetch %f %p`).
     pub restore_command: String,
+    /// The command PostgreSQL runs when recovery ends (`… wal-fetch-end`).
+    pub recovery_end_command: String,
     pub keep_archiving: bool,
     /// Chunks fetched and unpacked at once.
     pub concurrency: usize,
     /// Where tablespaces go: `<dir>/<oid>` (default: `<pgdata>.tablespaces/<oid>`).
     pub tablespace_root: Option<PathBuf>,
+    /// Finish the interrupted restore into `pgdata` that its journal describes, keeping
+    /// the chunks it completed (without a journal: an ordinary restore).
+    pub resume: bool,
 }
 
 /// What a restore did.
@@ -52,6 +60,19 @@ pub enum RestoreError {
     NotEmpty(PathBuf),
     #[error("the repository has no tidemark.json; HINT: check --repo")]
     NotARepository,
+    #[error("{} holds an interrupted restore of backup {} ({} chunk(s) done, journal {}); HINT: rerun the same restore with --resume to finish it, or remove both (and any tablespace directories it made) to start over", pgdata.display(), interrupted.backup, interrupted.chunks_done, journal.display())]
+    Interrupted {
+        pgdata: PathBuf,
+        journal: PathBuf,
+        interrupted: Interrupted,
+    },
+    #[error("the interrupted restore in {} is of backup {interrupted}, but this one would restore backup {planned}; HINT: resume with the target options of the first run (or --backup {interrupted}), or remove the directory and {} to start over", pgdata.display(), journal.display())]
+    ResumeOtherBackup {
+        pgdata: PathBuf,
+        journal: PathBuf,
+        interrupted: String,
+        planned: String,
+    },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -98,16 +119,36 @@ fn empty_dir(dir: &Path) -> Result<(), RestoreError> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_at(dir))
 }
 
-/// Plan the restore `opts` asks for and check its directories are free; writes nothing.
+/// Plan the restore `opts` asks for and check where it would go: free directories, or an
+/// interrupted restore of the same backup when resuming. Writes nothing.
 pub async fn plan_restore(repo: &Repository, opts: &RestoreOptions) -> Result<Plan, RestoreError> {
     let seg = segment_size(repo).await?;
     let plan = plan(repo, seg, &opts.request).await?;
-    for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
-        if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
-            return Err(RestoreError::NotEmpty(dir));
+    let journal_path = Journal::path_for(&opts.pgdata);
+    match Journal::read(&journal_path).map_err(io_at(&journal_path))? {
+        Some((interrupted, _)) if !opts.resume => Err(RestoreError::Interrupted {
+            pgdata: opts.pgdata.clone(),
+            journal: journal_path,
+            interrupted,
+        }),
+        Some((interrupted, _)) if interrupted.backup != plan.backup.id.to_string() => {
+            Err(RestoreError::ResumeOtherBackup {
+                pgdata: opts.pgdata.clone(),
+                journal: journal_path,
+                interrupted: interrupted.backup,
+                planned: plan.backup.id.to_string(),
+            })
+        }
+        Some(_) => Ok(plan),
+        None => {
+            for dir in std::iter::once(opts.pgdata.clone()).chain(tablespace_dirs(&plan, opts)) {
+                if fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_some()) {
+                    return Err(RestoreError::NotEmpty(dir));
+                }
+            }
+            Ok(plan)
         }
     }
-    Ok(plan)
 }
 
 /// Restore `plan` (from [`plan_restore`] with the same `opts`).
@@ -116,11 +157,25 @@ pub async fn restore(
     plan: Plan,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
-    empty_dir(&opts.pgdata)?;
+    let journal_path = Journal::path_for(&opts.pgdata);
+    let journal = match Journal::read(&journal_path).map_err(io_at(&journal_path))? {
+        Some((interrupted, done)) => {
+            tracing::info!(
+                chunks = interrupted.chunks_done,
+                "resuming the interrupted restore; its completed chunks are kept"
+            );
+            Journal::resume(&journal_path, done).map_err(io_at(&journal_path))?
+        }
+        None => {
+            empty_dir(&opts.pgdata)?;
+            Journal::begin(&journal_path, &plan.backup.id).map_err(io_at(&journal_path))?
+        }
+    };
+    let journal = Arc::new(journal);
     let scratch = sibling(&opts.pgdata, ".tidemark-restore-tmp");
     fs::create_dir_all(&scratch).map_err(io_at(&scratch))?;
     let started = Instant::now();
-    let fetched = fetch_all(&repo, &plan, opts, &scratch).await;
+    let fetched = fetch_all(&repo, &plan, opts, &scratch, &journal).await;
     let _ = fs::remove_dir_all(&scratch);
     let (bytes, chunks, tablespaces) = fetched?;
     let fetch_time = started.elapsed();
@@ -143,6 +198,7 @@ pub async fn restore(
     }
     let settings = RecoverySettings {
         restore_command: opts.restore_command.clone(),
+        recovery_end_command: opts.recovery_end_command.clone(),
         target: plan.target.clone(),
         timeline: opts.request.timeline,
         action: opts.request.action,
@@ -150,6 +206,11 @@ pub async fn restore(
         keep_archiving: opts.keep_archiving,
     };
     settings.write(&opts.pgdata).map_err(io_at(&opts.pgdata))?;
+    let journal = Arc::into_inner(journal).ok_or(RestoreError::Task(
+        "the restore journal is still in use".into(),
+    ))?;
+    let journal_path = journal.path().to_path_buf();
+    journal.finish().map_err(io_at(&journal_path))?;
     Ok(RestoreReport {
         plan,
         bytes,
@@ -196,7 +257,13 @@ async fn fetch_all(
     plan: &Plan,
     opts: &RestoreOptions,
     scratch: &Path,
+    journal: &Arc<Journal>,
 ) -> Result<Fetched, RestoreError> {
+    // A resumed restore unpacks its unfinished chunks again, over what they left.
+    let existing = match opts.resume {
+        true => Existing::Replace,
+        false => Existing::Refuse,
+    };
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut jobs = JoinSet::new();
     let mut tablespaces = Vec::new();
@@ -208,28 +275,38 @@ async fn fetch_all(
             Some("base") | None => opts.pgdata.clone(),
             Some(oid) => {
                 let dir = ts_dirs.next().unwrap_or_else(|| scratch.join(oid));
-                empty_dir(&dir)?;
+                match existing {
+                    Existing::Refuse => empty_dir(&dir)?,
+                    Existing::Replace => fs::create_dir_all(&dir).map_err(io_at(&dir))?,
+                }
                 tablespaces.push((oid.to_string(), dir.clone()));
                 dir
             }
         };
         for chunk in &archive.chunks {
             bytes += chunk.raw_size;
-            let (repo, dest, key) = (repo.clone(), dest.clone(), chunk.key.clone());
             let tmp = scratch.join(format!("{n}.tar"));
             n += 1;
-            let permits = permits.clone();
+            if journal.is_done(&chunk.key) {
+                continue;
+            }
+            let (repo, dest, key) = (repo.clone(), dest.clone(), chunk.key.clone());
+            let (permits, journal) = (permits.clone(), journal.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 repo.fetch_verified(&key, &tmp).await?;
                 let unpacked = tokio::task::spawn_blocking(move || {
-                    let r = unpack_tar(&tmp, &dest, &key);
+                    let r = unpack_tar(&tmp, &dest, &key, existing);
                     let _ = fs::remove_file(&tmp);
-                    r
+                    r?;
+                    journal.record(&key).map_err(|source| RestoreError::Io {
+                        path: journal.path().to_path_buf(),
+                        source,
+                    })
                 })
                 .await
                 .map_err(|e| RestoreError::Task(e.to_string()))?;
-                unpacked.map_err(RestoreError::from)
+                unpacked
             });
         }
     }

@@ -71,6 +71,15 @@ pub struct AbsoluteLink {
     pub target: PathBuf,
 }
 
+/// What to do with a file that is already where an entry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Fail: a fresh restore writes into an empty directory.
+    Refuse,
+    /// Replace it: a resumed restore unpacks an unfinished chunk again.
+    Replace,
+}
+
 /// Whether `path` stays inside the directory it is relative to.
 fn stays_inside(path: &Path) -> bool {
     let mut depth: i64 = 0;
@@ -143,7 +152,12 @@ fn resolve(root: &Path, from: &Path, path: &Path) -> io::Result<Resolved> {
 }
 
 /// Unpack the tar file `tar_path` (chunk `chunk`, for messages) under `dir`.
-pub fn unpack_tar(tar_path: &Path, dir: &Path, chunk: &str) -> Result<(), UnpackError> {
+pub fn unpack_tar(
+    tar_path: &Path,
+    dir: &Path,
+    chunk: &str,
+    existing: Existing,
+) -> Result<(), UnpackError> {
     let io_err = |source| UnpackError::Io {
         chunk: chunk.to_string(),
         dir: dir.to_path_buf(),
@@ -152,7 +166,7 @@ pub fn unpack_tar(tar_path: &Path, dir: &Path, chunk: &str) -> Result<(), Unpack
     let file = File::open(tar_path).map_err(io_err)?;
     let mut archive = tar::Archive::new(file);
     archive.set_preserve_permissions(true);
-    archive.set_overwrite(false);
+    archive.set_overwrite(existing == Existing::Replace);
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
         let path = entry.path().map_err(io_err)?.into_owned();
@@ -282,7 +296,7 @@ mod tests {
         std::fs::write(&tar, tar_with(entries)).unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let r = unpack_tar(&tar, &out, "data-0000");
+        let r = unpack_tar(&tar, &out, "data-0000", Existing::Refuse);
         (dir, r)
     }
 

@@ -2,14 +2,14 @@
 //!
 //! Starts from "assume the file will not be found": `NotFound` only when the repository
 //! truly has neither the segment nor a partial of it (PostgreSQL then ends recovery or, in
-//! standby mode, retries). Every other failure is retried within a budget and then
-//! reported as an error, which the binary turns into a fatal exit status (DESIGN
-//! invariant 6). What reaches `%p` is verified (CRC-32 and size) and appears atomically;
+//! standby mode, retries). Every other failure is retried within a budget — the read
+//! policy of a repository opened with `Repository::open_for_reads`, which covers opening
+//! it and reading its identity too — and then reported as an error, which the binary turns
+//! into a fatal exit status (DESIGN invariant 6). What reaches `%p` is verified (CRC-32 and size) and appears atomically;
 //! a partial segment is zero-padded to `wal_segment_size`.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use tidemark_protocol::{SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::layout;
@@ -45,60 +45,37 @@ pub enum FetchOutcome {
     NotFound,
 }
 
-/// A fetch that failed for a reason other than absence, after the retry budget.
+/// A fetch that failed for a reason other than absence, after the repository's retries.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error(
-        "cannot fetch {file} from the repository after {attempts} attempt(s) over {elapsed:?}"
-    )]
+    #[error("cannot fetch {file} from the repository")]
     Repository {
         file: String,
-        attempts: u32,
-        elapsed: Duration,
         #[source]
         source: RepoError,
     },
 }
 
-/// Fetch `file_name` into `dst` from the repository, retrying failures (other than
-/// absence) for up to `retry_budget`. (The prefetch cache is consulted before this, by
-/// [`crate::prefetch::Cache::take`], without opening the repository.)
+/// Fetch `file_name` into `dst` from the repository (whose read policy retries failures
+/// other than absence). The prefetch cache is consulted before this, by
+/// [`crate::prefetch::Cache::take`], without opening the repository.
 pub async fn wal_fetch(
     repo: &Repository,
     seg: WalSegmentSize,
     file_name: &str,
     dst: &Path,
-    retry_budget: Duration,
 ) -> Result<FetchOutcome, FetchError> {
     let Some(request) = WalRequest::parse(file_name, seg) else {
         return Ok(FetchOutcome::NotFound);
     };
-    let started = Instant::now();
-    let mut attempts = 0;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        attempts += 1;
-        let result = match request {
-            WalRequest::History(tli) => fetch_key(repo, &layout::history_key(tli), dst, None).await,
-            WalRequest::Segment(name) => fetch_segment(repo, name, seg, dst).await,
-        };
-        match result {
-            Ok(outcome) => return Ok(outcome),
-            Err(e) if started.elapsed() + delay < retry_budget => {
-                tracing::warn!(file = file_name, error = %e, attempt = attempts, "fetch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(source) => {
-                return Err(FetchError::Repository {
-                    file: file_name.to_string(),
-                    attempts,
-                    elapsed: started.elapsed(),
-                    source,
-                })
-            }
-        }
-    }
+    let result = match request {
+        WalRequest::History(tli) => fetch_key(repo, &layout::history_key(tli), dst, None).await,
+        WalRequest::Segment(name) => fetch_segment(repo, name, seg, dst).await,
+    };
+    result.map_err(|source| FetchError::Repository {
+        file: file_name.to_string(),
+        source,
+    })
 }
 
 /// The complete segment if archived, else its newest partial, zero-padded.

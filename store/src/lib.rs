@@ -15,6 +15,7 @@ pub mod objects;
 pub mod probe;
 pub mod reindex;
 pub mod repository;
+pub mod retry;
 mod serde_text;
 pub mod storage;
 mod sync_bridge;

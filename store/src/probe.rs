@@ -147,6 +147,7 @@ mod tests {
             url: RepoUrl::File {
                 path: dir.to_path_buf(),
             },
+            reads: None,
         }
     }
 

@@ -9,6 +9,7 @@
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -22,6 +23,7 @@ use crate::envelope::{self, EnvelopeError, Sealed};
 use crate::identity::{RepoIdentity, FORMAT_VERSION};
 use crate::layout::{self, IDENTITY_KEY};
 use crate::meta;
+use crate::retry::RetryPolicy;
 use crate::storage::{
     Body, FsStorage, Metadata, ObjectHead, ObjectInfo, PutOutcome, S3Options, S3Storage, Storage,
     StorageError,
@@ -37,6 +39,9 @@ const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
 pub struct Repository {
     pub storage: Arc<dyn Storage>,
     pub url: RepoUrl,
+    /// Set by [`Repository::open_for_reads`]: reads (listings, heads, documents, verified
+    /// fetches) are retried under this policy, each call on its own budget.
+    pub(crate) reads: Option<RetryPolicy>,
 }
 
 /// `wal/<TLI>.complete`: as of `server_time` (the server's clock), every byte of the
@@ -146,6 +151,16 @@ pub enum RepoError {
     /// A worker task failed unexpectedly.
     #[error("internal task failed: {message}")]
     Task { message: String },
+    /// A call kept failing for as long as the retry policy allows (`source`: the last
+    /// failure).
+    #[error("{what} failed {attempts} times over {elapsed:.1?}; giving up")]
+    GaveUp {
+        what: String,
+        attempts: u32,
+        elapsed: Duration,
+        #[source]
+        source: Box<RepoError>,
+    },
 }
 
 impl RepoError {
@@ -179,6 +194,9 @@ impl RepoError {
     /// True when the credentials were refused: rotating keys or an expiring token cure
     /// that without anyone's help, a wrong policy does not.
     pub fn is_access_denied(&self) -> bool {
+        if let RepoError::GaveUp { source, .. } = self {
+            return source.is_access_denied();
+        }
         matches!(
             self,
             RepoError::Storage {
@@ -214,7 +232,39 @@ impl Repository {
         Ok(Repository {
             storage,
             url: url.clone(),
+            reads: None,
         })
+    }
+
+    /// Opens an existing repository for a reader that must ride out a flaky network
+    /// (`restore`, `plan`, `wal-fetch`): the opening itself and every later read are
+    /// retried under `policy`. A transfer cut mid-body is a transient error, retried like
+    /// a failed request; only verified bytes are ever returned.
+    pub async fn open_for_reads(
+        url: &RepoUrl,
+        s3: &S3Options,
+        policy: RetryPolicy,
+    ) -> Result<Repository, RepoError> {
+        let mut repo = policy
+            .run("open the repository", || Self::open(url, s3))
+            .await?;
+        repo.reads = Some(policy);
+        Ok(repo)
+    }
+
+    /// `op` under the read policy, if any.
+    async fn reading<T, F, Fut>(&self, what: &str, op: F) -> Result<T, RepoError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RepoError>>,
+    {
+        match &self.reads {
+            Some(policy) => policy.run(what, op).await,
+            None => {
+                let mut op = op;
+                op().await
+            }
+        }
     }
 
     /// Opens a repository for `tidemark init`: a `file://` directory is created (with its
@@ -582,10 +632,13 @@ impl Repository {
 
     /// `Storage::head` with the key as error context.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectHead>, RepoError> {
-        self.storage
-            .head(key)
-            .await
-            .map_err(RepoError::storage(key))
+        self.reading(&format!("look up {key}"), || async {
+            self.storage
+                .head(key)
+                .await
+                .map_err(RepoError::storage(key))
+        })
+        .await
     }
 
     /// `Storage::delete` with the key as error context (`Ok` when already absent).
@@ -598,10 +651,13 @@ impl Repository {
 
     /// `Storage::list` with the prefix as error context.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, RepoError> {
-        self.storage
-            .list(prefix)
-            .await
-            .map_err(RepoError::storage(prefix))
+        self.reading(&format!("list {prefix}"), || async {
+            self.storage
+                .list(prefix)
+                .await
+                .map_err(RepoError::storage(prefix))
+        })
+        .await
     }
 
     /// The history file of `timeline`, if archived (verified against its CRC-32).
@@ -645,6 +701,11 @@ impl Repository {
     /// A small object read whole (at most `MAX_DOCUMENT_BYTES`) and checked against the
     /// CRC-32 in its metadata.
     pub(crate) async fn read_document(&self, key: &str) -> Result<Vec<u8>, RepoError> {
+        self.reading(&format!("read {key}"), || self.read_document_once(key))
+            .await
+    }
+
+    async fn read_document_once(&self, key: &str) -> Result<Vec<u8>, RepoError> {
         let mut get = self
             .storage
             .get(key)
@@ -659,6 +720,13 @@ impl Repository {
                 key: key.to_string(),
                 source,
             })?;
+        let announced = get.head.info.size;
+        if (bytes.len() as u64) < announced.min(MAX_DOCUMENT_BYTES) {
+            return Err(RepoError::Read {
+                key: key.to_string(),
+                source: short_transfer(bytes.len() as u64, announced),
+            });
+        }
         if let Some(expected) = meta::crc32(&get.head.metadata) {
             let actual = crc32fast::hash(&bytes);
             if actual != expected {
@@ -675,6 +743,13 @@ impl Repository {
     /// against the object's metadata. `dst` appears atomically (temp, fsync, rename) and
     /// only when verification passed. Returns the object's seal.
     pub async fn fetch_verified(&self, key: &str, dst: &Path) -> Result<Sealed, RepoError> {
+        self.reading(&format!("fetch {key}"), || {
+            self.fetch_verified_once(key, dst)
+        })
+        .await
+    }
+
+    async fn fetch_verified_once(&self, key: &str, dst: &Path) -> Result<Sealed, RepoError> {
         let get = self
             .storage
             .get(key)
@@ -694,7 +769,7 @@ impl Repository {
         let handle = tokio::runtime::Handle::current();
         let (key_owned, dst_owned) = (key.to_string(), dst.to_path_buf());
         let task = tokio::task::spawn_blocking(move || {
-            let reader = BlockingReader::new(handle, get.body);
+            let reader = BlockingReader::new(handle, get.body, sealed.stored_size);
             let mut failure = None;
             let written = crashsafe::write_durably(&dst_owned, Publish::Replace, |file| {
                 let out = BufWriter::new(file);
@@ -748,6 +823,15 @@ impl Repository {
             outcome,
         })
     }
+}
+
+/// The error of a body that ended before the length the server announced: the transfer
+/// was cut (a reset, a proxy timeout), which says nothing about the stored object.
+pub(crate) fn short_transfer(received: u64, announced: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the transfer ended after {received} of {announced} bytes"),
+    )
 }
 
 fn check_identity(

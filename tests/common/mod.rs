@@ -611,6 +611,22 @@ pub fn delete_catalog(archiver: &Archiver) {
     }
 }
 
+/// `tidemark backup ARGS…`, which must succeed; returns the backup id. Waits a second
+/// afterwards: ids have one-second resolution, so two backups stay apart.
+pub fn backup(archiver: &Archiver, args: &[&str]) -> String {
+    let mut all = vec!["backup"];
+    all.extend_from_slice(args);
+    let out = run(archiver.command(&all));
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("backup id in the output")
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    id
+}
+
 /// `tidemark restore` with `args` into a fresh directory, which must succeed; a `file://`
 /// repository is first shared with the postgres user, who runs `wal-fetch` during
 /// recovery (restore checks that it can).
