@@ -110,11 +110,22 @@ pub async fn prepare(
             .into())
         }
     };
-    let mode = match known_target {
-        Some(t) => plan(&bucket, &history, t)?.mode,
+    let known_plan = match known_target {
+        Some(t) => Some(plan(&bucket, &history, t)?),
+        None => None,
+    };
+    let mode = match &known_plan {
+        Some(p) => p.mode,
         None => plan_mode(&bucket, &history)?,
     };
-    let writer = Writer::open(&bucket, mode, &dest, &S3Options::from_env()?).await?;
+    let writer = Writer::open(
+        &bucket,
+        mode,
+        &dest,
+        &S3Options::from_env()?,
+        known_plan.as_ref(),
+    )
+    .await?;
     let work_dir = paths::beside_catalog(&catalog_path(cli, url), "objects");
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
@@ -196,6 +207,12 @@ pub fn print_report(report: &ObjectRestoreReport) {
         report.removed,
         report.unchanged
     );
+    if report.already_restored > 0 {
+        println!(
+            "resumed: {} object(s) already restored by an earlier run were checked and kept",
+            report.already_restored
+        );
+    }
     println!(
         "instant: database {} = bucket {} (object store clock, ±{} ms)",
         report.database_instant.format("%Y-%m-%d %H:%M:%S%.6f+00"),

@@ -421,3 +421,185 @@ fn bad_object_requests_are_refused_and_write_nothing() {
     assert_eq!(pass_count(&archiver, &versioned), 2);
     assert_eq!(s3.list_versions(&versioned).unwrap().len(), 1);
 }
+
+/// Runs `tidemark` with the S3 server's environment (the repository may be a directory).
+fn run_s3(archiver: &Archiver, s3: &tidemark_fixtures::S3, args: &[&str]) -> std::process::Output {
+    let mut cmd = archiver.command(args);
+    cmd.envs(s3.env());
+    run(cmd)
+}
+
+/// One tracking pass of `bucket` in `mode`, which must succeed.
+fn track_once(archiver: &Archiver, s3: &tidemark_fixtures::S3, bucket: &str, mode: &str) {
+    let out = run_s3(
+        archiver,
+        s3,
+        &[
+            "objects", "track", "--bucket", bucket, "--mode", mode, "--once",
+        ],
+    );
+    assert!(out.status.success(), "track: {}", stderr(&out));
+}
+
+/// Legal S3 keys that tidemark used to refuse, or whose encoding is easy to get wrong, with
+/// their bodies. Each is its own object on every S3 server. (Keys with `//`, a leading `/`,
+/// a backslash or `.`/`..` segments are legal too, and pass tidemark's checks (unit tests),
+/// but SeaweedFS, a filer underneath, folds them onto other keys or refuses them.)
+const ODD_KEYS: [(&str, &str); 7] = [
+    // A "folder" marker, as consoles create them: empty, with a trailing slash.
+    ("dir/", ""),
+    ("dir/file", "a file in the folder"),
+    ("tab\there", "control character"),
+    ("ünïcödé and spaces.txt", "unicode"),
+    ("q?uery&x=1%20#frag", "reserved characters"),
+    ("plus+equals=semi;colon", "more reserved characters"),
+    ("deep/dir/", ""),
+];
+#[test]
+fn keys_with_a_trailing_slash_or_control_characters_are_tracked_and_restored() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::file();
+    let archiver = Archiver::new(&cluster, &repo, &[]);
+    archiver.init();
+    for (mode, versioned) in [("versions", true), ("copy", false)] {
+        let bucket = s3
+            .create_bucket(&format!("odd-keys-{mode}"), versioned)
+            .unwrap();
+        track_once(&archiver, &s3, &bucket, mode);
+        let mut expected = Files::new();
+        for (key, body) in ODD_KEYS {
+            s3.put_object(&bucket, key, body.as_bytes()).unwrap();
+            expected.insert(key.to_string(), body.to_string());
+        }
+        assert_eq!(
+            bucket_files(&s3, &bucket),
+            expected,
+            "the server keeps them apart"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        let t = pg_now(&cluster);
+        std::thread::sleep(Duration::from_millis(1100));
+        track_once(&archiver, &s3, &bucket, mode);
+        for (url_tail, prefix) in [("", ""), ("/restored", "restored/")] {
+            let dest = s3.create_bucket("odd-keys-dest", false).unwrap();
+            let out = run_s3(
+                &archiver,
+                &s3,
+                &[
+                    "objects",
+                    "restore",
+                    "--bucket",
+                    &bucket,
+                    "--target-time",
+                    &t,
+                    "--objects-to",
+                    &format!("s3://{dest}{url_tail}"),
+                ],
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{mode}: {stdout}{}", stderr(&out));
+            let want: Files = expected
+                .iter()
+                .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+                .collect();
+            assert_eq!(
+                bucket_files(&s3, &dest),
+                want,
+                "{mode} into {prefix:?}: {stdout}"
+            );
+            assert!(
+                stdout.contains(&format!("{} objects restored", ODD_KEYS.len())),
+                "{stdout}"
+            );
+        }
+    }
+}
+
+/// A bucket restore that stopped midway left a non-empty destination, and the rerun was
+/// refused ("not empty") forever. A rerun to the same instant now checks what is there
+/// (each object the planned bytes) and writes only the rest; a destination holding
+/// anything else is still refused and left untouched.
+#[test]
+fn interrupted_bucket_restore_is_finished_by_a_rerun_instead_of_refused() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::file();
+    let archiver = Archiver::new(&cluster, &repo, &[]);
+    archiver.init();
+    for (mode, versioned) in [("versions", true), ("copy", false)] {
+        let bucket = s3
+            .create_bucket(&format!("resume-{mode}"), versioned)
+            .unwrap();
+        track_once(&archiver, &s3, &bucket, mode);
+        let mut expected = Files::new();
+        for i in 0..12 {
+            let (key, body) = (format!("k{i:02}"), format!("{mode}-{i}"));
+            s3.put_object(&bucket, &key, body.as_bytes()).unwrap();
+            expected.insert(key, body);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let t = pg_now(&cluster);
+        std::thread::sleep(Duration::from_millis(1100));
+        track_once(&archiver, &s3, &bucket, mode);
+        let dest = s3.create_bucket("resume-dest", false).unwrap();
+        // What an interrupted run leaves: some of the planned objects, nothing else.
+        for (key, body) in expected.iter().take(5) {
+            s3.put_object(&dest, key, body.as_bytes()).unwrap();
+        }
+        let restore = || {
+            run_s3(
+                &archiver,
+                &s3,
+                &[
+                    "objects",
+                    "restore",
+                    "--bucket",
+                    &bucket,
+                    "--target-time",
+                    &t,
+                    "--objects-to",
+                    &format!("s3://{dest}"),
+                    "--json",
+                ],
+            )
+        };
+        let out = restore();
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["already_restored"], 5, "{report}");
+        assert_eq!(report["restored"], 7, "{report}");
+        assert_eq!(bucket_files(&s3, &dest), expected);
+        // Run again: everything is there already, nothing is written.
+        let out = restore();
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (
+                report["already_restored"].as_u64(),
+                report["restored"].as_u64()
+            ),
+            (Some(12), Some(0)),
+            "{report}"
+        );
+        // Other bytes under a planned key, or a key the plan lacks: refused, untouched.
+        for (key, body) in [("k03", "not what was restored"), ("stranger", "x")] {
+            let mut changed = expected.clone();
+            changed.insert(key.into(), body.into());
+            s3.put_object(&dest, key, body.as_bytes()).unwrap();
+            let out = restore();
+            assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains(&format!("already holds \"{key}\"")),
+                "{}",
+                stderr(&out)
+            );
+            assert_eq!(bucket_files(&s3, &dest), changed);
+            s3.put_object(&dest, "k03", expected["k03"].as_bytes())
+                .unwrap();
+            if key == "stranger" {
+                s3.delete_object(&dest, key).unwrap();
+            }
+        }
+    }
+}
