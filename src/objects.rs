@@ -226,6 +226,17 @@ pub fn print_report(report: &ObjectRestoreReport) {
             report.uncertain_keys.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
         );
     }
+    print_late_listed(report);
+}
+
+fn print_late_listed(report: &ObjectRestoreReport) {
+    if !report.late_listed_keys.is_empty() {
+        println!(
+            "warning: {} key(s) have a version stamped before the instant that tracking first listed after it (a multipart upload is stamped when it starts and visible once complete), so it was left out: {}",
+            report.late_listed_keys.len(),
+            report.late_listed_keys.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
 }
 
 pub fn print_verification(checked: usize, missing: &[String]) {

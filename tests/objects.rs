@@ -695,3 +695,102 @@ fn objects_over_the_single_copy_limit_are_restored_in_parts() {
         assert_eq!(report["already_restored"], 2, "{report}");
     }
 }
+
+/// On AWS a multipart upload's `LastModified` is when it was *started*, but the object is
+/// visible only once complete: taking `LastModified` at its word restored such an object to
+/// instants when it did not exist yet. SeaweedFS stamps completion, so the situation is
+/// made the way tracking sees it: the pass after the upload is made not to have listed it
+/// (its catalog row removed), and the next pass lists it with an old `LastModified`.
+#[test]
+fn object_listed_only_after_the_target_is_not_restored_to_it_whatever_its_last_modified() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::file();
+    let archiver = Archiver::new(&cluster, &repo, &[]);
+    archiver.init();
+    let bucket = s3.create_bucket("late-listed", true).unwrap();
+    s3.put_object(&bucket, "early.txt", b"early").unwrap();
+    track_once(&archiver, &s3, &bucket, "versions");
+    s3.put_object(&bucket, "late.bin", b"late").unwrap();
+    // Whole-second LastModified: a pass within the same second could not tell.
+    std::thread::sleep(Duration::from_millis(2100));
+    track_once(&archiver, &s3, &bucket, "versions");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg_now(&cluster);
+    std::thread::sleep(Duration::from_millis(1100));
+    // That pass did not see it (on AWS: the upload was still in progress).
+    let out = std::process::Command::new("sqlite3")
+        .arg(&archiver.catalog)
+        .arg("DELETE FROM object_versions WHERE key = 'late.bin'")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    track_once(&archiver, &s3, &bucket, "versions");
+    let history = tidemark_store::catalog::Catalog::open(&archiver.catalog)
+        .unwrap()
+        .object_history(&bucket)
+        .unwrap();
+    let late = history
+        .versions
+        .iter()
+        .find(|v| v.key == "late.bin")
+        .unwrap();
+    let observed = late.observed_at.expect("the late listing is recorded");
+    assert!(observed > late.last_modified, "{late:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let after = pg_now(&cluster);
+    std::thread::sleep(Duration::from_millis(1100));
+    track_once(&archiver, &s3, &bucket, "versions");
+
+    let restore = |t: &str| {
+        let dest = s3.create_bucket("late-dest", false).unwrap();
+        let out = run_s3(
+            &archiver,
+            &s3,
+            &[
+                "objects",
+                "restore",
+                "--bucket",
+                &bucket,
+                "--target-time",
+                t,
+                "--objects-to",
+                &format!("s3://{dest}"),
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (bucket_files(&s3, &dest), report)
+    };
+    let (files, report) = restore(&t);
+    assert_eq!(
+        files,
+        Files::from([("early.txt".into(), "early".into())]),
+        "{report}"
+    );
+    assert_eq!(
+        report["late_listed_keys"],
+        serde_json::json!(["late.bin"]),
+        "{report}"
+    );
+    assert!(
+        report["uncertain_keys"]
+            .as_array()
+            .unwrap()
+            .contains(&"late.bin".into()),
+        "{report}"
+    );
+    let (files, report) = restore(&after);
+    assert_eq!(files.len(), 2, "{report}");
+    assert_eq!(files["late.bin"], "late");
+    assert_eq!(
+        report["late_listed_keys"],
+        serde_json::json!([]),
+        "{report}"
+    );
+}

@@ -202,7 +202,10 @@ impl<'a> Tracker<'a> {
                     .list_versions(&self.options.prefix)
                     .await
                     .map_err(|e| self.bucket_error(e))?;
-                (self.new_versions(listing.entries), listing.reading)
+                (
+                    self.new_versions(listing.entries, listing.reading),
+                    listing.reading,
+                )
             }
             TrackMode::Copy => {
                 let listing = self
@@ -214,6 +217,14 @@ impl<'a> Tracker<'a> {
                 (changes, listing.reading)
             }
         };
+        let late = versions.iter().filter(|v| v.observed_at.is_some()).count();
+        if late > 0 {
+            warn!(
+                bucket = %self.options.bucket,
+                versions = late,
+                "versions stamped before the previous pass were listed only now (multipart uploads complete after their LastModified); they count from this pass, and restores to instants in between report their keys as uncertain"
+            );
+        }
         let record = PassRecord {
             bucket: self.options.bucket.clone(),
             prefix: self.options.prefix.clone(),
@@ -235,9 +246,26 @@ impl<'a> Tracker<'a> {
         Ok(outcome)
     }
 
+    /// The observation time to record for a version first listed by `reading` with
+    /// `last_modified`: this listing's, when the previous pass's listing should already
+    /// have shown it (its whole-second `last_modified` is before what that listing
+    /// covered) — a multipart upload, visible only once complete.
+    fn late_observation(
+        &self,
+        last_modified: chrono::DateTime<Utc>,
+        reading: ServerReading,
+    ) -> Option<chrono::DateTime<Utc>> {
+        let previous = self.history.passes.last()?.complete_as_of;
+        (last_modified + chrono::Duration::seconds(1) <= previous).then_some(reading.date)
+    }
+
     /// Versions and delete markers not recorded yet, each key's oldest first, numbered.
     /// Settled ones that the history lacks were dropped by `expire`, and stay dropped.
-    fn new_versions(&self, listed: Vec<ListedVersion>) -> Vec<TrackedVersion> {
+    fn new_versions(
+        &self,
+        listed: Vec<ListedVersion>,
+        reading: ServerReading,
+    ) -> Vec<TrackedVersion> {
         let known: HashSet<(&str, &str)> = self
             .history
             .versions
@@ -267,6 +295,7 @@ impl<'a> Tracker<'a> {
                     etag: v.etag,
                     delete_marker: v.delete_marker,
                     blob: None,
+                    observed_at: self.late_observation(v.last_modified, reading),
                 });
                 seq += 1;
             }
@@ -312,6 +341,7 @@ impl<'a> Tracker<'a> {
         let mut out = Vec::new();
         for mut v in copied.into_iter().flatten() {
             v.seq = seq;
+            v.observed_at = self.late_observation(v.last_modified, reading);
             seq += 1;
             out.push(v);
         }
@@ -325,6 +355,7 @@ impl<'a> Tracker<'a> {
                 etag: String::new(),
                 delete_marker: true,
                 blob: None,
+                observed_at: None,
             });
             seq += 1;
         }
@@ -396,6 +427,7 @@ impl<'a> Tracker<'a> {
             etag: object.etag,
             delete_marker: false,
             blob: Some(sha),
+            observed_at: None,
         }))
     }
 

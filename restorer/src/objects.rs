@@ -63,6 +63,10 @@ pub struct ObjectRestoreReport {
     pub bytes: u64,
     /// Keys that changed so close to the instant that the clocks cannot order the change.
     pub uncertain_keys: Vec<String>,
+    /// Keys with a version stamped before the instant that tracking first listed after it
+    /// (a multipart upload is stamped when it starts, visible once complete), restored as
+    /// they were without it; also in `uncertain_keys`.
+    pub late_listed_keys: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,7 @@ pub struct ObjectPlan {
     pub uncertainty_ms: i64,
     pub live: BTreeMap<String, TrackedVersion>,
     pub uncertain_keys: Vec<String>,
+    pub late_listed_keys: Vec<String>,
     pub mode: TrackMode,
     pub prefix: String,
 }
@@ -160,6 +165,7 @@ pub fn plan(
         uncertainty_ms: clock.uncertainty_ms,
         live: state.live,
         uncertain_keys: state.uncertain_keys,
+        late_listed_keys: state.late_keys,
         mode: last.mode,
         prefix: last.prefix.clone(),
     })
@@ -319,6 +325,7 @@ impl Writer {
             already_restored: 0,
             bytes: 0,
             uncertain_keys: plan.uncertain_keys.clone(),
+            late_listed_keys: plan.late_listed_keys.clone(),
         };
         // Each step: restore this version, or (None) put a delete marker on the key.
         let mut steps: Vec<(String, Option<&TrackedVersion>)> = Vec::new();

@@ -179,6 +179,7 @@ mod tests {
             etag: format!("e{seq}"),
             delete_marker: blob.is_none(),
             blob: blob.map(str::to_string),
+            observed_at: None,
         }
     }
 
