@@ -47,8 +47,27 @@ pub fn track_options(
         once,
         compression_level: 3,
         work_dir: paths::beside_catalog(catalog, "objects"),
+        lease_ttl: lease_ttl()?,
     })
 }
+
+/// `TIDEMARK_OBJECTS_LEASE_TTL` (seconds, at least 1), else the default.
+fn lease_ttl() -> anyhow::Result<Duration> {
+    match std::env::var(LEASE_TTL_ENV) {
+        Err(_) => Ok(tidemark_archiver::objects_track::DEFAULT_LEASE_TTL),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                Usage("TIDEMARK_OBJECTS_LEASE_TTL must be a number of seconds, at least 1").into()
+            }),
+    }
+}
+
+const LEASE_TTL_ENV: &str = "TIDEMARK_OBJECTS_LEASE_TTL";
 
 pub async fn track(cli: &Cli, args: &TrackArgs) -> anyhow::Result<()> {
     let url = repo_url(cli)?;

@@ -606,7 +606,7 @@ fn interrupted_bucket_restore_is_finished_by_a_rerun_instead_of_refused() {
 
 /// `len` bytes that do not compress (so copy mode stores as many in the repository).
 fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed * 2 + 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -793,4 +793,77 @@ fn object_listed_only_after_the_target_is_not_restored_to_it_whatever_its_last_m
         serde_json::json!([]),
         "{report}"
     );
+}
+
+/// A tracking pass held the bucket's lease without renewing it: a pass longer than the
+/// lease lost it to the next taker (another tracker, or `expire`, which then folds history
+/// and removes copies under the pass). With a 1-second lease and a copy-mode pass of
+/// several seconds, a second tracker and `expire` started mid-pass wait for it instead of
+/// breaking its lease, and every copy the records refer to is still stored afterwards.
+#[test]
+fn tracking_pass_longer_than_its_lease_keeps_it_from_other_trackers_and_expire() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::file();
+    let archiver = Archiver::new(&cluster, &repo, &[]);
+    archiver.init();
+    let bucket = s3.create_bucket("long-pass", false).unwrap();
+    for i in 0..24 {
+        s3.put_object(
+            &bucket,
+            &format!("big-{i}"),
+            &incompressible(8 << 20, i + 1),
+        )
+        .unwrap();
+    }
+    let logs = tidemark_fixtures::test_dir("long-pass-logs");
+    let spawn = |name: &str, args: &[&str]| {
+        let mut cmd = archiver.command(args);
+        cmd.envs(s3.env())
+            .env("TIDEMARK_OBJECTS_LEASE_TTL", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join(name)).unwrap());
+        cmd.spawn().unwrap()
+    };
+    let track = [
+        "objects", "track", "--bucket", &bucket, "--mode", "copy", "--once",
+    ];
+    let mut first = spawn("first", &track);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the pass must outlast its 1 s lease for this test to mean anything: {}",
+        std::fs::read_to_string(logs.path().join("first")).unwrap()
+    );
+    let mut second = spawn("second", &track);
+    let mut expire = spawn("expire", &["expire", "--retention", "1s", "--json"]);
+    for (name, child) in [
+        ("first", &mut first),
+        ("second", &mut second),
+        ("expire", &mut expire),
+    ] {
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(logs.path().join(name)).unwrap();
+        assert!(status.success(), "{name}: {log}");
+        for lost in ["breaking an expired lease", "taken over", "left as it is"] {
+            assert!(!log.contains(lost), "{name}: {log}");
+        }
+    }
+    assert_eq!(pass_count(&archiver, &bucket), 2);
+    let history = tidemark_store::catalog::Catalog::open(&archiver.catalog)
+        .unwrap()
+        .object_history(&bucket)
+        .unwrap();
+    let keys = repo.keys();
+    assert_eq!(history.versions.len(), 24);
+    for v in &history.versions {
+        let sha = v.blob.as_deref().unwrap();
+        let blob = tidemark_store::objects::blob_key(&bucket, sha);
+        assert!(
+            keys.contains(&blob),
+            "{} refers to {blob}, which is gone",
+            v.key
+        );
+    }
 }

@@ -16,7 +16,7 @@ use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::SqlSession;
 use tidemark_store::bucket::{AppBucket, CurrentObject, ListedVersion, ServerReading, Versioning};
 use tidemark_store::catalog::Catalog;
-use tidemark_store::lease::{self, Lease};
+use tidemark_store::lease::{self, Lease, LeaseError};
 use tidemark_store::meta;
 use tidemark_store::objects::{
     self, state_at, ClockSample, ObjectHistory, PassRecord, PgReading, TrackMode, TrackedVersion,
@@ -32,10 +32,11 @@ use crate::error::ArchiverError;
 
 /// Objects copied at once in copy mode.
 const COPY_CONCURRENCY: usize = 8;
-/// How long a pass may hold the bucket's lease, and the least time it waits for it
-/// (`expire` holds it while it folds the bucket's history).
-const LEASE_TTL: Duration = Duration::from_secs(3600);
+/// The least time a pass waits for the bucket's lease (`expire` holds it while it folds
+/// the bucket's history).
 const LEASE_WAIT: Duration = Duration::from_secs(30);
+/// The default `TrackOptions::lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// What to track and how.
 #[derive(Debug, Clone)]
@@ -50,6 +51,10 @@ pub struct TrackOptions {
     pub compression_level: i32,
     /// Where copies wait for upload (copy mode).
     pub work_dir: PathBuf,
+    /// How long the bucket's lease outlives its last renewal (renewed every third of it
+    /// while a pass runs): how long a crashed tracker keeps `expire` and other trackers
+    /// waiting.
+    pub lease_ttl: Duration,
 }
 
 /// What one pass recorded.
@@ -178,22 +183,27 @@ impl<'a> Tracker<'a> {
         })
     }
 
-    /// One pass, under the bucket's lease (so `expire` never folds history under it).
+    /// One pass, under the bucket's lease (so `expire` never folds history or removes
+    /// copies under it), renewed for as long as the pass runs.
     async fn pass(&mut self) -> Result<PassOutcome, ArchiverError> {
+        let ttl = self.options.lease_ttl;
         let lease = Lease::take(
             self.repo,
             &objects::lease_name(&self.options.bucket),
             &lease::holder("tidemark objects track"),
-            LEASE_TTL,
+            ttl,
             self.options.interval.max(LEASE_WAIT),
         )
         .await?;
-        let outcome = self.leased_pass().await;
+        let outcome = tokio::select! {
+            outcome = self.leased_pass(&lease) => outcome,
+            lost = renew_until_lost(&lease, ttl) => Err(lost),
+        };
         lease.release().await?;
         outcome
     }
 
-    async fn leased_pass(&mut self) -> Result<PassOutcome, ArchiverError> {
+    async fn leased_pass(&mut self, lease: &Lease) -> Result<PassOutcome, ArchiverError> {
         let pg = self.pg_reading().await?;
         let (versions, reading) = match self.options.mode {
             TrackMode::Versions => {
@@ -236,6 +246,8 @@ impl<'a> Tracker<'a> {
             versions,
             folded: false,
         };
+        // Still ours, for a whole lease more: only now may the record refer to copies.
+        lease.renew(self.options.lease_ttl).await?;
         objects::store_pass(self.repo, &record).await?;
         self.catalog.record_pass(&record)?;
         let outcome = PassOutcome {
@@ -443,5 +455,23 @@ impl<'a> Tracker<'a> {
             path: self.options.work_dir.clone(),
             source,
         })
+    }
+}
+
+/// Renews `lease` every third of `ttl`; returns only when it is lost: taken over by another
+/// process, or not renewed for a whole `ttl` (then another process may have broken it, and
+/// the pass must not write a record that refers to copies `expire` may have removed).
+async fn renew_until_lost(lease: &Lease, ttl: Duration) -> ArchiverError {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match lease.renew(ttl).await {
+            Ok(()) => renewed = tokio::time::Instant::now(),
+            Err(LeaseError::Repository(e)) if renewed.elapsed() < ttl => {
+                warn!(error = %e, "cannot renew the bucket's lease; trying again");
+            }
+            Err(LeaseError::Repository(e)) => return e.into(),
+            Err(lost) => return lost.into(),
+        }
     }
 }
