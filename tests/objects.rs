@@ -590,7 +590,7 @@ fn interrupted_bucket_restore_is_finished_by_a_rerun_instead_of_refused() {
             let out = restore();
             assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
             assert!(
-                stderr(&out).contains(&format!("already holds \"{key}\"")),
+                stderr(&out).contains(&format!("is not empty: it holds \"{key}\"")),
                 "{}",
                 stderr(&out)
             );

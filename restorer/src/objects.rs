@@ -87,7 +87,7 @@ pub enum ObjectRestoreError {
     },
     #[error("destination {destination} is not empty; restore never overwrites objects; HINT: choose a new bucket or prefix with --objects-to, or --objects-in-place")]
     DestinationNotEmpty { destination: String },
-    #[error("destination {destination} already holds {key:?}, which a restore to this instant would not write with those bytes; restore never overwrites objects; HINT: choose a new bucket or prefix with --objects-to (a rerun to the same instant resumes only where everything present is what it would write)")]
+    #[error("destination {destination} is not empty: it holds {key:?}, which a restore to this instant would not write (not with those bytes); restore never overwrites objects; HINT: choose a new bucket or prefix with --objects-to (a rerun to the same instant resumes only where everything present is what it would write)")]
     DestinationDiffers { destination: String, key: String },
     #[error("bucket {bucket} is tracked by copying (no versioning), and an in-place restore would have to overwrite and delete objects; HINT: restore into a new bucket or prefix with --objects-to")]
     InPlaceNeedsVersions { bucket: String },
