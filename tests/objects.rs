@@ -3,7 +3,9 @@
 //! for each target the restored cluster's rows and the restored bucket agree exactly (every
 //! key a row names holds the bytes the row says, and no other key exists). Versioned
 //! buckets (tracked inside `stream`) into new buckets and in place, unversioned buckets
-//! (copied), the catalog rebuilt by `reindex`, `--verify-refs`, and bad input.
+//! (copied), the catalog rebuilt by `reindex`, `--verify-refs`, and bad input. Then the
+//! real world's keys and sizes: odd keys, interrupted restores rerun, objects restored in
+//! parts, versions listed late (multipart uploads), and passes longer than their lease.
 
 mod common;
 
