@@ -810,7 +810,7 @@ fn tracking_pass_longer_than_its_lease_keeps_it_from_other_trackers_and_expire()
     let archiver = Archiver::new(&cluster, &repo, &[]);
     archiver.init();
     let bucket = s3.create_bucket("long-pass", false).unwrap();
-    for i in 0..24 {
+    for i in 0..40 {
         s3.put_object(
             &bucket,
             &format!("big-{i}"),
@@ -832,7 +832,15 @@ fn tracking_pass_longer_than_its_lease_keeps_it_from_other_trackers_and_expire()
         "objects", "track", "--bucket", &bucket, "--mode", "copy", "--once",
     ];
     let mut first = spawn("first", &track);
-    std::thread::sleep(Duration::from_millis(1500));
+    let lease = repo
+        .file_root()
+        .join(format!("locks/objects-{bucket}.json"));
+    wait_for(
+        "the first pass to take the lease",
+        Duration::from_secs(30),
+        || lease.exists().then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(1300));
     assert!(
         first.try_wait().unwrap().is_none(),
         "the pass must outlast its 1 s lease for this test to mean anything: {}",
@@ -858,7 +866,7 @@ fn tracking_pass_longer_than_its_lease_keeps_it_from_other_trackers_and_expire()
         .object_history(&bucket)
         .unwrap();
     let keys = repo.keys();
-    assert_eq!(history.versions.len(), 24);
+    assert_eq!(history.versions.len(), 40);
     for v in &history.versions {
         let sha = v.blob.as_deref().unwrap();
         let blob = tidemark_store::objects::blob_key(&bucket, sha);

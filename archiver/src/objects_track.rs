@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -195,15 +196,21 @@ impl<'a> Tracker<'a> {
             self.options.interval.max(LEASE_WAIT),
         )
         .await?;
+        let renewed = Mutex::new(tokio::time::Instant::now());
         let outcome = tokio::select! {
-            outcome = self.leased_pass(&lease) => outcome,
-            lost = renew_until_lost(&lease, ttl) => Err(lost),
+            outcome = self.leased_pass(&lease, &renewed) => outcome,
+            lost = renew_until_lost(&lease, ttl, &renewed) => Err(lost),
         };
         lease.release().await?;
         outcome
     }
 
-    async fn leased_pass(&mut self, lease: &Lease) -> Result<PassOutcome, ArchiverError> {
+    /// `renewed`: when the latest successful renewal of `lease` was sent.
+    async fn leased_pass(
+        &mut self,
+        lease: &Lease,
+        renewed: &Mutex<tokio::time::Instant>,
+    ) -> Result<PassOutcome, ArchiverError> {
         let pg = self.pg_reading().await?;
         let (versions, reading) = match self.options.mode {
             TrackMode::Versions => {
@@ -246,7 +253,12 @@ impl<'a> Tracker<'a> {
             versions,
             folded: false,
         };
-        // Still ours, for a whole lease more: only now may the record refer to copies.
+        // Held without a break since it was taken (a lease unrenewed for a whole TTL may
+        // have been broken, and copies it covered removed, even if it looks free now), and
+        // ours for a whole TTL more: only now may the record refer to copies.
+        if elapsed_since(renewed) >= self.options.lease_ttl {
+            return Err(lease_lapsed(lease));
+        }
         lease.renew(self.options.lease_ttl).await?;
         objects::store_pass(self.repo, &record).await?;
         self.catalog.record_pass(&record)?;
@@ -458,20 +470,39 @@ impl<'a> Tracker<'a> {
     }
 }
 
-/// Renews `lease` every third of `ttl`; returns only when it is lost: taken over by another
-/// process, or not renewed for a whole `ttl` (then another process may have broken it, and
-/// the pass must not write a record that refers to copies `expire` may have removed).
-async fn renew_until_lost(lease: &Lease, ttl: Duration) -> ArchiverError {
-    let mut renewed = tokio::time::Instant::now();
+/// Renews `lease` every third of `ttl`, noting in `renewed` when each successful renewal
+/// was sent; returns only when it is lost: taken over by another process, or not renewed
+/// for a whole `ttl` (then another process may have broken it, and the pass must not write
+/// a record that refers to copies `expire` may have removed).
+async fn renew_until_lost(
+    lease: &Lease,
+    ttl: Duration,
+    renewed: &Mutex<tokio::time::Instant>,
+) -> ArchiverError {
     loop {
         tokio::time::sleep(ttl / 3).await;
+        let sent = tokio::time::Instant::now();
         match lease.renew(ttl).await {
-            Ok(()) => renewed = tokio::time::Instant::now(),
-            Err(LeaseError::Repository(e)) if renewed.elapsed() < ttl => {
+            Ok(()) => {
+                if let Ok(mut at) = renewed.lock() {
+                    *at = sent;
+                }
+            }
+            Err(LeaseError::Repository(e)) if elapsed_since(renewed) < ttl => {
                 warn!(error = %e, "cannot renew the bucket's lease; trying again");
             }
-            Err(LeaseError::Repository(e)) => return e.into(),
+            Err(LeaseError::Repository(_)) => return lease_lapsed(lease),
             Err(lost) => return lost.into(),
         }
     }
+}
+
+fn elapsed_since(renewed: &Mutex<tokio::time::Instant>) -> Duration {
+    renewed.lock().map_or(Duration::MAX, |at| at.elapsed())
+}
+
+fn lease_lapsed(lease: &Lease) -> ArchiverError {
+    ArchiverError::Lease(LeaseError::Lapsed {
+        name: lease.name().to_string(),
+    })
 }

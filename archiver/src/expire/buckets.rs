@@ -65,7 +65,11 @@ pub(super) async fn expire_buckets(
         let lease = match Lease::take(repo, &name, &holder, LEASE_TTL, options.lease_wait).await {
             Ok(lease) => lease,
             Err(LeaseError::Repository(e)) => return Err(e.into()),
-            Err(held @ (LeaseError::Held { .. } | LeaseError::Lost { .. })) => {
+            Err(
+                held @ (LeaseError::Held { .. }
+                | LeaseError::Lost { .. }
+                | LeaseError::Lapsed { .. }),
+            ) => {
                 warn!(%bucket, reason = %held, "bucket history left as it is");
                 out.push(BucketExpiry {
                     skipped: Some(held.to_string()),
