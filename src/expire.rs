@@ -22,6 +22,7 @@ pub async fn expire(cli: &Cli, args: &ExpireArgs) -> anyhow::Result<()> {
         retention: args.retention,
         dry_run: args.dry_run,
         lease_wait: std::time::Duration::from_secs(60),
+        copy_grace: tidemark_archiver::expire::COPY_GRACE,
     };
     let report = tidemark_archiver::expire::expire(&repo, catalog.as_mut(), seg, options).await?;
     if args.json {

@@ -105,6 +105,7 @@ fn code(err: &anyhow::Error) -> u8 {
                 ArchiverError::Repository(e) => repo_code(e),
                 ArchiverError::Catalog(e) => catalog_code(e),
                 ArchiverError::Lease(LeaseError::Repository(e)) => repo_code(e),
+                ArchiverError::Lease(LeaseError::Lapsed { .. }) => STORAGE,
                 ArchiverError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. }) => REFUSED,
                 ArchiverError::Spool(_) | ArchiverError::LocalLock { .. } => LOCAL,
                 ArchiverError::NotInitialised { .. }

@@ -47,8 +47,27 @@ pub fn track_options(
         once,
         compression_level: 3,
         work_dir: paths::beside_catalog(catalog, "objects"),
+        lease_ttl: lease_ttl()?,
     })
 }
+
+/// `TIDEMARK_OBJECTS_LEASE_TTL` (seconds, at least 1), else the default.
+fn lease_ttl() -> anyhow::Result<Duration> {
+    match std::env::var(LEASE_TTL_ENV) {
+        Err(_) => Ok(tidemark_archiver::objects_track::DEFAULT_LEASE_TTL),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                Usage("TIDEMARK_OBJECTS_LEASE_TTL must be a number of seconds, at least 1").into()
+            }),
+    }
+}
+
+const LEASE_TTL_ENV: &str = "TIDEMARK_OBJECTS_LEASE_TTL";
 
 pub async fn track(cli: &Cli, args: &TrackArgs) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
@@ -110,11 +129,22 @@ pub async fn prepare(
             .into())
         }
     };
-    let mode = match known_target {
-        Some(t) => plan(&bucket, &history, t)?.mode,
+    let known_plan = match known_target {
+        Some(t) => Some(plan(&bucket, &history, t)?),
+        None => None,
+    };
+    let mode = match &known_plan {
+        Some(p) => p.mode,
         None => plan_mode(&bucket, &history)?,
     };
-    let writer = Writer::open(&bucket, mode, &dest, &S3Options::from_env()?).await?;
+    let writer = Writer::open(
+        &bucket,
+        mode,
+        &dest,
+        &S3Options::from_env()?,
+        known_plan.as_ref(),
+    )
+    .await?;
     let work_dir = paths::beside_catalog(&catalog_path(cli, url), "objects");
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("cannot create {}", work_dir.display()))?;
@@ -196,6 +226,12 @@ pub fn print_report(report: &ObjectRestoreReport) {
         report.removed,
         report.unchanged
     );
+    if report.already_restored > 0 {
+        println!(
+            "resumed: {} object(s) already restored by an earlier run were checked and kept",
+            report.already_restored
+        );
+    }
     println!(
         "instant: database {} = bucket {} (object store clock, ±{} ms)",
         report.database_instant.format("%Y-%m-%d %H:%M:%S%.6f+00"),
@@ -207,6 +243,17 @@ pub fn print_report(report: &ObjectRestoreReport) {
             "warning: {} key(s) changed within the clock uncertainty of the instant, so their state is uncertain: {}",
             report.uncertain_keys.len(),
             report.uncertain_keys.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    print_late_listed(report);
+}
+
+fn print_late_listed(report: &ObjectRestoreReport) {
+    if !report.late_listed_keys.is_empty() {
+        println!(
+            "warning: {} key(s) have a version stamped before the instant that tracking first listed after it (a multipart upload is stamped when it starts and visible once complete), so it was left out: {}",
+            report.late_listed_keys.len(),
+            report.late_listed_keys.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
         );
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,7 +17,7 @@ use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::SqlSession;
 use tidemark_store::bucket::{AppBucket, CurrentObject, ListedVersion, ServerReading, Versioning};
 use tidemark_store::catalog::Catalog;
-use tidemark_store::lease::{self, Lease};
+use tidemark_store::lease::{self, Lease, LeaseError};
 use tidemark_store::meta;
 use tidemark_store::objects::{
     self, state_at, ClockSample, ObjectHistory, PassRecord, PgReading, TrackMode, TrackedVersion,
@@ -32,10 +33,11 @@ use crate::error::ArchiverError;
 
 /// Objects copied at once in copy mode.
 const COPY_CONCURRENCY: usize = 8;
-/// How long a pass may hold the bucket's lease, and the least time it waits for it
-/// (`expire` holds it while it folds the bucket's history).
-const LEASE_TTL: Duration = Duration::from_secs(3600);
+/// The least time a pass waits for the bucket's lease (`expire` holds it while it folds
+/// the bucket's history).
 const LEASE_WAIT: Duration = Duration::from_secs(30);
+/// The default `TrackOptions::lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// What to track and how.
 #[derive(Debug, Clone)]
@@ -50,6 +52,10 @@ pub struct TrackOptions {
     pub compression_level: i32,
     /// Where copies wait for upload (copy mode).
     pub work_dir: PathBuf,
+    /// How long the bucket's lease outlives its last renewal (renewed every third of it
+    /// while a pass runs): how long a crashed tracker keeps `expire` and other trackers
+    /// waiting.
+    pub lease_ttl: Duration,
 }
 
 /// What one pass recorded.
@@ -178,22 +184,33 @@ impl<'a> Tracker<'a> {
         })
     }
 
-    /// One pass, under the bucket's lease (so `expire` never folds history under it).
+    /// One pass, under the bucket's lease (so `expire` never folds history or removes
+    /// copies under it), renewed for as long as the pass runs.
     async fn pass(&mut self) -> Result<PassOutcome, ArchiverError> {
+        let ttl = self.options.lease_ttl;
         let lease = Lease::take(
             self.repo,
             &objects::lease_name(&self.options.bucket),
             &lease::holder("tidemark objects track"),
-            LEASE_TTL,
+            ttl,
             self.options.interval.max(LEASE_WAIT),
         )
         .await?;
-        let outcome = self.leased_pass().await;
+        let renewed = Mutex::new(tokio::time::Instant::now());
+        let outcome = tokio::select! {
+            outcome = self.leased_pass(&lease, &renewed) => outcome,
+            lost = renew_until_lost(&lease, ttl, &renewed) => Err(lost),
+        };
         lease.release().await?;
         outcome
     }
 
-    async fn leased_pass(&mut self) -> Result<PassOutcome, ArchiverError> {
+    /// `renewed`: when the latest successful renewal of `lease` was sent.
+    async fn leased_pass(
+        &mut self,
+        lease: &Lease,
+        renewed: &Mutex<tokio::time::Instant>,
+    ) -> Result<PassOutcome, ArchiverError> {
         let pg = self.pg_reading().await?;
         let (versions, reading) = match self.options.mode {
             TrackMode::Versions => {
@@ -202,7 +219,10 @@ impl<'a> Tracker<'a> {
                     .list_versions(&self.options.prefix)
                     .await
                     .map_err(|e| self.bucket_error(e))?;
-                (self.new_versions(listing.entries), listing.reading)
+                (
+                    self.new_versions(listing.entries, listing.reading),
+                    listing.reading,
+                )
             }
             TrackMode::Copy => {
                 let listing = self
@@ -214,6 +234,14 @@ impl<'a> Tracker<'a> {
                 (changes, listing.reading)
             }
         };
+        let late = versions.iter().filter(|v| v.observed_at.is_some()).count();
+        if late > 0 {
+            warn!(
+                bucket = %self.options.bucket,
+                versions = late,
+                "versions stamped before the previous pass were listed only now (multipart uploads complete after their LastModified); they count from this pass, and restores to instants in between report their keys as uncertain"
+            );
+        }
         let record = PassRecord {
             bucket: self.options.bucket.clone(),
             prefix: self.options.prefix.clone(),
@@ -225,6 +253,13 @@ impl<'a> Tracker<'a> {
             versions,
             folded: false,
         };
+        // Held without a break since it was taken (a lease unrenewed for a whole TTL may
+        // have been broken, and copies it covered removed, even if it looks free now), and
+        // ours for a whole TTL more: only now may the record refer to copies.
+        if elapsed_since(renewed) >= self.options.lease_ttl {
+            return Err(lease_lapsed(lease));
+        }
+        lease.renew(self.options.lease_ttl).await?;
         objects::store_pass(self.repo, &record).await?;
         self.catalog.record_pass(&record)?;
         let outcome = PassOutcome {
@@ -235,9 +270,26 @@ impl<'a> Tracker<'a> {
         Ok(outcome)
     }
 
+    /// The observation time to record for a version first listed by `reading` with
+    /// `last_modified`: this listing's, when the previous pass's listing should already
+    /// have shown it (its whole-second `last_modified` is before what that listing
+    /// covered) — a multipart upload, visible only once complete.
+    fn late_observation(
+        &self,
+        last_modified: chrono::DateTime<Utc>,
+        reading: ServerReading,
+    ) -> Option<chrono::DateTime<Utc>> {
+        let previous = self.history.passes.last()?.complete_as_of;
+        (last_modified + chrono::Duration::seconds(1) <= previous).then_some(reading.date)
+    }
+
     /// Versions and delete markers not recorded yet, each key's oldest first, numbered.
     /// Settled ones that the history lacks were dropped by `expire`, and stay dropped.
-    fn new_versions(&self, listed: Vec<ListedVersion>) -> Vec<TrackedVersion> {
+    fn new_versions(
+        &self,
+        listed: Vec<ListedVersion>,
+        reading: ServerReading,
+    ) -> Vec<TrackedVersion> {
         let known: HashSet<(&str, &str)> = self
             .history
             .versions
@@ -267,6 +319,7 @@ impl<'a> Tracker<'a> {
                     etag: v.etag,
                     delete_marker: v.delete_marker,
                     blob: None,
+                    observed_at: self.late_observation(v.last_modified, reading),
                 });
                 seq += 1;
             }
@@ -312,6 +365,7 @@ impl<'a> Tracker<'a> {
         let mut out = Vec::new();
         for mut v in copied.into_iter().flatten() {
             v.seq = seq;
+            v.observed_at = self.late_observation(v.last_modified, reading);
             seq += 1;
             out.push(v);
         }
@@ -325,6 +379,7 @@ impl<'a> Tracker<'a> {
                 etag: String::new(),
                 delete_marker: true,
                 blob: None,
+                observed_at: None,
             });
             seq += 1;
         }
@@ -396,6 +451,7 @@ impl<'a> Tracker<'a> {
             etag: object.etag,
             delete_marker: false,
             blob: Some(sha),
+            observed_at: None,
         }))
     }
 
@@ -412,4 +468,41 @@ impl<'a> Tracker<'a> {
             source,
         })
     }
+}
+
+/// Renews `lease` every third of `ttl`, noting in `renewed` when each successful renewal
+/// was sent; returns only when it is lost: taken over by another process, or not renewed
+/// for a whole `ttl` (then another process may have broken it, and the pass must not write
+/// a record that refers to copies `expire` may have removed).
+async fn renew_until_lost(
+    lease: &Lease,
+    ttl: Duration,
+    renewed: &Mutex<tokio::time::Instant>,
+) -> ArchiverError {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let sent = tokio::time::Instant::now();
+        match lease.renew(ttl).await {
+            Ok(()) => {
+                if let Ok(mut at) = renewed.lock() {
+                    *at = sent;
+                }
+            }
+            Err(LeaseError::Repository(e)) if elapsed_since(renewed) < ttl => {
+                warn!(error = %e, "cannot renew the bucket's lease; trying again");
+            }
+            Err(LeaseError::Repository(_)) => return lease_lapsed(lease),
+            Err(lost) => return lost.into(),
+        }
+    }
+}
+
+fn elapsed_since(renewed: &Mutex<tokio::time::Instant>) -> Duration {
+    renewed.lock().map_or(Duration::MAX, |at| at.elapsed())
+}
+
+fn lease_lapsed(lease: &Lease) -> ArchiverError {
+    ArchiverError::Lease(LeaseError::Lapsed {
+        name: lease.name().to_string(),
+    })
 }

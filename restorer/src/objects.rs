@@ -13,7 +13,7 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
-use tidemark_store::bucket::{AppBucket, Versioning};
+use tidemark_store::bucket::{AppBucket, ListedVersion, Versioning};
 use tidemark_store::objects::{self, estimate, state_at, ObjectHistory, TrackMode, TrackedVersion};
 use tidemark_store::repository::{RepoError, Repository};
 use tidemark_store::storage::S3Options;
@@ -57,9 +57,16 @@ pub struct ObjectRestoreReport {
     pub removed: u64,
     /// Keys already as they were (in place).
     pub unchanged: u64,
+    /// Objects an earlier, interrupted restore to this instant already wrote into the
+    /// destination (each checked: the planned bytes), so not written again.
+    pub already_restored: u64,
     pub bytes: u64,
     /// Keys that changed so close to the instant that the clocks cannot order the change.
     pub uncertain_keys: Vec<String>,
+    /// Keys with a version stamped before the instant that tracking first listed after it
+    /// (a multipart upload is stamped when it starts, visible once complete), restored as
+    /// they were without it; also in `uncertain_keys`.
+    pub late_listed_keys: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +87,8 @@ pub enum ObjectRestoreError {
     },
     #[error("destination {destination} is not empty; restore never overwrites objects; HINT: choose a new bucket or prefix with --objects-to, or --objects-in-place")]
     DestinationNotEmpty { destination: String },
+    #[error("destination {destination} is not empty: it holds {key:?}, which a restore to this instant would not write (not with those bytes); restore never overwrites objects; HINT: choose a new bucket or prefix with --objects-to (a rerun to the same instant resumes only where everything present is what it would write)")]
+    DestinationDiffers { destination: String, key: String },
     #[error("bucket {bucket} is tracked by copying (no versioning), and an in-place restore would have to overwrite and delete objects; HINT: restore into a new bucket or prefix with --objects-to")]
     InPlaceNeedsVersions { bucket: String },
     #[error("bucket {bucket} no longer has versioning enabled, so an in-place restore could destroy data; HINT: re-enable versioning or restore with --objects-to")]
@@ -108,6 +117,7 @@ pub struct ObjectPlan {
     pub uncertainty_ms: i64,
     pub live: BTreeMap<String, TrackedVersion>,
     pub uncertain_keys: Vec<String>,
+    pub late_listed_keys: Vec<String>,
     pub mode: TrackMode,
     pub prefix: String,
 }
@@ -155,6 +165,7 @@ pub fn plan(
         uncertainty_ms: clock.uncertainty_ms,
         live: state.live,
         uncertain_keys: state.uncertain_keys,
+        late_listed_keys: state.late_keys,
         mode: last.mode,
         prefix: last.prefix.clone(),
     })
@@ -170,13 +181,15 @@ pub struct Writer {
 
 impl Writer {
     /// Connects to both buckets and refuses what would destroy or mix data: a non-empty
-    /// destination, an in-place restore without versioning. Creates a missing destination
-    /// bucket only after those checks.
+    /// destination (unless `plan` is known and everything there is what it would write: an
+    /// interrupted restore, resumed), an in-place restore without versioning. Creates a
+    /// missing destination bucket only after those checks.
     pub async fn open(
         bucket: &str,
         mode: TrackMode,
         destination: &Destination,
         s3: &S3Options,
+        plan: Option<&ObjectPlan>,
     ) -> Result<Writer, ObjectRestoreError> {
         let source = AppBucket::connect(bucket, s3)
             .await
@@ -205,19 +218,84 @@ impl Writer {
                 let (dest, created) = AppBucket::connect_or_create(to, s3)
                     .await
                     .map_err(bucket_err(to))?;
-                if !created && dest.has_objects(prefix).await.map_err(bucket_err(to))? {
-                    return Err(ObjectRestoreError::DestinationNotEmpty {
-                        destination: format!("s3://{to}/{prefix}"),
-                    });
-                }
-                Ok(Writer {
+                let writer = Writer {
                     source,
                     dest,
                     dest_prefix: prefix.clone(),
                     in_place: false,
-                })
+                };
+                if !created
+                    && writer
+                        .dest
+                        .has_objects(prefix)
+                        .await
+                        .map_err(bucket_err(to))?
+                {
+                    match plan {
+                        Some(plan) => drop(writer.already_restored(plan).await?),
+                        None => {
+                            return Err(ObjectRestoreError::DestinationNotEmpty {
+                                destination: format!("s3://{to}/{prefix}"),
+                            })
+                        }
+                    }
+                }
+                Ok(writer)
             }
         }
+    }
+
+    /// The keys an earlier restore to `plan`'s instant already wrote into the (copy)
+    /// destination. Every object under the destination prefix must be a planned key with
+    /// the planned bytes — the same size, and the same ETag or, where the ETag cannot tell
+    /// (a multipart copy), the same SHA-256 — or the destination is refused.
+    async fn already_restored(
+        &self,
+        plan: &ObjectPlan,
+    ) -> Result<BTreeSet<String>, ObjectRestoreError> {
+        let dest_name = self.dest.name();
+        let present = self
+            .dest
+            .list_current(&self.dest_prefix)
+            .await
+            .map_err(bucket_err(dest_name))?;
+        let mut done = BTreeSet::new();
+        for object in present.entries {
+            let differs = || ObjectRestoreError::DestinationDiffers {
+                destination: format!("s3://{dest_name}/{}", self.dest_prefix),
+                key: object.key.clone(),
+            };
+            let planned = object
+                .key
+                .strip_prefix(self.dest_prefix.as_str())
+                .and_then(|key| plan.live.get_key_value(key));
+            let Some((key, v)) = planned else {
+                return Err(differs());
+            };
+            if object.size != v.size {
+                return Err(differs());
+            }
+            if object.etag != v.etag {
+                let restored = self
+                    .dest
+                    .sha256(&object.key, None)
+                    .await
+                    .map_err(bucket_err(dest_name))?;
+                let expected = match &v.blob {
+                    Some(sha) => sha.clone(),
+                    None => self
+                        .source
+                        .sha256(key, Some(&v.version_id))
+                        .await
+                        .map_err(bucket_err(self.source.name()))?,
+                };
+                if restored != expected {
+                    return Err(differs());
+                }
+            }
+            done.insert(key.clone());
+        }
+        Ok(done)
     }
 
     /// The bucket where restored keys live and the prefix they carry there.
@@ -244,8 +322,10 @@ impl Writer {
             restored: 0,
             removed: 0,
             unchanged: 0,
+            already_restored: 0,
             bytes: 0,
             uncertain_keys: plan.uncertain_keys.clone(),
+            late_listed_keys: plan.late_listed_keys.clone(),
         };
         // Each step: restore this version, or (None) put a delete marker on the key.
         let mut steps: Vec<(String, Option<&TrackedVersion>)> = Vec::new();
@@ -255,21 +335,26 @@ impl Writer {
                 .list_versions(&plan.prefix)
                 .await
                 .map_err(bucket_err(&request.bucket))?;
-            let mut latest: BTreeMap<String, (String, bool)> = BTreeMap::new();
+            let mut latest: BTreeMap<String, ListedVersion> = BTreeMap::new();
             for v in current.entries {
-                latest
-                    .entry(v.key)
-                    .or_insert((v.version_id, v.delete_marker));
+                latest.entry(v.key.clone()).or_insert(v);
             }
             for (key, v) in &plan.live {
                 match latest.get(key) {
-                    Some((id, false)) if *id == v.version_id => report.unchanged += 1,
+                    // The planned version, or a copy of it an earlier run wrote.
+                    Some(l)
+                        if !l.delete_marker
+                            && (l.version_id == v.version_id
+                                || (l.etag == v.etag && l.size == v.size)) =>
+                    {
+                        report.unchanged += 1
+                    }
                     _ => steps.push((key.clone(), Some(v))),
                 }
             }
-            for (key, (_, marker)) in &latest {
+            for (key, l) in &latest {
                 if !plan.live.contains_key(key) {
-                    if *marker {
+                    if l.delete_marker {
                         report.unchanged += 1;
                     } else {
                         steps.push((key.clone(), None));
@@ -277,7 +362,14 @@ impl Writer {
                 }
             }
         } else {
-            steps.extend(plan.live.iter().map(|(k, v)| (k.clone(), Some(v))));
+            let done = self.already_restored(plan).await?;
+            report.already_restored = done.len() as u64;
+            steps.extend(
+                plan.live
+                    .iter()
+                    .filter(|(k, _)| !done.contains(*k))
+                    .map(|(k, v)| (k.clone(), Some(v))),
+            );
         }
         let total = steps.len() as u64;
         let done = AtomicU64::new(0);
@@ -340,7 +432,7 @@ impl Writer {
         match &v.blob {
             None => self
                 .dest
-                .copy_version(&self.source, key, &v.version_id, &dest_key)
+                .copy_version(&self.source, key, &v.version_id, v.size, &dest_key)
                 .await
                 .map_err(bucket_err(bucket))?,
             Some(sha) => {

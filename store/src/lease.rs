@@ -49,6 +49,10 @@ pub enum LeaseError {
     /// The lease expired while this process held it and another one took it over.
     #[error("{name} was taken over by {holder} after it expired unrenewed here; HINT: only one process may hold it: stop one of them")]
     Lost { name: String, holder: String },
+    /// It could not be renewed for longer than it lasts, so another process may have taken
+    /// it meanwhile: what it protected must be assumed changed.
+    #[error("{name} could not be renewed for longer than it lasts, so another process may have held it meanwhile; HINT: check that the repository is reachable, then run again (a tracker running continuously retries at its next interval)")]
+    Lapsed { name: String },
     #[error(transparent)]
     Repository(#[from] RepoError),
 }
@@ -142,6 +146,11 @@ impl Lease {
             .await
             .map_err(RepoError::storage(&self.key))?;
         Ok(())
+    }
+
+    /// The lease's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Gives the lease back (unless it expired and someone else took it meanwhile).

@@ -1,8 +1,10 @@
 //! Bucket history under the retention window: each tracked bucket's passes from more than
 //! an hour before the database's window are folded into one record (`objects::compact`),
-//! and copies (copy mode) that no remaining record refers to are removed. Done under the
-//! bucket's lease, so no tracking pass is half-way through meanwhile: a pass that reuses
-//! a stored copy never sees it removed under it.
+//! and copies (copy mode) that no remaining record refers to are removed — unless stored
+//! within the grace period (`ExpireOptions::copy_grace`). Done under the bucket's lease,
+//! which a tracking pass renews while it runs, so no pass is half-way through meanwhile:
+//! a pass that stores or reuses a copy never sees it removed under it, and the grace
+//! covers a pass that lost its lease without noticing yet.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -55,7 +57,7 @@ pub(super) async fn expire_buckets(
     let mut out = Vec::new();
     for bucket in buckets {
         if options.dry_run {
-            out.push(expire_bucket(repo, None, &bucket, window_start, true).await?);
+            out.push(expire_bucket(repo, None, &bucket, window_start, options).await?);
             continue;
         }
         let holder = lease::holder("tidemark expire");
@@ -63,7 +65,11 @@ pub(super) async fn expire_buckets(
         let lease = match Lease::take(repo, &name, &holder, LEASE_TTL, options.lease_wait).await {
             Ok(lease) => lease,
             Err(LeaseError::Repository(e)) => return Err(e.into()),
-            Err(held @ (LeaseError::Held { .. } | LeaseError::Lost { .. })) => {
+            Err(
+                held @ (LeaseError::Held { .. }
+                | LeaseError::Lost { .. }
+                | LeaseError::Lapsed { .. }),
+            ) => {
                 warn!(%bucket, reason = %held, "bucket history left as it is");
                 out.push(BucketExpiry {
                     skipped: Some(held.to_string()),
@@ -72,7 +78,8 @@ pub(super) async fn expire_buckets(
                 continue;
             }
         };
-        let done = expire_bucket(repo, catalog.as_deref_mut(), &bucket, window_start, false).await;
+        let done =
+            expire_bucket(repo, catalog.as_deref_mut(), &bucket, window_start, options).await;
         lease.release().await?;
         out.push(done?);
     }
@@ -98,8 +105,12 @@ async fn expire_bucket(
     catalog: Option<&mut Catalog>,
     bucket: &str,
     window_start: DateTime<Utc>,
-    dry_run: bool,
+    options: &ExpireOptions,
 ) -> Result<BucketExpiry, ArchiverError> {
+    let grace_from = chrono::Duration::from_std(options.copy_grace)
+        .ok()
+        .and_then(|grace| Utc::now().checked_sub_signed(grace))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let passes = objects::load_stored_passes(repo, Some(bucket)).await?;
     let mut report = BucketExpiry::new(bucket.to_string());
     let Some(folded) = objects::compact(&passes, window_start) else {
@@ -117,13 +128,15 @@ async fn expire_bucket(
         .await?
         .into_iter()
         .filter(|o| objects::blob_sha(bucket, &o.key).is_some_and(|sha| !referenced.contains(sha)))
+        // A copy without a time counts as new: kept.
+        .filter(|o| o.last_modified.is_some_and(|t| t < grace_from))
         .collect();
     report.passes_folded = folded.replaced.len();
     report.versions_dropped = folded.dropped_versions;
     report.blobs_removed = unreferenced.len();
     report.blob_bytes_removed = unreferenced.iter().map(|o| o.size).sum();
     report.window_from = Some(folded.record.clock.at);
-    if dry_run {
+    if options.dry_run {
         return Ok(report);
     }
     // The folded record first: until the replaced ones are gone, both are read and agree.
@@ -162,6 +175,7 @@ mod tests {
             retention: Span::zero(),
             dry_run,
             lease_wait: Duration::from_secs(1),
+            copy_grace: Duration::ZERO,
         }
     }
 
@@ -179,6 +193,7 @@ mod tests {
             etag: format!("e{seq}"),
             delete_marker: blob.is_none(),
             blob: blob.map(str::to_string),
+            observed_at: None,
         }
     }
 
@@ -253,6 +268,13 @@ mod tests {
 
         // The database window begins at hour 4: the passes of hours 0-2 fold.
         let window = at(4 * HOUR);
+        // Within the grace period, no copy goes, however unreferenced.
+        let graced = ExpireOptions {
+            copy_grace: crate::expire::COPY_GRACE,
+            ..options(true)
+        };
+        let dry = expire_buckets(&repo, None, window, &graced).await.unwrap();
+        assert_eq!((dry[0].passes_folded, dry[0].blobs_removed), (3, 0));
         let dry = expire_buckets(&repo, None, window, &options(true))
             .await
             .unwrap();

@@ -36,7 +36,15 @@ pub struct ExpireOptions {
     pub dry_run: bool,
     /// How long to wait for a bucket's lease while a tracking pass holds it.
     pub lease_wait: std::time::Duration,
+    /// Copies (copy mode) stored more recently than this are kept even when no record
+    /// refers to them yet: a pass may be about to (`COPY_GRACE`).
+    pub copy_grace: std::time::Duration,
 }
+
+/// The default `copy_grace`: far longer than any tracking pass's lease, so a copy a pass
+/// stored or is reusing is never removed before the pass's record refers to it, even if
+/// that pass lost its lease and has not noticed yet.
+pub const COPY_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What `expire` removed (or, in a dry run, would remove).
 #[derive(Debug, Clone, Serialize)]

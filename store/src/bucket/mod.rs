@@ -2,6 +2,10 @@
 //! see it — versioning status, version and object listings with the server's clock,
 //! reads, server-side copies of old versions, uploads and delete markers. It never
 //! deletes a version: there is no call here that takes a version id to delete.
+//!
+//! Keys are the application's: any legal S3 key (1 to 1,024 bytes of UTF-8), `dir/`,
+//! `a//b`, a leading `/`, backslashes and `..` segments included. They are passed to S3 as
+//! they are and never mapped onto paths or other names, so no two keys can collide.
 
 mod capture;
 
@@ -16,8 +20,35 @@ use tokio::io::AsyncRead;
 
 use self::capture::{Capture, Captured, EntryKind};
 use crate::storage::s3::errors::{map_sdk_error, Call};
-use crate::storage::s3::{bucket_exists, build_client, size_of, to_chrono};
-use crate::storage::{validate_key, validate_prefix, S3Options, StorageError};
+use crate::storage::s3::multipart::{self, NewObject, Target};
+use crate::storage::s3::{bucket_exists, build_client, size_of, to_chrono, PartSizes};
+use crate::storage::{S3Options, StorageError};
+
+/// S3's longest key, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// Refuses what S3 cannot store as a key: empty, or longer than 1,024 bytes. Everything
+/// else is the application's business.
+pub fn validate_app_key(key: &str) -> Result<(), StorageError> {
+    match key.len() {
+        0 => Err(StorageError::InvalidKey {
+            key: String::new(),
+            reason: "empty key",
+        }),
+        n if n > MAX_KEY_BYTES => Err(StorageError::InvalidKey {
+            key: key.to_string(),
+            reason: "longer than 1024 bytes, S3's limit",
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn validate_app_prefix(prefix: &str) -> Result<(), StorageError> {
+    match prefix.is_empty() {
+        true => Ok(()),
+        false => validate_app_key(prefix),
+    }
+}
 
 /// A bucket's versioning state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +135,7 @@ pub struct AppBucket {
     client: Client,
     bucket: String,
     endpoint: String,
+    parts: PartSizes,
 }
 
 impl fmt::Debug for AppBucket {
@@ -149,6 +181,7 @@ impl AppBucket {
             client,
             bucket: bucket.to_string(),
             endpoint,
+            parts: options.parts,
         }
     }
 
@@ -190,7 +223,7 @@ impl AppBucket {
         &self,
         prefix: &str,
     ) -> Result<Listing<ListedVersion>, StorageError> {
-        validate_prefix(prefix)?;
+        validate_app_prefix(prefix)?;
         let mut entries = Vec::new();
         let mut reading = None;
         let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
@@ -245,7 +278,7 @@ impl AppBucket {
 
     /// The current objects under `prefix` (for a bucket without versioning).
     pub async fn list_current(&self, prefix: &str) -> Result<Listing<CurrentObject>, StorageError> {
-        validate_prefix(prefix)?;
+        validate_app_prefix(prefix)?;
         let mut entries = Vec::new();
         let mut reading = None;
         let mut token = None::<String>;
@@ -292,7 +325,7 @@ impl AppBucket {
 
     /// Whether any object (current version) exists under `prefix`.
     pub async fn has_objects(&self, prefix: &str) -> Result<bool, StorageError> {
-        validate_prefix(prefix)?;
+        validate_app_prefix(prefix)?;
         let page = self
             .client
             .list_objects_v2()
@@ -307,7 +340,7 @@ impl AppBucket {
 
     /// Whether `key` currently exists.
     pub async fn contains(&self, key: &str) -> Result<bool, StorageError> {
-        validate_key(key)?;
+        validate_app_key(key)?;
         match self
             .client
             .head_object()
@@ -326,7 +359,7 @@ impl AppBucket {
 
     /// Streams the current version of `key`.
     pub async fn get(&self, key: &str) -> Result<BucketObject, StorageError> {
-        validate_key(key)?;
+        validate_app_key(key)?;
         let out = self
             .client
             .get_object()
@@ -347,21 +380,67 @@ impl AppBucket {
     }
 
     /// Server-side copy of version `version_id` of `src_key` in `source` to `dst_key` here
-    /// (a new version when this bucket is versioned).
+    /// (a new version when this bucket is versioned), with its content type and user
+    /// metadata. Objects over the copy threshold (at most 5 GiB, `CopyObject`'s limit; `size`
+    /// is the size tracking recorded) are copied part by part.
     pub async fn copy_version(
         &self,
         source: &AppBucket,
         src_key: &str,
         version_id: &str,
+        size: u64,
         dst_key: &str,
     ) -> Result<(), StorageError> {
-        validate_key(dst_key)?;
+        validate_app_key(dst_key)?;
         let copy_source = format!(
             "{}/{}?versionId={}",
             source.bucket,
             percent_encode(src_key),
             percent_encode(version_id)
         );
+        // An empty object (a `dir/` folder marker, typically) is written rather than
+        // copied: there are no bytes to copy, and some S3 servers (SeaweedFS) cannot copy
+        // a folder marker.
+        if size == 0 || size > self.parts.copy_threshold {
+            let head = source
+                .client
+                .head_object()
+                .bucket(&source.bucket)
+                .key(src_key)
+                .version_id(version_id)
+                .send()
+                .await
+                .map_err(|e| map_sdk_error(e, &source.call("HeadObject", src_key)))?;
+            let size = size_of(head.content_length());
+            let object = NewObject {
+                metadata: head.metadata().cloned(),
+                content_type: head.content_type().map(str::to_string),
+                if_absent: false,
+            };
+            if size == 0 {
+                return self
+                    .client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(dst_key)
+                    .set_metadata(object.metadata)
+                    .set_content_type(object.content_type)
+                    .body(ByteStream::from_static(b""))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| map_sdk_error(e, &self.call("PutObject", dst_key)));
+            }
+            return multipart::copy_object(
+                &self.target(dst_key),
+                &copy_source,
+                size,
+                &self.parts,
+                object,
+            )
+            .await
+            .map(drop);
+        }
         self.client
             .copy_object()
             .bucket(&self.bucket)
@@ -373,9 +452,24 @@ impl AppBucket {
             .map_err(|e| map_sdk_error(e, &self.call("CopyObject", dst_key)))
     }
 
-    /// Uploads a local file as `key`.
+    /// Uploads a local file as `key`, in parts when it is over the upload threshold.
     pub async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
-        validate_key(key)?;
+        validate_app_key(key)?;
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StorageError::io(path, e))?
+            .len();
+        if size > self.parts.upload_threshold {
+            return multipart::upload_file(
+                &self.target(key),
+                path,
+                size,
+                &self.parts,
+                NewObject::default(),
+            )
+            .await
+            .map(drop);
+        }
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| StorageError::io(path, std::io::Error::other(e)))?;
@@ -390,10 +484,56 @@ impl AppBucket {
             .map_err(|e| map_sdk_error(e, &self.call("PutObject", key)))
     }
 
+    fn target<'a>(&'a self, key: &'a str) -> Target<'a> {
+        Target {
+            client: &self.client,
+            bucket: &self.bucket,
+            key,
+            shown_key: key,
+            endpoint: &self.endpoint,
+        }
+    }
+
+    /// The SHA-256 (hex) of `key`'s bytes, at `version_id` or the current version, read
+    /// as a stream.
+    pub async fn sha256(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<String, StorageError> {
+        validate_app_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(e, &self.call("GetObject", key)))?;
+        let mut body = out.body.into_async_read();
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut body, &mut buf)
+                .await
+                .map_err(|e| StorageError::Backend {
+                    operation: "GetObject",
+                    key: key.to_string(),
+                    message: e.to_string(),
+                    transient: true,
+                })?;
+            if n == 0 {
+                return Ok(hex::encode(sha.finish()));
+            }
+            sha.update(&buf[..n]);
+        }
+    }
+
     /// Deletes `key` without a version id: in a versioned bucket this adds a delete marker
     /// and keeps every version.
     pub async fn delete_current(&self, key: &str) -> Result<(), StorageError> {
-        validate_key(key)?;
+        validate_app_key(key)?;
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -479,6 +619,28 @@ mod tests {
             .map(|e| e.version_id)
             .collect();
         assert_eq!(ids, ["3", "2", "1"]);
+    }
+
+    #[test]
+    fn any_legal_s3_key_is_an_application_key() {
+        for key in [
+            "dir/",
+            "a//b",
+            "/leading",
+            "back\\slash",
+            "x/../y",
+            "./dot",
+            "..",
+            "tab\there",
+            "ünï cödé",
+        ] {
+            assert!(validate_app_key(key).is_ok(), "{key:?}");
+        }
+        assert!(validate_app_key("").is_err());
+        assert!(validate_app_key(&"k".repeat(1024)).is_ok());
+        assert!(validate_app_key(&"k".repeat(1025)).is_err());
+        assert!(validate_app_prefix("").is_ok());
+        assert!(validate_app_prefix("/").is_ok());
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Catalog {
         }
         let mut versions = Vec::new();
         let mut stmt = self.conn.prepare(
-            "SELECT seq, key, version_id, last_modified, size, etag, delete_marker, blob
+            "SELECT seq, key, version_id, last_modified, size, etag, delete_marker, blob, observed_at
              FROM object_versions WHERE bucket = ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query([bucket])?;
@@ -107,6 +107,10 @@ impl Catalog {
                 etag: row.get(5)?,
                 delete_marker: row.get::<_, i64>(6)? != 0,
                 blob: row.get(7)?,
+                observed_at: row
+                    .get::<_, Option<String>>(8)?
+                    .map(|t| time(&t))
+                    .transpose()?,
             });
         }
         Ok(ObjectHistory { passes, versions })
@@ -151,8 +155,8 @@ fn insert_pass(tx: &rusqlite::Transaction<'_>, pass: &PassRecord) -> Result<(), 
         ],
     )?;
     let mut insert = tx.prepare(
-        "INSERT OR IGNORE INTO object_versions (bucket, seq, key, version_id, last_modified, size, etag, delete_marker, blob)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR IGNORE INTO object_versions (bucket, seq, key, version_id, last_modified, size, etag, delete_marker, blob, observed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for v in &pass.versions {
         insert.execute(params![
@@ -164,7 +168,8 @@ fn insert_pass(tx: &rusqlite::Transaction<'_>, pass: &PassRecord) -> Result<(), 
             v.size as i64,
             v.etag,
             i64::from(v.delete_marker),
-            v.blob
+            v.blob,
+            v.observed_at.map(text)
         ])?;
     }
     Ok(())
@@ -201,6 +206,7 @@ mod tests {
             etag: "e".into(),
             delete_marker: false,
             blob: Some("ff".into()),
+            observed_at: Some(DateTime::from_timestamp(1_800_000_003, 0).unwrap()),
         };
         let pass = PassRecord {
             bucket: "app".into(),

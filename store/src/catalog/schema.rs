@@ -60,6 +60,8 @@ const MIGRATIONS: &[&str] = &[
         blob           TEXT,
         PRIMARY KEY (bucket, seq)
     );",
+    // 4: when tracking first listed a version it should have listed earlier (multipart).
+    "ALTER TABLE object_versions ADD COLUMN observed_at TEXT;",
 ];
 
 /// Bring `conn` to the newest schema in one `BEGIN IMMEDIATE` transaction: the version is

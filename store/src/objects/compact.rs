@@ -52,8 +52,8 @@ pub fn compact(passes: &[StoredPass], window_start: DateTime<Utc>) -> Option<Com
     }
     let mut kept: Vec<TrackedVersion> = Vec::new();
     for (_, mut history) in by_key {
-        history.sort_by_key(|v| (v.last_modified, v.seq));
-        let later = history.partition_point(|v| v.last_modified <= settled);
+        history.sort_by_key(|v| (v.visible_from(), v.seq));
+        let later = history.partition_point(|v| v.visible_from() <= settled);
         let live_then = later
             .checked_sub(1)
             .map(|i| history[i])

@@ -61,6 +61,22 @@ pub struct TrackedVersion {
     /// SHA-256 (hex) of the bytes copied into the repository (copy mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
+    /// Set when the pass that first listed it came after a pass whose listing should
+    /// already have shown it by `last_modified` — a multipart upload, stamped with its
+    /// *initiation* time on AWS and visible only once complete: the server's clock at the
+    /// observing listing. The version counts from then (`visible_from`), and restores to
+    /// an instant between the two are reported as uncertain for its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<DateTime<Utc>>,
+}
+
+impl TrackedVersion {
+    /// From when the version is known to have been visible (object-store clock): its
+    /// `last_modified`, or the later listing that first showed it.
+    pub fn visible_from(&self) -> DateTime<Utc> {
+        self.observed_at
+            .map_or(self.last_modified, |o| o.max(self.last_modified))
+    }
 }
 
 /// What one tracking pass learned: new versions, and how the clocks compared.
@@ -251,6 +267,7 @@ mod tests {
             etag: "e".into(),
             delete_marker: marker,
             blob: None,
+            observed_at: None,
         }
     }
 

@@ -5,10 +5,11 @@
 //! `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL` for S3-compatible servers. HTTPS uses rustls
 //! with ring. Requests use the SDK's standard retry (5 attempts, exponential backoff),
 //! a 5 s connect timeout and a 60 s per-attempt timeout. `put_if_absent` relies on
-//! `If-None-Match: *`. Files over 64 MiB are uploaded in 16 MiB parts streamed from disk.
+//! `If-None-Match: *`. Files over 64 MiB are uploaded in 16 MiB parts streamed from disk
+//! (both sizes are settings: `PartSizes`).
 
 pub(crate) mod errors;
-mod multipart;
+pub(crate) mod multipart;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,16 +32,83 @@ use super::{
     ObjectInfo, PutOutcome, Storage, StorageError,
 };
 
-/// Files larger than this are uploaded with multipart upload.
-pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
-/// Part size of multipart uploads.
-pub const PART_SIZE: u64 = 16 << 20;
-
 const DEFAULT_REGION: &str = "us-east-1";
 const MAX_ATTEMPTS: u32 = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 const PATH_STYLE_ENV: &str = "TIDEMARK_S3_PATH_STYLE";
+const THRESHOLD_ENV: &str = "TIDEMARK_S3_MULTIPART_THRESHOLD";
+const PART_SIZE_ENV: &str = "TIDEMARK_S3_PART_SIZE";
+const MIB: u64 = 1 << 20;
+/// S3's limit on a single `PutObject` or `CopyObject`, and on one part.
+const SINGLE_REQUEST_LIMIT: u64 = 5 << 30;
+
+/// When transfers switch to multipart, and the size of their parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSizes {
+    /// Files larger than this are uploaded in parts (default 64 MiB).
+    pub upload_threshold: u64,
+    /// Server-side copies of objects larger than this are made part by part with
+    /// `UploadPartCopy` (default and most 5 GiB, `CopyObject`'s limit).
+    pub copy_threshold: u64,
+    /// Part size (default 16 MiB, at least 5 MiB, S3's minimum); grown for objects that
+    /// would need more than 10,000 parts.
+    pub part_size: u64,
+}
+
+impl Default for PartSizes {
+    fn default() -> Self {
+        PartSizes {
+            upload_threshold: 64 * MIB,
+            copy_threshold: SINGLE_REQUEST_LIMIT,
+            part_size: 16 * MIB,
+        }
+    }
+}
+
+impl PartSizes {
+    /// `TIDEMARK_S3_MULTIPART_THRESHOLD` (both thresholds, copies at most 5 GiB) and
+    /// `TIDEMARK_S3_PART_SIZE`, each in bytes or with a `KiB`, `MiB` or `GiB` suffix.
+    fn from_env() -> Result<Self, StorageError> {
+        let mut sizes = PartSizes::default();
+        if let Some(threshold) = size_setting(THRESHOLD_ENV, 1, u64::MAX)? {
+            sizes.upload_threshold = threshold;
+            sizes.copy_threshold = threshold.min(SINGLE_REQUEST_LIMIT);
+        }
+        if let Some(part) = size_setting(PART_SIZE_ENV, 5 * MIB, SINGLE_REQUEST_LIMIT)? {
+            sizes.part_size = part;
+        }
+        Ok(sizes)
+    }
+}
+
+/// The byte size in environment variable `name`, refused outside `min..=max`.
+fn size_setting(name: &'static str, min: u64, max: u64) -> Result<Option<u64>, StorageError> {
+    let Ok(value) = std::env::var(name) else {
+        return Ok(None);
+    };
+    parse_size(&value)
+        .filter(|n| (min..=max).contains(n))
+        .map(Some)
+        .ok_or(StorageError::InvalidSetting { name, value })
+}
+
+/// `123`, `5MiB`, `1 GiB`, `64KiB`: bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => MIB,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(unit)
+}
 
 /// S3 client settings beyond the standard AWS environment. `None` means "decide from the
 /// endpoint": path-style addressing and checksums-only-when-required are on for custom
@@ -54,10 +122,13 @@ pub struct S3Options {
     /// Send and check checksums only when S3 requires them (some S3-compatible servers
     /// reject the SDK's default checksum headers).
     pub checksums_when_required: Option<bool>,
+    /// Multipart thresholds and part size.
+    pub parts: PartSizes,
 }
 
 impl S3Options {
-    /// Options from the environment: `TIDEMARK_S3_PATH_STYLE` (`true`/`false`).
+    /// Options from the environment: `TIDEMARK_S3_PATH_STYLE` (`true`/`false`),
+    /// `TIDEMARK_S3_MULTIPART_THRESHOLD` and `TIDEMARK_S3_PART_SIZE` (see `PartSizes`).
     pub fn from_env() -> Result<Self, StorageError> {
         let path_style = match std::env::var(PATH_STYLE_ENV) {
             Ok(v) => Some(parse_bool(&v).ok_or(StorageError::InvalidSetting {
@@ -68,6 +139,7 @@ impl S3Options {
         };
         Ok(S3Options {
             path_style,
+            parts: PartSizes::from_env()?,
             ..S3Options::default()
         })
     }
@@ -90,6 +162,7 @@ pub struct S3Storage {
     prefix: String,
     /// Where requests go, for error messages.
     endpoint: String,
+    parts: PartSizes,
 }
 
 impl fmt::Debug for S3Storage {
@@ -120,6 +193,7 @@ impl S3Storage {
                 p => format!("{p}/"),
             },
             endpoint,
+            parts: options.parts,
         };
         storage.check_bucket().await?;
         Ok(storage)
@@ -193,8 +267,24 @@ impl S3Storage {
                 .await
                 .map_err(|e| StorageError::io(path, e))?
                 .len();
-            if size > MULTIPART_THRESHOLD {
-                return multipart::upload(self, key, path, size, meta, if_absent).await;
+            if size > self.parts.upload_threshold {
+                if if_absent && self.head(key).await?.is_some() {
+                    return Ok(false);
+                }
+                let full_key = self.full_key(key)?;
+                let target = multipart::Target {
+                    client: &self.client,
+                    bucket: &self.bucket,
+                    key: &full_key,
+                    shown_key: key,
+                    endpoint: &self.endpoint,
+                };
+                let object = multipart::NewObject {
+                    metadata: Some(to_s3_metadata(meta)),
+                    content_type: None,
+                    if_absent,
+                };
+                return multipart::upload_file(&target, path, size, &self.parts, object).await;
             }
         }
         self.put_object(key, body, meta, if_absent).await
@@ -412,6 +502,17 @@ pub(crate) fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("5MiB"), Some(5 << 20));
+        assert_eq!(parse_size(" 1 GiB "), Some(1 << 30));
+        assert_eq!(parse_size("64KiB"), Some(64 << 10));
+        for bad in ["", "5MB", "-1", "1.5GiB", "99999999999999999999GiB"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn booleans_from_the_environment() {
