@@ -22,9 +22,9 @@ use std::path::{Component, Path, PathBuf};
 /// limit, `MAXSYMLINKS`).
 pub const MAX_LINK_HOPS: usize = 40;
 
-/// Names tidemark writes at the top of a restored data directory (and the temporary
-/// files it writes them through, which start with the same name). A link there would
-/// make tidemark write wherever it points.
+/// Paths tidemark writes in a restored data directory (and the temporary files it writes
+/// them through, which start with the same name, in the same directory). A link there
+/// would make tidemark write wherever it points.
 const OWN_NAMES: &[&str] = &[
     "postgresql.auto.conf",
     "recovery.signal",
@@ -33,7 +33,7 @@ const OWN_NAMES: &[&str] = &[
     "backup_manifest",
     // wal-fetch's prefetch cache (relative to the data directory, where PostgreSQL runs
     // restore_command).
-    ".tidemark-prefetch",
+    "pg_wal/.tidemark-prefetch",
 ];
 
 /// Why a chunk could not be unpacked.
@@ -178,12 +178,15 @@ pub fn unpack_tar(
             return Err(hostile(&path));
         }
         if let Some(link) = entry.link_name().map_err(io_err)? {
-            let parts: Vec<Component> = path
+            let rel: Vec<String> = path
                 .components()
                 .filter(|c| *c != Component::CurDir)
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect();
-            let own = matches!(parts.as_slice(), [Component::Normal(name)]
-                if OWN_NAMES.iter().any(|n| name.to_string_lossy().starts_with(n)));
+            let rel = rel.join("/");
+            let own = OWN_NAMES
+                .iter()
+                .any(|n| rel.strip_prefix(n).is_some_and(|rest| !rest.contains('/')));
             if own {
                 return Err(UnpackError::LinkAtOwnName {
                     chunk: chunk.to_string(),
@@ -379,7 +382,8 @@ mod tests {
             "./recovery.signal",
             "postgresql.auto.conf.tidemark-tmp",
             "tablespace_map",
-            ".tidemark-prefetch",
+            "pg_wal/.tidemark-prefetch",
+            "./pg_wal/.tidemark-prefetch.tmp",
         ] {
             let (_dir, r) = unpack(&[(name, Some("/etc/passwd"))]);
             assert!(

@@ -1011,6 +1011,80 @@ mod tests {
         Repository::open(&url, &S3Options::default()).await.unwrap();
     }
 
+    /// A filesystem repository whose first `cuts` GETs deliver half the body and then a
+    /// clean end of stream, as a connection cut mid-transfer can look.
+    #[derive(Debug)]
+    struct CutBodies(FsStorage, std::sync::atomic::AtomicU32);
+
+    #[async_trait::async_trait]
+    impl Storage for CutBodies {
+        async fn put_if_absent(
+            &self,
+            key: &str,
+            body: Body,
+            meta: &Metadata,
+        ) -> Result<PutOutcome, StorageError> {
+            self.0.put_if_absent(key, body, meta).await
+        }
+        async fn put(&self, key: &str, body: Body, meta: &Metadata) -> Result<(), StorageError> {
+            self.0.put(key, body, meta).await
+        }
+        async fn get(&self, key: &str) -> Result<crate::storage::GetObject, StorageError> {
+            let mut get = self.0.get(key).await?;
+            let left = self.1.load(std::sync::atomic::Ordering::SeqCst);
+            if left > 0 {
+                self.1.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+                get.body = Box::pin(get.body.take(get.head.info.size / 2));
+            }
+            Ok(get)
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StorageError> {
+            self.0.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_transfer_is_a_transfer_error_retried_not_a_damaged_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = repo(dir.path()).await;
+        let spool = dir.path().join("000000010000000000000003");
+        std::fs::write(&spool, segment_bytes(5)).unwrap();
+        let name = SegmentName::new(TimelineId(1), 3);
+        let key = written
+            .archive_segment(name, seg(), &spool, 3, Metadata::new())
+            .await
+            .unwrap()
+            .key;
+        let cut = |cuts, reads| Repository {
+            storage: Arc::new(CutBodies(
+                FsStorage::open(dir.path().join("repo")).unwrap(),
+                std::sync::atomic::AtomicU32::new(cuts),
+            )),
+            url: written.url.clone(),
+            reads,
+        };
+        let dst = dir.path().join("fetched");
+        // Without a read policy the cut surfaces as a transient read error...
+        let err = cut(1, None).fetch_verified(&key, &dst).await.unwrap_err();
+        assert!(err.is_transient(), "{}", crate::retry::chain(&err));
+        assert!(
+            crate::retry::chain(&err).contains("the transfer ended after"),
+            "{}",
+            crate::retry::chain(&err)
+        );
+        assert!(!dst.exists());
+        // ...which a reader's policy retries, getting the verified object.
+        let reads = Some(RetryPolicy::reads(Duration::from_secs(5)));
+        cut(2, reads).fetch_verified(&key, &dst).await.unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), segment_bytes(5));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn segments_round_trip_and_plain_zstd_reads_them() {
         let dir = tempfile::tempdir().unwrap();
