@@ -523,16 +523,27 @@ fn a_gap_in_the_archive_refuses_only_the_targets_after_it() {
     rows(&cluster, 5);
     finish(&cluster, &mut archiver);
 
-    // The segment holding burst 4 is lost from the repository.
+    // The segment holding burst 4 is lost from the repository, with any partial object
+    // of it (a prefix recovery could still replay).
     let lost = tidemark_protocol::SegmentName::containing(
         tidemark_protocol::TimelineId(1),
         gap_start,
         seg(),
     );
-    let key = tidemark_store::layout::wal_segment_key(lost, seg());
     let root = archiver.repo_dir_for_postgres();
-    std::fs::remove_file(root.join(&key)).unwrap();
-    let _ = std::fs::remove_file(root.join(format!("{key}.meta.json")));
+    for key in [
+        tidemark_store::layout::wal_segment_key(lost, seg()),
+        tidemark_store::layout::wal_partial_key(lost, seg()),
+    ] {
+        let _ = std::fs::remove_file(root.join(&key));
+        let _ = std::fs::remove_file(root.join(format!("{key}.meta.json")));
+    }
+    assert!(
+        !root
+            .join(tidemark_store::layout::wal_segment_key(lost, seg()))
+            .exists(),
+        "the lost segment is still there"
+    );
 
     // Targets before the gap restore from the backup before it, with exactly their rows.
     let dir = restore_into(&archiver, &["--target-time", &before_gap]);

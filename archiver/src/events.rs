@@ -15,7 +15,7 @@ pub struct EventTracker {
     timeline: TimelineId,
     seg: WalSegmentSize,
     /// The first segment: a record continuing into it from before the start is not seen,
-    /// so its summary is never complete.
+    /// so its summary is complete only when its first page continues no record.
     first: SegmentName,
     summaries: BTreeMap<u64, WalSummary>,
 }
@@ -85,8 +85,11 @@ impl EventTracker {
     }
 
     fn metadata(&self, name: SegmentName, summary: WalSummary) -> Metadata {
-        let decoding = self.decoder.as_ref().is_some_and(|d| !d.ended());
-        if !decoding || name == self.first || name.timeline != self.timeline {
+        let Some(decoder) = self.decoder.as_ref().filter(|d| !d.ended()) else {
+            return Metadata::new();
+        };
+        let unseen_record = name == self.first && decoder.began_mid_record() != Some(false);
+        if unseen_record || name.timeline != self.timeline {
             return Metadata::new();
         }
         summary.metadata()

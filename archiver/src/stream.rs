@@ -299,9 +299,17 @@ impl Archiver {
             bytes = valid,
             "storing the received prefix an earlier run left in the spool"
         );
+        // Its summary, from the prefix itself (complete unless a record from the segment
+        // before continues into it).
+        let mut events = EventTracker::new(
+            partial.name.timeline,
+            partial.name.start_lsn(self.seg),
+            self.seg,
+        );
+        events.feed(&data[..valid as usize]);
+        let meta = events.so_far(partial.name);
         self.partial_running = true;
-        self.uploads
-            .partial(partial.snapshot(valid)?, Metadata::new());
+        self.uploads.partial(partial.snapshot(valid)?, meta);
         Ok(Some(partial))
     }
 

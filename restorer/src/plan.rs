@@ -480,8 +480,9 @@ async fn locate(
     }))
 }
 
-/// Whether the archive (from segment `from` on, and short of segment `before` if given —
-/// the WAL short of a gap) may hold a transaction that ended after `t` (at or after it
+/// Whether the archive (from segment `from` on, and up to segment `before` if given — the
+/// WAL short of a gap, with the partial object of the segment at the gap, a prefix that
+/// recovery replays) may hold a transaction that ended after `t` (at or after it
 /// when not `inclusive`): where PostgreSQL stops on a time target. Every object is
 /// read, because commit times need not grow with the LSN. An object without a summary
 /// counts as "may hold one" (then PostgreSQL decides, as it would without tidemark).
@@ -494,12 +495,7 @@ async fn xact_reaching(
     t: &chrono::DateTime<chrono::FixedOffset>,
     inclusive: bool,
 ) -> Result<bool, RepoError> {
-    let to = match before {
-        Some(0) => return Ok(false),
-        Some(b) => b - 1,
-        None => u64::MAX,
-    };
-    let keys = wal.keys(from, to, seg);
+    let keys = wal.keys(from, before.unwrap_or(u64::MAX), seg);
     Ok(summaries(repo, keys).await?.into_iter().any(|(_, s)| {
         let Some(s) = s else { return true };
         s.last_xact

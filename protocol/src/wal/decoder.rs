@@ -38,6 +38,9 @@ pub struct WalDecoder {
     decoded_up_to: Lsn,
     /// The error that stopped decoding, returned by every later call.
     failure: Option<WalDecodeError>,
+    /// Whether the first page began with the tail of a record from before the start
+    /// (skipped); `None` until that page's header is read.
+    began_mid_record: Option<bool>,
 }
 
 enum State {
@@ -101,6 +104,7 @@ impl WalDecoder {
             last_record: None,
             decoded_up_to: start,
             failure: (!aligned).then_some(WalDecodeError::MisalignedStart { start }),
+            began_mid_record: None,
         }
     }
 
@@ -159,6 +163,13 @@ impl WalDecoder {
         self.decoded_up_to
     }
 
+    /// Whether the first page began with the tail of a record from before the start,
+    /// which is skipped: then a record ending in the first segment went unseen. `None`
+    /// until the first page header has been read.
+    pub fn began_mid_record(&self) -> Option<bool> {
+        self.began_mid_record
+    }
+
     /// Whether decoding stopped at the end of valid WAL (a zeroed or
     /// recycled page, a zeroed record header); bytes fed after it are ignored.
     pub fn ended(&self) -> bool {
@@ -189,7 +200,9 @@ impl WalDecoder {
             return Ok((self.end_of_wal(), Progress::Continue));
         };
         self.input.consume(header_len(page, self.seg));
-        let step = if header.continues_record() && !header.overwrites_continuation() {
+        let continued = header.continues_record() && !header.overwrites_continuation();
+        self.began_mid_record = Some(continued);
+        let step = if continued {
             self.skip(u64::from(header.rem_len))
         } else {
             Step::RecordStart

@@ -220,6 +220,22 @@ fn continuation_at_start_is_skipped_and_counts_as_decoded() {
 }
 
 #[test]
+fn a_first_page_that_continues_a_record_is_reported_and_one_that_does_not_is_not() {
+    for continued in [true, false] {
+        let mut w = WalBuilder::new(Lsn(MIB), seg(), 16);
+        if continued {
+            w.continuation(100);
+        }
+        w.commit(5, 1);
+        let mut decoder = WalDecoder::new(Lsn(MIB), seg());
+        assert_eq!(decoder.began_mid_record(), None, "nothing read yet");
+        decoder.feed(w.bytes());
+        while decoder.next_record().unwrap().is_some() {}
+        assert_eq!(decoder.began_mid_record(), Some(continued));
+    }
+}
+
+#[test]
 fn recycled_page_ends_decoding() {
     let mut w = WalBuilder::new(Lsn(MIB), seg(), 15);
     w.filler(10);
