@@ -386,16 +386,7 @@ fn restore_start_recovers_to_the_target_and_reports_where_it_stopped() {
     let dir = tidemark_fixtures::test_dir("start");
     let data = dir.path().join("data");
     let port = tidemark_fixtures::free_port().to_string();
-    let out = run(archiver.command(&[
-        "restore",
-        "--pgdata",
-        data.to_str().unwrap(),
-        "--target-lsn",
-        &b2.to_string(),
-        "--start",
-        "--port",
-        &port,
-    ]));
+    let out = restore_start(&archiver, &data, &port, &["--target-lsn", &b2.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}{}", stderr(&out));
     let pid: i32 = stdout

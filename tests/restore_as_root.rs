@@ -44,38 +44,13 @@ fn backed_up(major: u32, setup: &str, after: &str) -> (Cluster, Repo, Archiver, 
     archiver.init();
     archiver.start();
     cluster.psql(setup).unwrap();
-    let out = run(archiver.command(&["backup"]));
-    assert!(out.status.success(), "backup: {}", stderr(&out));
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .expect("backup id in the output")
-        .to_string();
+    let id = backup(&archiver, &[]);
     cluster.psql(after).unwrap();
     let through = switch_wal(&cluster);
     archiver.wait_complete_through(through, seg, Duration::from_secs(60));
     assert_eq!(archiver.terminate(), 0);
     share_with_postgres(&archiver.repo_dir_for_postgres());
     (cluster, repo, archiver, id)
-}
-
-/// `restore --start` into `<dir>/data` with `args`; returns the output.
-fn restore_start(
-    archiver: &Archiver,
-    data: &Path,
-    port: &str,
-    args: &[&str],
-) -> std::process::Output {
-    let mut all = vec![
-        "restore",
-        "--pgdata",
-        data.to_str().unwrap(),
-        "--start",
-        "--port",
-        port,
-    ];
-    all.extend_from_slice(args);
-    run(archiver.command(&all))
 }
 
 /// The pid `restore --start` reported; the server is stopped by the returned guard.

@@ -35,11 +35,6 @@ fn bursts(cluster: &Cluster) -> String {
         .unwrap()
 }
 
-fn backup(archiver: &Archiver) {
-    let out = run(archiver.command(&["backup"]));
-    assert!(out.status.success(), "backup: {}", stderr(&out));
-}
-
 /// A 1 MiB-segment cluster streamed into a new `file://` repository, with an `events`
 /// table.
 fn streamed(opts: ClusterOptions) -> (Cluster, Archiver) {
@@ -101,7 +96,7 @@ fn an_exclusive_time_target_at_the_last_commit_does_not_replay_it() {
     });
     let first = switch_wal(&cluster);
     archiver.wait_complete_through(first, seg(), Duration::from_secs(60));
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&cluster, 1);
     // The DBA wants to undo this, the last commit on an idle database.
     cluster.psql("DROP TABLE events").unwrap();
@@ -146,7 +141,7 @@ fn an_exclusive_time_target_at_the_last_commit_does_not_replay_it() {
 fn pause_and_shutdown_at_the_end_of_the_archive_never_become_a_promotion() {
     let (cluster, mut archiver) = streamed(one_mb());
     rows(&cluster, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&cluster, 2);
     finish(&cluster, &mut archiver);
     share_with_postgres(&archiver.repo_dir_for_postgres());
@@ -155,18 +150,12 @@ fn pause_and_shutdown_at_the_end_of_the_archive_never_become_a_promotion() {
     let dir = tidemark_fixtures::test_dir("pause");
     let data = dir.path().join("data");
     let port = tidemark_fixtures::free_port().to_string();
-    let out = run(archiver.command(&[
-        "restore",
-        "--pgdata",
-        data.to_str().unwrap(),
-        "--target-action",
-        "pause",
-        "--start",
-        "--start-timeout",
-        "90",
-        "--port",
+    let out = restore_start(
+        &archiver,
+        &data,
         &port,
-    ]));
+        &["--target-action", "pause", "--start-timeout", "90"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}{}", stderr(&out));
     assert!(stdout.contains("paused at the target"), "{stdout}");
@@ -217,7 +206,7 @@ fn pause_and_shutdown_at_the_end_of_the_archive_never_become_a_promotion() {
 fn a_restored_clusters_old_recovery_target_never_leaks_into_the_next_restore() {
     let (origin, mut archiver) = streamed(one_mb());
     rows(&origin, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&origin, 2);
     origin
         .psql("SELECT pg_create_restore_point('before_mistake')")
@@ -238,7 +227,7 @@ fn a_restored_clusters_old_recovery_target_never_leaks_into_the_next_restore() {
     second.init();
     second.start();
     rows(&promoted, 4);
-    backup(&second);
+    backup(&second, &[]);
     rows(&promoted, 5);
     finish(&promoted, &mut second);
 
@@ -255,14 +244,14 @@ fn a_restored_clusters_old_recovery_target_never_leaks_into_the_next_restore() {
 fn a_target_on_the_new_timeline_is_never_reached_through_a_backup_on_the_abandoned_line() {
     let (origin, mut archiver) = streamed(one_mb());
     rows(&origin, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&origin, 2);
     origin
         .psql("SELECT pg_create_restore_point('fork')")
         .unwrap();
     rows(&origin, 3);
     // A backup of the old line, after the point the new line will branch off at.
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&origin, 4);
     finish(&origin, &mut archiver);
     drop(origin);
@@ -312,7 +301,7 @@ fn a_restore_point_name_made_twice_is_refused_until_an_occurrence_is_chosen() {
     let now = current_lsn(&cluster);
     wait_received(&mut archiver, &cluster, now);
     switch_wal(&cluster);
-    backup(&archiver);
+    backup(&archiver, &[]);
     // The daily deploy, twice.
     cluster
         .psql("SELECT pg_create_restore_point('before_deploy')")
@@ -378,7 +367,7 @@ fn a_coordinated_restore_without_start_restores_the_bucket_too() {
     let s3 = tidemark_fixtures::s3().expect("S3 test server");
     let repo = Repo::s3("coordinated");
     let (mut archiver, bucket) = tracked_archiver(&cluster, &s3, &repo);
-    backup(&archiver);
+    backup(&archiver, &[]);
     wait_for_tracking(&archiver, &bucket, 0);
     let mut app = App::new(&cluster, &s3, &bucket);
     app.put("a", "one");
@@ -446,7 +435,7 @@ fn restore_command_survives_quotes_spaces_backslashes_and_percent_in_paths() {
         .psql("CREATE TABLE events(id int, burst int)")
         .unwrap();
     rows(&cluster, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&cluster, 2);
     finish(&cluster, &mut archiver);
     share_with_postgres(repo.file_root().parent().unwrap());
@@ -473,7 +462,7 @@ fn a_repository_the_server_user_cannot_read_is_refused_before_start_writes_anyth
     );
     let (cluster, mut archiver) = streamed(one_mb());
     rows(&cluster, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&cluster, 2);
     finish(&cluster, &mut archiver);
 
@@ -510,7 +499,7 @@ fn a_gap_in_the_archive_refuses_only_the_targets_after_it() {
     let (cluster, mut archiver) = streamed(one_mb());
     let now = || cluster.psql("SELECT clock_timestamp()").unwrap();
     rows(&cluster, 1);
-    backup(&archiver);
+    backup(&archiver, &[]);
     rows(&cluster, 2);
     let before_gap = now();
     let lsn_before_gap = current_lsn(&cluster);

@@ -627,6 +627,21 @@ pub fn backup(archiver: &Archiver, args: &[&str]) -> String {
     id
 }
 
+/// `restore --pgdata DATA --start --port PORT` with `args`; returns the output (the
+/// restored server is left running).
+pub fn restore_start(archiver: &Archiver, data: &Path, port: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--start",
+        "--port",
+        port,
+    ];
+    all.extend_from_slice(args);
+    run(archiver.command(&all))
+}
+
 /// `tidemark restore` with `args` into a fresh directory, which must succeed; a `file://`
 /// repository is first shared with the postgres user, who runs `wal-fetch` during
 /// recovery (restore checks that it can).
