@@ -22,14 +22,9 @@ use tidemark_store::{layout, meta};
 
 /// The uid the restored server runs as.
 fn postgres_uid() -> u32 {
-    let passwd = fs::read_to_string("/etc/passwd").unwrap();
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f[0] == "postgres").then(|| f[2].parse().unwrap())
-        })
-        .expect("a postgres user")
+    tidemark_restorer::start::server_owner()
+        .expect("run as root, with a postgres user")
+        .0
 }
 
 /// A cluster of `major` with 1 MiB segments, streamed into a `file://` repository shared
