@@ -203,6 +203,7 @@ pub struct BackupArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("occurs").args(["target_name", "target_xid"]).multiple(true)))]
 pub struct TargetOpts {
     /// Recover to this time (with a zone: "2026-11-21 09:30:00+00" or RFC 3339)
     #[arg(long)]
@@ -213,14 +214,16 @@ pub struct TargetOpts {
     /// Recover to this restore point (pg_create_restore_point)
     #[arg(long)]
     pub target_name: Option<String>,
-    /// Recover to the commit of this transaction id
+    /// Recover to the end of this transaction: its full id (epoch * 2^32 + xid, as
+    /// pg_current_xact_id() prints it) or its 32 bits
     #[arg(long)]
     pub target_xid: Option<String>,
     /// Recover only until the backup is consistent
     #[arg(long)]
     pub target_immediate: bool,
-    /// With --target-name made more than once: oldest, newest or N (1 = oldest)
-    #[arg(long, value_name = "WHICH", requires = "target_name")]
+    /// With --target-name made more than once, or a 32-bit --target-xid that ended in
+    /// more than one epoch: oldest, newest or N (1 = oldest)
+    #[arg(long, value_name = "WHICH", requires = "occurs")]
     pub target_occurrence: Option<String>,
     /// Timeline to follow: latest, current or a number
     #[arg(long, default_value = "latest")]

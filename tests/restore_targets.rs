@@ -554,3 +554,130 @@ fn a_gap_in_the_archive_refuses_only_the_targets_after_it() {
         assert!(!data.exists(), "{target:?} wrote the data directory");
     }
 }
+
+/// One transaction per tag, each inserting its tag and its own full xid; returns the xids.
+fn tagged(cluster: &Cluster, tags: &[String]) -> Vec<u64> {
+    let sql: String = tags
+        .iter()
+        .map(|t| format!("INSERT INTO tagged VALUES ('{t}', pg_current_xact_id()) RETURNING x;\n"))
+        .collect();
+    let out = cluster.psql(&sql).unwrap();
+    let xids: Vec<u64> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(xids.len(), tags.len(), "{out}");
+    xids
+}
+
+fn tags(cluster: &Cluster) -> String {
+    cluster
+        .psql("SELECT string_agg(tag, ',' ORDER BY x) FROM tagged")
+        .unwrap()
+}
+
+#[test]
+fn a_transaction_id_that_ended_in_two_epochs_is_refused_until_its_epoch_is_given() {
+    let mut cluster = Cluster::start(one_mb()).expect("cluster");
+    let mut archiver = Archiver::new(
+        &cluster,
+        &Repo::file(),
+        &[
+            "--partial-interval",
+            "1",
+            "--complete-marker-interval",
+            "1",
+            "--accept-gap",
+        ],
+    );
+    archiver.init();
+    archiver.start();
+    cluster
+        .psql("CREATE TABLE tagged(tag text, x xid8)")
+        .unwrap();
+    // The backup starts in WAL the archiver decoded whole; its checkpoint gives the epoch.
+    let now = current_lsn(&cluster);
+    wait_received(&mut archiver, &cluster, now);
+    switch_wal(&cluster);
+    backup(&archiver, &[]);
+    let epoch0: Vec<String> = (1..=20).map(|i| format!("e0-{i:02}")).collect();
+    let old = tagged(&cluster, &epoch0);
+    assert!(old.iter().all(|x| x >> 32 == 0), "{old:?}");
+    // Frozen, the rows stay visible when their 32-bit xids are handed out again.
+    cluster.psql("VACUUM FREEZE").unwrap();
+    let through = switch_wal(&cluster);
+    archiver.wait_complete_through(through, seg(), Duration::from_secs(60));
+
+    // The DBA moves the counter into epoch 1 at the same 32 bits: the next transactions
+    // reuse the low bits of the ones above. pg_resetwal starts new WAL after the old, a gap
+    // the archiver accepts (--accept-gap); the backup after it serves the new epoch.
+    cluster.pg_ctl_stop("fast", 60).unwrap();
+    let low = (old[0] as u32).to_string();
+    cluster.resetwal(&["-e", "1", "-x", &low]).unwrap();
+    cluster.restart().unwrap();
+    // As the archiver's message asks: once it has accepted the gap, a new base backup.
+    wait_for(
+        "the archiver to accept the gap",
+        Duration::from_secs(60),
+        || {
+            archiver.assert_running();
+            archiver.log().contains("ACCEPTED A GAP").then_some(())
+        },
+    );
+    backup(&archiver, &[]);
+    let new = tagged(&cluster, &["e1-two".to_string(), "e1-after".to_string()]);
+    let twin = new[0];
+    assert_eq!(twin >> 32, 1, "{new:?}");
+    let k = old
+        .iter()
+        .position(|x| *x as u32 == twin as u32)
+        .unwrap_or_else(|| panic!("{twin} reuses none of {old:?}"));
+    finish(&cluster, &mut archiver);
+    let low = (twin as u32).to_string();
+
+    // The 32 bits alone are ambiguous: refused, both listed, nothing written.
+    let out = plan_out(&archiver, &["--target-xid", &low]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("more than one epoch"), "{err}");
+    assert!(
+        err.contains(&format!("0:{low}")) && err.contains(&format!("1:{low}")),
+        "{err}"
+    );
+    let dir = tidemark_fixtures::test_dir("xid-ambiguous");
+    let data = dir.path().join("data");
+    let out = run(archiver.command(&[
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target-xid",
+        &low,
+    ]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(!data.exists(), "a refused restore wrote {}", data.display());
+
+    // The full xid keeps its epoch: recovery stops at epoch 1's transaction, not at the
+    // older one with the same 32 bits.
+    let all_old = epoch0.join(",");
+    let restored = start_recovered(
+        restore_into(&archiver, &["--target-xid", &twin.to_string()]),
+        one_mb(),
+    );
+    assert_eq!(tags(&restored), format!("{all_old},e1-two"));
+    drop(restored);
+    // The older one, chosen by occurrence, stops in epoch 0.
+    let restored = start_recovered(
+        restore_into(
+            &archiver,
+            &["--target-xid", &low, "--target-occurrence", "oldest"],
+        ),
+        one_mb(),
+    );
+    assert_eq!(tags(&restored), epoch0[..=k].join(","));
+    drop(restored);
+
+    // Transactions that are not in the archive are refused by the plan.
+    for absent in [u64::from(u32::MAX - 7), (2 << 32) | u64::from(twin as u32)] {
+        let out = plan_out(&archiver, &["--target-xid", &absent.to_string()]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{absent}: {err}");
+        assert!(err.contains("not in the archived WAL"), "{absent}: {err}");
+    }
+}

@@ -1,11 +1,11 @@
 //! Decoding the WAL as it streams in, to summarise each segment (transaction end times,
-//! xid range, restore points) for the planner. Archiving never depends on it: a decoding
+//! xid range with epochs, restore points) for the planner. Archiving never depends on it: a decoding
 //! failure is logged and the summaries simply stop (objects without one are treated as
 //! unknown by the planner).
 
 use std::collections::BTreeMap;
 
-use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalDecoder, WalEvent, WalSegmentSize};
+use tidemark_protocol::{xid, Lsn, SegmentName, TimelineId, WalDecoder, WalEvent, WalSegmentSize};
 use tidemark_store::storage::Metadata;
 use tidemark_store::wal_summary::{RestorePoint, WalSummary};
 
@@ -18,6 +18,10 @@ pub struct EventTracker {
     /// so its summary is complete only when its first page continues no record.
     first: SegmentName,
     summaries: BTreeMap<u64, WalSummary>,
+    /// The xid counter with its epoch at the newest checkpoint decoded: xids ending after
+    /// it are widened against it. Not carried over from an earlier stream (`pg_resetwal`
+    /// may have changed the epoch in between): until the first checkpoint, unknown.
+    next_xid: Option<u64>,
 }
 
 impl EventTracker {
@@ -29,6 +33,7 @@ impl EventTracker {
             seg,
             first: SegmentName::containing(timeline, start, seg),
             summaries: BTreeMap::new(),
+            next_xid: None,
         }
     }
 
@@ -41,17 +46,14 @@ impl EventTracker {
         loop {
             match decoder.next_event() {
                 Ok(Some(event)) => {
-                    let end = match &event {
-                        WalEvent::Commit { end, .. }
-                        | WalEvent::Abort { end, .. }
-                        | WalEvent::RestorePoint { end, .. } => *end,
-                    };
-                    let segno = Lsn(end.0 - 1).segment_number(self.seg);
+                    let segno = Lsn(event.end().0 - 1).segment_number(self.seg);
                     let summary = self.summaries.entry(segno).or_default();
                     match event {
                         WalEvent::Commit { xid, time, .. } | WalEvent::Abort { xid, time, .. } => {
-                            summary.xact(xid, time)
+                            let full = self.next_xid.and_then(|n| xid::widen(n, xid));
+                            summary.xact(xid, full, time)
                         }
+                        WalEvent::Checkpoint { next_xid, .. } => self.next_xid = Some(next_xid),
                         WalEvent::RestorePoint {
                             start, name, time, ..
                         } => summary.restore_points.push(RestorePoint {

@@ -1,6 +1,6 @@
 //! tidemark-protocol: PostgreSQL's bytes and wire.
 //!
-//! LSNs, timelines, segment names, history files, connection strings and the
+//! LSNs, timelines, segment names, transaction ids, history files, connection strings and the
 //! physical replication client. Architecture invariant: this crate knows
 //! nothing of S3, SQLite or tidemark's policies; it speaks PostgreSQL only.
 
@@ -13,6 +13,7 @@ pub mod segment;
 pub mod sync_standby;
 pub mod timeline;
 pub mod wal;
+pub mod xid;
 
 pub use conninfo::{ConnInfo, ConnInfoError, Host, RootCert, SslMode};
 pub use history::{parse_history, HistoryEntry, HistoryError};

@@ -124,6 +124,10 @@ fn check_major(major: u32) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     assert_eq!(our_events, their_events, "pg{major}: events differ");
     assert!(our_events.len() >= 6, "pg{major}: too few events");
+    assert!(
+        our_events.iter().any(|e| e.0 == "checkpoint"),
+        "pg{major}: the workload's CHECKPOINT was not decoded"
+    );
 
     // pg_waldump does not print restore point times: check it against the
     // clock read around pg_create_restore_point().
@@ -313,6 +317,9 @@ fn event_key(event: &WalEvent) -> EventKey {
         WalEvent::RestorePoint { start, name, .. } => {
             ("restore point", *start, 0, None, name.clone())
         }
+        WalEvent::Checkpoint {
+            start, next_xid, ..
+        } => ("checkpoint", *start, 0, None, next_xid.to_string()),
     }
 }
 
@@ -347,8 +354,23 @@ fn dump_event_key(d: &DumpRecord) -> Option<anyhow::Result<EventKey>> {
         ("Transaction", "COMMIT_PREPARED") => Some(xact("commit", true)),
         ("Transaction", "ABORT_PREPARED") => Some(xact("abort", true)),
         ("XLOG", "RESTORE_POINT") => Some(Ok(("restore point", d.lsn, 0, None, rest.to_string()))),
+        ("XLOG", "CHECKPOINT_ONLINE" | "CHECKPOINT_SHUTDOWN") => Some(
+            checkpoint_next_xid(rest).map(|next| ("checkpoint", d.lsn, 0, None, next.to_string())),
+        ),
         _ => None,
     }
+}
+
+/// The full next xid in a checkpoint's description: `…; xid EPOCH:XID; …`.
+fn checkpoint_next_xid(desc: &str) -> anyhow::Result<u64> {
+    let field = desc
+        .split("; ")
+        .find_map(|f| f.strip_prefix("xid "))
+        .ok_or_else(|| anyhow::anyhow!("no xid in checkpoint {desc:?}"))?;
+    let (epoch, xid) = field
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("xid {field:?} is not EPOCH:XID"))?;
+    Ok((epoch.parse::<u64>()? << 32) | xid.parse::<u64>()?)
 }
 
 fn first_difference<T: std::fmt::Debug + PartialEq>(ours: &[T], theirs: &[T]) -> String {

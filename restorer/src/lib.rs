@@ -18,5 +18,6 @@ pub mod start;
 pub mod target;
 pub mod unpack;
 pub mod wal_fetch;
+pub mod xids;
 
 pub use wal_fetch::{wal_fetch, FetchError, FetchOutcome, WalRequest};

@@ -9,6 +9,7 @@ use tidemark_store::wal_summary::RestorePoint;
 use crate::archived::{last_record_start, summaries, ArchivedWal};
 use crate::lineage::{Lineage, Timelines};
 use crate::target::{Occurrence, RecoveryTarget, TargetAction, TimelineTarget};
+use crate::xids;
 
 /// What a restore will do.
 #[derive(Debug, Clone)]
@@ -80,6 +81,20 @@ pub enum PlanError {
         name: String,
         asked: usize,
         count: usize,
+    },
+    #[error("transaction id {xid} ended in more than one epoch in the archive ({occurrences}); recovery would stop at whichever it meets first; HINT: give the full xid (epoch * 4294967296 + xid, as pg_current_xact_id() prints it), or add --target-occurrence oldest, newest or a number from the list")]
+    AmbiguousXid { xid: u64, occurrences: String },
+    #[error("transaction id {xid} ended in {count} epoch(s) in the archive, not {asked}; HINT: see `tidemark plan --target-xid` without --target-occurrence for the list")]
+    NoSuchXidOccurrence {
+        xid: u64,
+        asked: usize,
+        count: usize,
+    },
+    #[error("{target}: a transaction with the same low 32 bits ended before it, by LSN {twin_end}, after backup {backup} started, and PostgreSQL stops at the first; no usable backup starts after that; HINT: restore with --target-lsn or --target-time instead")]
+    TwinAfterBackup {
+        target: RecoveryTarget,
+        backup: BackupId,
+        twin_end: Lsn,
     },
     #[error("no whole WAL record found at the end of the archive ({archive_end}), so recovery cannot be told where to pause or shut down; HINT: use --target-action promote, or a --target-lsn")]
     NoRecordAtEnd { archive_end: Lsn },
@@ -153,16 +168,30 @@ pub async fn plan(
         _ => None,
     };
     let at = located.as_ref().map(|l| l.lsn);
+    let not_before = located.as_ref().and_then(|l| l.not_before);
     let ends_before = |b: &BackupInfo| match (target, at) {
         (RecoveryTarget::Lsn(l), _) => b.stop_lsn <= *l,
         (RecoveryTarget::Time(t), _) => b.stop_time <= *t,
-        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), Some(at)) => b.stop_lsn <= at,
+        (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), Some(at)) => {
+            b.stop_lsn <= at && not_before.is_none_or(|n| b.start_lsn >= n)
+        }
         (RecoveryTarget::Name(_) | RecoveryTarget::Xid(_), None) => b.id == oldest.0.id,
         _ => true,
+    };
+    let past_twin = |b: &BackupInfo| match not_before {
+        Some(n) if b.stop_lsn <= at.unwrap_or(n) => Some(PlanError::TwinAfterBackup {
+            target: target.clone(),
+            backup: b.id.clone(),
+            twin_end: n,
+        }),
+        _ => None,
     };
     let (chosen, lineage) = match requested {
         Some((b, lineage)) => {
             if !ends_before(&b) {
+                if let Some(e) = past_twin(&b) {
+                    return Err(e);
+                }
                 return Err(PlanError::BackupAfterTarget {
                     backup: b.id.clone(),
                     end: describe_end(&b),
@@ -176,10 +205,13 @@ pub async fn plan(
             .rev()
             .find(|(b, _)| ends_before(b))
             .cloned()
-            .ok_or_else(|| PlanError::BeforeOldestBackup {
-                target: target.clone(),
-                oldest: oldest.0.id.clone(),
-                end: describe_end(&oldest.0),
+            .ok_or_else(|| {
+                let twin = on_line.iter().rev().find_map(|(b, _)| past_twin(b));
+                twin.unwrap_or_else(|| PlanError::BeforeOldestBackup {
+                    target: target.clone(),
+                    oldest: oldest.0.id.clone(),
+                    end: describe_end(&oldest.0),
+                })
             })?,
     };
 
@@ -365,6 +397,9 @@ struct Located {
     /// Where it is: the restore point's LSN, or the start of the earliest segment whose
     /// transactions' xid range holds the xid.
     lsn: Lsn,
+    /// A usable backup starts at or after this (a transaction sharing the target xid's
+    /// low 32 bits ended before it: PostgreSQL would stop there).
+    not_before: Option<Lsn>,
     /// The exact target to give PostgreSQL instead of the name (one occurrence of a name
     /// used several times: its LSN, inclusive), if the name alone is not enough.
     exact: Option<RecoveryTarget>,
@@ -385,6 +420,7 @@ async fn locate(
 ) -> Result<Option<Located>, PlanError> {
     let target = &req.target;
     let mut points: Vec<RestorePoint> = Vec::new();
+    let mut sightings: Vec<xids::Sighting> = Vec::new();
     let mut all_known = true;
     for (tli, leaves) in lineage.from(from.timeline) {
         let wal = ArchivedWal::list(repo, tli, seg).await?;
@@ -403,21 +439,44 @@ async fn locate(
                         .filter(|r| &r.name == n && lineage.holds(tli, r.lsn)),
                 ),
                 RecoveryTarget::Xid(x) => {
-                    let x = *x as u32; // the xid without its epoch, as WAL records carry it
                     let start = SegmentName::new(tli, segno).start_lsn(seg);
-                    let holds = matches!((summary.xid_min, summary.xid_max),
-                        (Some(lo), Some(hi)) if lo <= x && x <= hi);
-                    if holds && lineage.holds(tli, start) {
-                        return Ok(Some(Located {
-                            lsn: start,
-                            exact: None,
-                            note: None,
-                        }));
+                    // The xid without its epoch, as WAL records carry it.
+                    if let Some(full) = xids::sighting(&summary, *x as u32) {
+                        if lineage.holds(tli, start) {
+                            sightings.push(xids::Sighting {
+                                full,
+                                start,
+                                end: SegmentName::new(tli, segno + 1).start_lsn(seg),
+                            });
+                        }
                     }
                 }
                 _ => {}
             }
         }
+    }
+    if let RecoveryTarget::Xid(x) = target {
+        let found = xids::locate(*x, req.occurrence, &sightings).map_err(|e| match e {
+            xids::XidChoice::Ambiguous { occurrences } => PlanError::AmbiguousXid {
+                xid: *x,
+                occurrences,
+            },
+            xids::XidChoice::NoSuchOccurrence { asked, count } => PlanError::NoSuchXidOccurrence {
+                xid: *x,
+                asked,
+                count,
+            },
+        })?;
+        return match found {
+            Some(l) => Ok(Some(Located {
+                lsn: l.lsn,
+                not_before: l.not_before,
+                exact: None,
+                note: l.note,
+            })),
+            None if all_known => Err(PlanError::NotInArchive(target.clone())),
+            None => Ok(None),
+        };
     }
     if points.is_empty() {
         return if all_known {
@@ -434,6 +493,7 @@ async fn locate(
         Occurrence::Only if count == 1 => {
             return Ok(Some(Located {
                 lsn: points[0].lsn,
+                not_before: None,
                 exact: None,
                 note: None,
             }))
@@ -470,6 +530,7 @@ async fn locate(
     let point = &points[pick];
     Ok(Some(Located {
         lsn: point.lsn,
+        not_before: None,
         exact: Some(RecoveryTarget::Lsn(point.lsn)),
         note: Some(format!(
             "restore point {name:?} occurs {count} times; using occurrence {} of {count}, made at {}: recovery stops right after it, at LSN {}",

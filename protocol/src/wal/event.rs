@@ -1,6 +1,6 @@
 //! What the decoder reports: every record (`WalRecord`), and for the few
 //! records point-in-time restore cares about, a `WalEvent` (commit, abort,
-//! restore point) with its time. Also which records those are, and how their
+//! restore point with its time; checkpoint with the xid counter and its epoch). Also which records those are, and how their
 //! main data is read.
 
 use chrono::{DateTime, Utc};
@@ -19,6 +19,8 @@ const RM_XACT_ID: u8 = 1;
 /// Resource-manager-specific bits of `xl_info` for `RM_XLOG_ID` (the low
 /// four bits belong to the WAL machinery).
 const XLOG_INFO_MASK: u8 = 0xF0;
+const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
+const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
 pub(crate) const XLOG_SWITCH: u8 = 0x40;
 const XLOG_RESTORE_POINT: u8 = 0x70;
 /// `XLOG_XACT_OPMASK`: the operation bits of a transaction record's `xl_info`.
@@ -29,6 +31,9 @@ const XLOG_XACT_COMMIT_PREPARED: u8 = 0x30;
 const XLOG_XACT_ABORT_PREPARED: u8 = 0x40;
 /// `xl_restore_point`: `rp_time i64` then `rp_name char[64]`.
 const RESTORE_POINT_LEN: usize = 8 + 64;
+/// `CheckPoint.nextXid` (a `FullTransactionId`, 8-aligned after `redo`, the two
+/// timeline ids and `fullPageWrites`): at this offset on every major from 14 to 18.
+const CHECKPOINT_NEXT_XID: std::ops::Range<usize> = 24..32;
 
 /// Something point-in-time restore needs to know about, found in the WAL.
 /// `start` is the record's LSN, `end` the LSN just past it (MAXALIGNed, like
@@ -58,6 +63,22 @@ pub enum WalEvent {
         name: String,
         time: DateTime<Utc>,
     },
+    /// A checkpoint (online or at shutdown, including the one `pg_resetwal` writes):
+    /// `next_xid` is the next transaction id with its epoch (`FullTransactionId`), which
+    /// gives the epoch of the 32-bit xids that end after it.
+    Checkpoint { start: Lsn, end: Lsn, next_xid: u64 },
+}
+
+impl WalEvent {
+    /// Just past the event's record.
+    pub fn end(&self) -> Lsn {
+        match self {
+            WalEvent::Commit { end, .. }
+            | WalEvent::Abort { end, .. }
+            | WalEvent::RestorePoint { end, .. }
+            | WalEvent::Checkpoint { end, .. } => *end,
+        }
+    }
 }
 
 /// One decoded WAL record, whatever its kind.
@@ -85,6 +106,7 @@ pub struct WalRecord {
 enum EventKind {
     Xact { outcome: Outcome, prepared: bool },
     RestorePoint,
+    Checkpoint,
 }
 
 fn event_kind(rmid: u8, info: u8) -> Option<EventKind> {
@@ -97,7 +119,11 @@ fn event_kind(rmid: u8, info: u8) -> Option<EventKind> {
             XLOG_XACT_ABORT_PREPARED => xact(Outcome::Abort, true),
             _ => None,
         },
-        RM_XLOG_ID if info & XLOG_INFO_MASK == XLOG_RESTORE_POINT => Some(EventKind::RestorePoint),
+        RM_XLOG_ID => match info & XLOG_INFO_MASK {
+            XLOG_RESTORE_POINT => Some(EventKind::RestorePoint),
+            XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE => Some(EventKind::Checkpoint),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -173,6 +199,18 @@ pub(crate) fn record_event(
                 time: time(i64::from_le_bytes(micros_bytes))?,
             }
         }
+        EventKind::Checkpoint => {
+            let bytes = main
+                .get(CHECKPOINT_NEXT_XID)
+                .ok_or_else(|| malformed("checkpoint record too short"))?;
+            let mut next_xid = [0u8; 8];
+            next_xid.copy_from_slice(bytes);
+            WalEvent::Checkpoint {
+                start,
+                end,
+                next_xid: u64::from_le_bytes(next_xid),
+            }
+        }
     };
     Ok(Some(event))
 }
@@ -204,10 +242,17 @@ mod tests {
     }
 
     #[test]
-    fn only_transaction_ends_and_restore_points_are_events() {
+    fn only_transaction_ends_restore_points_and_checkpoints_are_events() {
         let main = 0i64.to_le_bytes();
-        // PREPARE, ASSIGNMENT, INVALIDATIONS; XLOG_SWITCH; heap insert.
-        for (rmid, info) in [(1, 0x10), (1, 0x50), (1, 0x60), (0, 0x40), (10, 0x00)] {
+        // PREPARE, ASSIGNMENT, INVALIDATIONS; XLOG_SWITCH, NEXTOID; heap insert.
+        for (rmid, info) in [
+            (1, 0x10),
+            (1, 0x50),
+            (1, 0x60),
+            (0, 0x40),
+            (0, 0x30),
+            (10, 0x00),
+        ] {
             assert!(!needs_payload(&header(rmid, info, 0)), "{rmid}/{info:#x}");
             assert_eq!(event(header(rmid, info, 0), &main), Ok(None));
         }
@@ -252,6 +297,29 @@ mod tests {
         assert!(matches!(got, Some(WalEvent::RestorePoint { name, .. }) if name == "daily"));
         assert!(matches!(
             event(header(0, 0x70, 0), &main[..40]),
+            Err(WalDecodeError::MalformedRecord { .. })
+        ));
+    }
+
+    #[test]
+    fn a_checkpoint_gives_the_next_xid_with_its_epoch() {
+        let mut main = vec![0u8; 88];
+        let next = (3u64 << 32) | 5000;
+        main[24..32].copy_from_slice(&next.to_le_bytes());
+        for info in [0x00, 0x10] {
+            assert!(needs_payload(&header(0, info, 0)));
+            let got = event(header(0, info, 0), &main).unwrap();
+            assert_eq!(
+                got,
+                Some(WalEvent::Checkpoint {
+                    start: Lsn(64),
+                    end: Lsn(128),
+                    next_xid: next
+                })
+            );
+        }
+        assert!(matches!(
+            event(header(0, 0x10, 0), &main[..30]),
             Err(WalDecodeError::MalformedRecord { .. })
         ));
     }

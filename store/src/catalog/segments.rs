@@ -451,7 +451,7 @@ mod tests {
         let (_d, cat) = catalog();
         let t = Utc.with_ymd_and_hms(2026, 11, 21, 9, 30, 0).unwrap();
         let mut summary = WalSummary::default();
-        summary.xact(700, t);
+        summary.xact(700, Some(700), t);
         summary.restore_points.push(RestorePoint {
             lsn: Lsn(0x300_0028),
             name: "before".into(),
