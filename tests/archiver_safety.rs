@@ -475,6 +475,68 @@ fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_old
 }
 
 #[test]
+fn accept_gap_keeps_the_wal_the_server_still_has() {
+    let repo = Repo::file();
+    let (cluster, mut archiver) = streamed_with_backup(
+        one_mb(),
+        &repo,
+        &["--partial-interval", "1"],
+        "CREATE TABLE t(n int)",
+    );
+    switch_wal(&cluster);
+    let archived = current_lsn(&cluster);
+    archiver.wait_stored(archived, Duration::from_secs(30));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+
+    // Slot dropped while the archiver is down; checkpoints remove the older WAL. Then
+    // rows 1 and 2 are written into segments the server keeps.
+    cluster
+        .psql("SELECT pg_drop_replication_slot('tidemark')")
+        .unwrap();
+    for _ in 0..4 {
+        switch_wal(&cluster);
+        cluster.psql("CHECKPOINT").unwrap();
+    }
+    let oldest_kept = cluster
+        .psql("SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'")
+        .unwrap();
+    cluster.psql("INSERT INTO t VALUES (1)").unwrap();
+    switch_wal(&cluster);
+    let row_2 = current_lsn(&cluster);
+    cluster.psql("INSERT INTO t VALUES (2)").unwrap();
+    switch_wal(&cluster);
+    switch_wal(&cluster);
+
+    archiver.set_options(&["--partial-interval", "1", "--accept-gap"]);
+    archiver.start();
+    let gap = wait_for("the gap recorded", Duration::from_secs(60), || {
+        archiver.assert_running();
+        let key = repo.keys().into_iter().find(|k| {
+            k.starts_with("gaps/") && k.ends_with(".json") && !k.ends_with(".meta.json")
+        })?;
+        let text = std::fs::read_to_string(repo.file_root().join(&key)).ok()?;
+        let gap = serde_json::from_str::<serde_json::Value>(&text);
+        Some(gap.unwrap_or_else(|e| panic!("{key}: {e}: {text}")))
+    });
+    // The new run starts at the oldest segment the server still had, not at its current
+    // one: the segments holding rows 1 and 2 are archived complete.
+    let to = lsn(gap["to"].as_str().expect("gap end"));
+    let seg = tidemark_protocol::WalSegmentSize::new(1 << 20).unwrap();
+    let first_kept =
+        tidemark_protocol::SegmentName::containing(tidemark_protocol::TimelineId(1), to, seg);
+    assert_eq!(first_kept.file_name(seg), oldest_kept, "gap {gap}");
+    archiver.wait_complete_through(row_2, seg, Duration::from_secs(60));
+    let kept = archiver.segments();
+    let row_2_segment =
+        tidemark_protocol::SegmentName::containing(tidemark_protocol::TimelineId(1), row_2, seg);
+    assert!(
+        kept.iter().any(|r| r.name == row_2_segment && !r.partial),
+        "{row_2_segment:?} not archived: {gap}"
+    );
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+}
+
+#[test]
 fn a_cloned_primary_archiving_into_the_same_repository_cannot_replace_the_real_primarys_wal() {
     let repo = Repo::file();
     let (cluster, mut real) =

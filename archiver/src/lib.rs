@@ -14,6 +14,7 @@ mod events;
 pub mod expire;
 pub mod init;
 pub mod objects_track;
+mod oldest_wal;
 mod single_writer;
 pub mod spool;
 pub mod status;

@@ -532,8 +532,8 @@ impl Archiver {
     }
 
     /// The server no longer has WAL from `from` (`why`), and the operator accepted that:
-    /// record the gap, then start a new run at the server's current segment on a new
-    /// connection.
+    /// record the gap, then start a new run at the oldest segment the server still has
+    /// on a new connection.
     async fn start_after_gap(
         &mut self,
         conninfo: &ConnInfo,
@@ -548,7 +548,17 @@ impl Archiver {
                 server: system.timeline,
             });
         }
-        let to = system.xlogpos.segment_start(self.seg);
+        let current = system.xlogpos.segment_number(self.seg);
+        let removed = from.segment_number(self.seg);
+        let to = if removed < current {
+            let oldest = crate::oldest_wal::oldest_streamable(
+                conninfo, timeline, removed, current, self.seg,
+            )
+            .await;
+            SegmentName::new(timeline, oldest).start_lsn(self.seg)
+        } else {
+            system.xlogpos.segment_start(self.seg)
+        };
         let gap = WalGap {
             timeline: timeline.0,
             from,
