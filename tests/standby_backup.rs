@@ -139,7 +139,7 @@ fn from_standby_against_a_primary_is_refused() {
 
 #[test]
 fn a_standby_promoted_mid_backup_leaves_no_listed_backup_and_says_why() {
-    let repo = Repo::file();
+    let repo = Repo::s3("standby-promoted");
     let (primary, mut archiver, standby) = primary_and_standby(15, &repo);
     insert(&primary, 1, 3);
     wait_replayed(&primary, &standby);
@@ -167,12 +167,20 @@ fn a_standby_promoted_mid_backup_leaves_no_listed_backup_and_says_why() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
-        err.contains("the standby was promoted while the backup ran") && err.contains("incomplete"),
+        err.contains("the standby was promoted while the backup ran")
+            && err.contains("the server said: the standby was promoted during online backup")
+            && err.contains("incomplete"),
         "{err}"
     );
     assert!(
         backups(&archiver).is_empty(),
         "a promoted standby's backup is listed"
     );
+    let left: Vec<String> = repo
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("backups/"))
+        .collect();
+    assert!(left.is_empty(), "the failed backup left {left:?}");
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
 }
