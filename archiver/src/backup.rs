@@ -6,9 +6,9 @@
 //! the database size. PostgreSQL's `backup_manifest` is stored as sent. Before
 //! `backup.json` — the record that makes the backup complete — is written, the WAL up to
 //! the backup's end must be in the repository, so a listed backup is always restorable:
-//! the complete segment holding the stop LSN, or a stored partial of it that reaches the
-//! stop LSN — which is how a backup of a standby completes, since a standby makes no
-//! segment switch at the backup's end (`backup_source`).
+//! the complete segment holding the stop LSN (a primary switches segments at the backup's
+//! end) or, for a standby's backup, which has no such switch, also a stored partial of it
+//! that reaches the stop LSN (`backup_source`).
 //!
 //! One writer per backup (invariant 9): the id is claimed (`claim.json`, create-if-absent)
 //! before any chunk, so concurrent backups get distinct ids; each run has its own work
@@ -158,6 +158,7 @@ async fn store(
     wait_for_wal(
         repo,
         seg,
+        source,
         taken.end_timeline,
         taken.end_lsn,
         config.wal_wait,
@@ -529,25 +530,31 @@ fn report_progress(done: u64, total: u64, started: Instant) {
     );
 }
 
-/// Wait until the repository holds the WAL of `timeline` up to `end_lsn` — the segment
-/// holding the byte before it stored complete, or a stored partial of that segment that
-/// reaches it: then recovery from this backup can become consistent from the repository
-/// alone. (The segments before it are the archiver's to store in order; the restore
-/// planner proves their continuity.)
+/// Wait until the repository holds the WAL of `timeline` up to `end_lsn`: then recovery
+/// from this backup can become consistent from the repository alone. Of a primary, which
+/// switches segments at the backup's end, the segment holding the byte before `end_lsn`
+/// stored complete; of a standby, which does not, that or a stored partial of it that
+/// reaches `end_lsn`. (The segments before it are the archiver's to store in order; the
+/// restore planner proves their continuity.)
 async fn wait_for_wal(
     repo: &Repository,
     seg: WalSegmentSize,
+    source: Source,
     timeline: TimelineId,
     end_lsn: Lsn,
     patience: Duration,
 ) -> Result<(), ArchiverError> {
     let last = SegmentName::containing(timeline, Lsn(end_lsn.0.saturating_sub(1)), seg);
+    let needed = match source {
+        Source::Primary => last.end_lsn(seg),
+        Source::Standby => end_lsn,
+    };
     let deadline = Instant::now() + patience;
     loop {
         if repo
             .stored_through(last, seg)
             .await?
-            .is_some_and(|through| through >= end_lsn)
+            .is_some_and(|through| through >= needed)
         {
             return Ok(());
         }

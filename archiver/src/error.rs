@@ -41,7 +41,7 @@ pub enum ArchiverError {
     #[error("the base backup stream is not a tar archive tidemark can split: {0}")]
     Tar(#[from] crate::tar_split::TarError),
     /// The WAL a new backup needs did not reach the repository in time.
-    #[error("the WAL that makes the backup consistent (up to {lsn}, in {key} or its partial) was not archived within {waited:?}; the backup is incomplete and will be ignored; HINT: is `tidemark stream` running for this cluster (for a standby's backup: streaming from its primary)?")]
+    #[error("the WAL that makes the backup consistent (up to {lsn}, in {key}) was not archived within {waited:?}; the backup is incomplete and will be ignored; HINT: is `tidemark stream` running for this cluster (for a standby's backup: streaming from its primary)?")]
     WalNotArchived {
         key: String,
         lsn: tidemark_protocol::Lsn,
