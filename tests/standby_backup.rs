@@ -137,6 +137,36 @@ fn from_standby_against_a_primary_is_refused() {
     );
 }
 
+/// `SHOW in_hot_standby` over a walsender connection tells a standby from a primary on
+/// every major: `--from-standby` is refused by the primary and accepted by the standby
+/// (whose backup then waits for WAL that no archiver stores here).
+#[test]
+fn a_standby_is_detected_and_a_primary_refused_on_every_major() {
+    for major in tidemark_fixtures::pg_majors() {
+        let primary = Cluster::start(one_mb_on(major)).expect("primary");
+        let repo = Repo::file();
+        let at_primary = Archiver::new(&primary, &repo, &[]);
+        at_primary.init();
+        let standby = primary.start_standby().expect("standby");
+        primary.wait_streaming(1).expect("the standby streams");
+        let refused = run(at_primary.command(&["backup", "--from-standby"]));
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "PG {major}: {}",
+            stderr(&refused)
+        );
+        let at_standby = Archiver::new(&standby, &repo, &[]);
+        let out = run(at_standby.command(&["backup", "--from-standby", "--wal-wait", "1"]));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "PG {major}: {err}");
+        assert!(
+            err.contains("the server is a standby") && err.contains("was not archived within 1s"),
+            "PG {major}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_standby_promoted_mid_backup_leaves_no_listed_backup_and_says_why() {
     let repo = Repo::s3("standby-promoted");
