@@ -103,6 +103,16 @@ fn standby_backup_completes_without_a_segment_switch_and_restores_exactly(major:
     );
     assert_eq!(rows(&at_target), "1,2,3,4,5");
     drop(at_target);
+    let consistent = start_recovered(
+        restore_into(&archiver, &["--target-immediate"]),
+        one_mb_on(major),
+    );
+    assert_eq!(
+        rows(&consistent),
+        "1,2,3",
+        "the backup's own rows, no later ones"
+    );
+    drop(consistent);
     let latest = start_recovered(restore_into(&archiver, &[]), one_mb_on(major));
     assert_eq!(rows(&latest), "1,2,3,4,5,6,7");
 }
