@@ -200,6 +200,13 @@ pub struct BackupArgs {
     /// Where chunks wait for upload [default: beside the catalog]
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Require --pg to be a standby (refused if it is a primary); a standby is detected
+    /// without it too
+    #[arg(long)]
+    pub from_standby: bool,
+    /// Throttle the server's sending to this many kB/s (32-1048576) [default: unlimited]
+    #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u32).range(32..=1_048_576))]
+    pub max_rate_kb: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -214,15 +214,18 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
         upload_concurrency: usize::from(args.upload_concurrency),
         work_dir,
         wal_wait: Duration::from_secs(args.wal_wait),
+        require_standby: args.from_standby,
+        max_rate_kb: args.max_rate_kb,
         progress: std::io::stderr().is_terminal(),
     };
     let info = tidemark_archiver::backup::backup(&pg, repo, config).await?;
     println!(
-        "backup {} complete: {} to {} on timeline {}, {:.1} MB stored ({:.1} MB of files), {} chunks",
+        "backup {} complete: {} to {} on timeline {}{}, {:.1} MB stored ({:.1} MB of files), {} chunks",
         info.id,
         info.start_lsn,
         info.stop_lsn,
         info.timeline,
+        if info.from_standby { " (from a standby)" } else { "" },
         info.stored_size() as f64 / (1 << 20) as f64,
         info.raw_size() as f64 / (1 << 20) as f64,
         info.chunks().count()

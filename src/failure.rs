@@ -1,9 +1,11 @@
 //! The one place that turns errors into a message line and an exit code.
 //!
 //! Exit codes (documented in docs/cli.md):
-//! 0 success; 1 internal error; 2 usage or malformed input; 3 PostgreSQL unreachable,
+//! 0 success; 1 internal error; 2 usage or malformed input (`backup --from-standby` of a
+//! primary too); 3 PostgreSQL unreachable,
 //! refused the login or lacks privileges; 4 repository storage unreachable, missing or
-//! denied; 5 the repository refused the operation (another cluster's repository, not
+//! denied; 5 the repository refused the operation (a backup whose WAL was not archived
+//! in time or whose standby was promoted mid-backup, another cluster's repository, not
 //! initialised, split-brain WAL, a bucket without versioning, an object target outside
 //! the tracked window, a non-empty destination, a lease another process holds, storage
 //! that ignores conditional puts); 6 local files (catalog, spool) failed.
@@ -102,6 +104,7 @@ fn code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<ArchiverError>() {
             return match e {
                 ArchiverError::Postgres(_) => POSTGRES,
+                ArchiverError::NotAStandby => USAGE,
                 ArchiverError::Repository(e) => repo_code(e),
                 ArchiverError::Catalog(e) => catalog_code(e),
                 ArchiverError::Lease(LeaseError::Repository(e)) => repo_code(e),
@@ -112,6 +115,7 @@ fn code(err: &anyhow::Error) -> u8 {
                 | ArchiverError::Append(_)
                 | ArchiverError::WalRemoved { .. }
                 | ArchiverError::WalNotArchived { .. }
+                | ArchiverError::StandbyPromoted { .. }
                 | ArchiverError::BackupIdsExhausted { .. }
                 | ArchiverError::Tar(_)
                 | ArchiverError::DivergentTimeline { .. }

@@ -5,7 +5,10 @@
 //! `upload_concurrency` chunks exist on disk at once and none is held in memory, whatever
 //! the database size. PostgreSQL's `backup_manifest` is stored as sent. Before
 //! `backup.json` — the record that makes the backup complete — is written, the WAL up to
-//! the backup's end must be in the repository, so a listed backup is always restorable.
+//! the backup's end must be in the repository, so a listed backup is always restorable:
+//! the complete segment holding the stop LSN (a primary switches segments at the backup's
+//! end) or, for a standby's backup, which has no such switch, also a stored partial of it
+//! that reaches the stop LSN (`backup_source`).
 //!
 //! One writer per backup (invariant 9): the id is claimed (`claim.json`, create-if-absent)
 //! before any chunk, so concurrent backups get distinct ids; each run has its own work
@@ -38,6 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::backup_source::{self, Source};
 use crate::cluster::Cluster;
 use crate::error::ArchiverError;
 use crate::expire::remove_backup;
@@ -59,6 +63,11 @@ pub struct BackupConfig {
     pub work_dir: PathBuf,
     /// How long to wait for the archiver to store the WAL the backup needs.
     pub wal_wait: Duration,
+    /// Refuse the backup unless the server is a standby (`--from-standby`); a standby is
+    /// detected and backed up as one without it too.
+    pub require_standby: bool,
+    /// Server-side throttle in kB/s (`--max-rate-kb`), `None` for unlimited.
+    pub max_rate_kb: Option<u32>,
     /// Print progress (on a terminal).
     pub progress: bool,
 }
@@ -71,12 +80,16 @@ pub async fn backup(
     repo: Repository,
     config: BackupConfig,
 ) -> Result<BackupInfo, ArchiverError> {
-    let cluster = Cluster::connect(conninfo).await?;
+    let mut cluster = Cluster::connect(conninfo).await?;
+    let source = backup_source::source(config.require_standby, cluster.in_recovery().await?)?;
+    if source == Source::Standby {
+        info!("the server is a standby: backing up from it; the WAL that makes the backup consistent must reach the repository from `tidemark stream` of its primary");
+    }
     let identity = cluster.check_repository(&repo, false).await?;
     let start_time = Utc::now();
     let id = claim_id(&repo, start_time).await?;
     let repo = Arc::new(repo);
-    let stored = store(cluster, &repo, &config, &id, &identity, start_time).await;
+    let stored = store(cluster, source, &repo, &config, &id, &identity, start_time).await;
     if stored.is_err() {
         if let Err(e) = remove_backup(&repo, &id).await {
             warn!(backup = %id, error = %e, "the failed backup's objects could not all be removed; they are ignored (no backup.json)");
@@ -129,6 +142,7 @@ fn work_file(path: &Path) -> Result<File, ArchiverError> {
 /// the WAL that makes it consistent, then write `backup.json`.
 async fn store(
     cluster: Cluster,
+    source: Source,
     repo: &Arc<Repository>,
     config: &BackupConfig,
     id: &BackupId,
@@ -139,10 +153,12 @@ async fn store(
     let work = run_work_dir(&config.work_dir, id)?;
     let taken = take(cluster.client, repo, config, id, work.path()).await;
     drop(work);
-    let taken = taken?;
+    let taken = taken.map_err(|e| backup_source::promoted(source, e))?;
+    backup_source::check_timelines(source, taken.start_timeline, taken.end_timeline)?;
     wait_for_wal(
         repo,
         seg,
+        source,
         taken.end_timeline,
         taken.end_lsn,
         config.wal_wait,
@@ -161,6 +177,7 @@ async fn store(
         archives: taken.archives,
         manifest_key: taken.manifest_key,
         skipped_files: taken.skipped_files,
+        from_standby: source == Source::Standby,
     };
     with_retry("store backup.json", || repo.put_backup_info(&info)).await?;
     Ok(info)
@@ -380,7 +397,7 @@ async fn take(
         .base_backup(&BaseBackupOptions {
             label: config.label.clone(),
             fast_checkpoint: config.fast_checkpoint,
-            max_rate_kb: None,
+            max_rate_kb: config.max_rate_kb,
         })
         .await?;
     let total_kb: u64 = bb.tablespaces().iter().filter_map(|t| t.size_kb).sum();
@@ -513,25 +530,38 @@ fn report_progress(done: u64, total: u64, started: Instant) {
     );
 }
 
-/// Wait until the segment holding the byte before `end_lsn` is stored complete: then
-/// recovery from this backup can become consistent from the repository alone.
+/// Wait until the repository holds the WAL of `timeline` up to `end_lsn`: then recovery
+/// from this backup can become consistent from the repository alone. Of a primary, which
+/// switches segments at the backup's end, the segment holding the byte before `end_lsn`
+/// stored complete; of a standby, which does not, that or a stored partial of it that
+/// reaches `end_lsn`. (The segments before it are the archiver's to store in order; the
+/// restore planner proves their continuity.)
 async fn wait_for_wal(
     repo: &Repository,
     seg: WalSegmentSize,
+    source: Source,
     timeline: TimelineId,
     end_lsn: Lsn,
     patience: Duration,
 ) -> Result<(), ArchiverError> {
     let last = SegmentName::containing(timeline, Lsn(end_lsn.0.saturating_sub(1)), seg);
-    let key = layout::wal_segment_key(last, seg);
+    let needed = match source {
+        Source::Primary => last.end_lsn(seg),
+        Source::Standby => end_lsn,
+    };
     let deadline = Instant::now() + patience;
     loop {
-        if repo.head(&key).await?.is_some() {
+        if repo
+            .stored_through(last, seg)
+            .await?
+            .is_some_and(|through| through >= needed)
+        {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(ArchiverError::WalNotArchived {
-                key,
+                key: layout::wal_segment_key(last, seg),
+                lsn: end_lsn,
                 waited: patience,
             });
         }

@@ -31,6 +31,13 @@ impl Cluster {
         })
     }
 
+    /// Whether the server is in recovery (a standby). `in_hot_standby` (PostgreSQL 14+)
+    /// shows the server's current state, also on a walsender connection (checked on 14
+    /// to 18).
+    pub async fn in_recovery(&mut self) -> Result<bool, ArchiverError> {
+        Ok(self.client.show("in_hot_standby").await? == "on")
+    }
+
     /// The identity this cluster gives a repository.
     pub fn identity(&self) -> RepoIdentity {
         RepoIdentity::new(self.system.system_id, self.pg_major, self.seg.bytes())

@@ -41,11 +41,18 @@ pub enum ArchiverError {
     #[error("the base backup stream is not a tar archive tidemark can split: {0}")]
     Tar(#[from] crate::tar_split::TarError),
     /// The WAL a new backup needs did not reach the repository in time.
-    #[error("the WAL that makes the backup consistent ({key}) was not archived within {waited:?}; the backup is incomplete and will be ignored; HINT: is `tidemark stream` running for this cluster?")]
+    #[error("the WAL that makes the backup consistent (up to {lsn}, in {key}) was not archived within {waited:?}; the backup is incomplete and will be ignored; HINT: is `tidemark stream` running for this cluster (for a standby's backup: streaming from its primary)?")]
     WalNotArchived {
         key: String,
+        lsn: tidemark_protocol::Lsn,
         waited: std::time::Duration,
     },
+    /// `backup --from-standby` reached a server that is not in recovery.
+    #[error("--from-standby was given, but the server is a primary (not in recovery); nothing was written; HINT: point --pg at a standby, or drop --from-standby to back up the primary")]
+    NotAStandby,
+    /// The standby being backed up was promoted (or switched timeline) while the backup ran.
+    #[error("the standby was promoted while the backup ran ({reason}), so the backup is not consistent on one timeline; the backup is incomplete and will be ignored; HINT: take a new backup, of the new primary or of one of its standbys")]
+    StandbyPromoted { reason: String },
     /// Every id of the backup's start second is taken (claimed by other backups).
     #[error("all {} backup ids of the second {second} are taken by other backups; HINT: start backups one at a time", tidemark_store::backup::IDS_PER_SECOND)]
     BackupIdsExhausted {

@@ -8,6 +8,7 @@
 
 mod acks;
 pub mod backup;
+pub mod backup_source;
 pub mod cluster;
 pub mod error;
 mod events;

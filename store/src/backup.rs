@@ -167,6 +167,10 @@ pub struct BackupInfo {
     /// a warning. A restore lacks them; `plan` and `restore` say so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_files: Vec<String>,
+    /// Taken from a standby (BASE_BACKUP on a server in recovery): its consistency WAL
+    /// came from the archive of the primary's stream, not from a segment switch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_standby: bool,
 }
 
 impl BackupInfo {
@@ -256,11 +260,23 @@ mod tests {
             }],
             manifest_key: None,
             skipped_files: Vec::new(),
+            from_standby: false,
         };
         let json = serde_json::to_string(&info).unwrap();
         assert!(json.contains("\"start_lsn\":\"1/28\""), "{json}");
+        assert!(
+            !json.contains("from_standby"),
+            "written only when true: {json}"
+        );
         assert!(json.contains("\"system_identifier\":\"18446744073709551614\""));
         assert_eq!(serde_json::from_str::<BackupInfo>(&json).unwrap(), info);
         assert_eq!((info.raw_size(), info.stored_size()), (10, 5));
+        let standby = BackupInfo {
+            from_standby: true,
+            ..info
+        };
+        let json = serde_json::to_string(&standby).unwrap();
+        assert!(json.contains("\"from_standby\":true"), "{json}");
+        assert_eq!(serde_json::from_str::<BackupInfo>(&json).unwrap(), standby);
     }
 }

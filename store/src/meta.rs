@@ -58,6 +58,11 @@ pub fn crc32(meta: &Metadata) -> Option<u32> {
     u32::from_str_radix(v, 16).ok()
 }
 
+/// The end LSN recorded in `meta`, if present and well formed.
+pub fn end_lsn(meta: &Metadata) -> Option<tidemark_protocol::Lsn> {
+    meta.get(END_LSN)?.parse().ok()
+}
+
 /// The uncompressed size recorded in `meta`, if present and well formed.
 pub fn raw_size(meta: &Metadata) -> Option<u64> {
     meta.get(RAW_SIZE)?.parse().ok()

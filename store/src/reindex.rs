@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use tidemark_protocol::{Lsn, WalSegmentSize};
+use tidemark_protocol::WalSegmentSize;
 
 use crate::catalog::{Catalog, CatalogError, SegmentRecord};
 use crate::layout::{self, WAL_PREFIX};
@@ -99,7 +99,7 @@ async fn record(
         return Ok(Err(info.key));
     };
     let m = &head.metadata;
-    let end_lsn = m.get(meta::END_LSN).and_then(|v| v.parse::<Lsn>().ok());
+    let end_lsn = meta::end_lsn(m);
     let (Some(crc32), Some(raw_size), Some(end_lsn)) = (meta::crc32(m), meta::raw_size(m), end_lsn)
     else {
         tracing::warn!(key = %info.key, "WAL object without tidemark metadata; not indexed");

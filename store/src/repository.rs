@@ -484,6 +484,25 @@ impl Repository {
             .map_err(RepoError::storage(&key))
     }
 
+    /// How far the repository holds segment `name`: its end when stored complete, else
+    /// the end of its stored partial; `None` when neither is there. (A partial is removed
+    /// once the complete segment is stored, so the complete one is looked up first.)
+    pub async fn stored_through(
+        &self,
+        name: SegmentName,
+        seg: WalSegmentSize,
+    ) -> Result<Option<Lsn>, RepoError> {
+        if self
+            .head(&layout::wal_segment_key(name, seg))
+            .await?
+            .is_some()
+        {
+            return Ok(Some(name.end_lsn(seg)));
+        }
+        let partial = self.head(&layout::wal_partial_key(name, seg)).await?;
+        Ok(partial.and_then(|h| meta::end_lsn(&h.metadata)))
+    }
+
     /// Archives a timeline history file, uncompressed, if absent (same-bytes rule).
     pub async fn archive_history(
         &self,
@@ -1317,6 +1336,7 @@ mod tests {
         // The spool file holds more than the prefix being archived (it keeps growing).
         std::fs::write(&data, &segment_bytes(2)[..6000]).unwrap();
         let file = std::fs::File::open(&data).unwrap();
+        assert_eq!(repo.stored_through(name, seg()).await.unwrap(), None);
         for (len, end) in [(1000usize, "0/5003E8"), (5000, "0/501388")] {
             let a = repo
                 .archive_partial(name, seg(), &file, &data, len as u64, 1, Metadata::new())
@@ -1328,6 +1348,11 @@ mod tests {
             let head = repo.storage.head(&a.key).await.unwrap().unwrap();
             assert_eq!(head.metadata["end-lsn"], end);
             assert_eq!(head.metadata["kind"], "wal-partial");
+            assert_eq!(
+                repo.stored_through(name, seg()).await.unwrap(),
+                Some(end.parse().unwrap()),
+                "a stored partial covers the WAL up to its end"
+            );
             let dst = dir.path().join("fetched");
             repo.fetch_verified(&a.key, &dst).await.unwrap();
             assert_eq!(std::fs::read(&dst).unwrap(), &segment_bytes(2)[..len]);
@@ -1348,6 +1373,17 @@ mod tests {
         repo.remove_partial(name, seg()).await.unwrap();
         let key = layout::wal_partial_key(name, seg());
         assert!(repo.storage.head(&key).await.unwrap().is_none());
+        assert_eq!(repo.stored_through(name, seg()).await.unwrap(), None);
+        let whole = dir.path().join("000000010000000000000005");
+        std::fs::write(&whole, segment_bytes(2)).unwrap();
+        repo.archive_segment(name, seg(), &whole, 1, Metadata::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            repo.stored_through(name, seg()).await.unwrap(),
+            Some(name.end_lsn(seg())),
+            "a complete segment covers all of it"
+        );
 
         let history = b"1\t0/3000000\tno recovery target specified\n";
         let h = repo.archive_history(TimelineId(2), history).await.unwrap();
@@ -1497,6 +1533,7 @@ mod tests {
             }],
             manifest_key: None,
             skipped_files: Vec::new(),
+            from_standby: false,
         };
         repo.put_backup_info(&info).await.unwrap();
         assert_eq!(repo.backups().await.unwrap(), vec![info.clone()]);

@@ -168,6 +168,7 @@ mod tests {
             archives: Vec::new(),
             manifest_key: None,
             skipped_files: Vec::new(),
+            from_standby: false,
         }
     }
 
