@@ -14,7 +14,9 @@ pub mod sync_standby;
 pub mod timeline;
 pub mod wal;
 
-pub use conninfo::{ConnInfo, ConnInfoError, Host, RootCert, SslMode};
+pub use conninfo::{
+    ConnInfo, ConnInfoError, Endpoint, Host, RootCert, SslMode, TargetSessionAttrs,
+};
 pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use lsn::Lsn;
 pub use replication::{
