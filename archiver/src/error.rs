@@ -58,6 +58,14 @@ pub enum ArchiverError {
         archived: tidemark_protocol::TimelineId,
         server: tidemark_protocol::TimelineId,
     },
+    /// The server is on a timeline older than the newest the repository follows: the old
+    /// primary back after a failover (split brain). Nothing is archived from it.
+    #[error("{host} is on timeline {server}, older than timeline {archived} that the repository already follows: it is the old primary back after a failover (split brain), so nothing was archived from it; HINT: point tidemark at the new primary (several hosts in --pg with target_session_attrs=read-write find it), and rebuild {host} as a standby of the new primary (pg_rewind, or a restore)")]
+    OldTimeline {
+        host: String,
+        server: tidemark_protocol::TimelineId,
+        archived: tidemark_protocol::TimelineId,
+    },
     /// The server sent a history file that cannot be read.
     #[error("the server's history file of timeline {timeline} is malformed: {reason}")]
     BadHistory {
@@ -104,5 +112,16 @@ impl ArchiverError {
     /// not be made for network reasons.
     pub fn is_connection_loss(&self) -> bool {
         matches!(self, ArchiverError::Postgres(e) if e.is_connection_failure())
+    }
+
+    /// The server reached is not one to archive into this repository: another cluster, an
+    /// older timeline (split brain), or a history that does not continue the archive's.
+    pub fn is_wrong_server(&self) -> bool {
+        matches!(
+            self,
+            ArchiverError::OldTimeline { .. }
+                | ArchiverError::DivergentTimeline { .. }
+                | ArchiverError::Repository(RepoError::OtherCluster { .. })
+        )
     }
 }

@@ -22,7 +22,7 @@ use tidemark_store::gap::WalGap;
 use tidemark_store::identity::RepoIdentity;
 use tidemark_store::layout;
 use tidemark_store::reindex::ReindexError;
-use tidemark_store::repository::{ArchivedObject, RepoError, Repository};
+use tidemark_store::repository::{ArchivedObject, Repository};
 use tidemark_store::storage::Metadata;
 use tidemark_store::wal_summary::WalSummary;
 use tokio::sync::watch;
@@ -35,6 +35,8 @@ use crate::events::{valid_prefix_len, EventTracker};
 use crate::single_writer;
 use crate::spool::{AppendError, LeftoverPartial, Leftovers, Spool, SpoolError};
 use crate::uploads::{Done, Uploads, PATIENCE};
+
+mod follow;
 
 /// How `stream` behaves. Defaults match the CLI's.
 #[derive(Debug, Clone)]
@@ -166,18 +168,8 @@ async fn stream_holding_lease(
         return Ok(());
     }
 
-    let mut cluster = Cluster::connect(conninfo).await?;
+    let mut cluster = archiver.connect_server(conninfo).await?;
     cluster.check_repository(&archiver.repo, false).await?;
-    archiver
-        .refuse_synchronous(&mut cluster.client, conninfo)
-        .await?;
-    if cluster
-        .client
-        .create_physical_slot(&archiver.config.slot)
-        .await?
-    {
-        tracing::info!(slot = %archiver.config.slot, "created physical replication slot");
-    }
     let (timeline, start) = archiver.resume_point(&mut cluster).await?;
     tracing::info!(%timeline, %start, slot = %archiver.config.slot, "streaming");
     archiver.acks = AckTracker::new(start);
@@ -484,7 +476,19 @@ impl Archiver {
             let current = match client.take() {
                 Some(c) => c,
                 None => match self.reconnect(conninfo, &mut backoff).await? {
-                    Some(c) => c,
+                    Some((c, system)) if system.timeline > timeline => {
+                        match self
+                            .onto_server_timeline(c, timeline, system.timeline)
+                            .await?
+                        {
+                            (c, Some(next)) => {
+                                timeline = next;
+                                c
+                            }
+                            (c, None) => c,
+                        }
+                    }
+                    Some((c, _)) => c,
                     None => break,
                 },
             };
@@ -566,23 +570,50 @@ impl Archiver {
         Ok(client)
     }
 
-    /// Connect again, to the same cluster configured as at start: a server restored or
-    /// cloned behind the same address, or a changed synchronous_standby_names, is refused.
+    /// Connect again, to a server of the same cluster configured as at start (see
+    /// `follow`): a server restored or cloned behind the same address, one on an older
+    /// timeline, or a changed synchronous_standby_names, is refused.
     async fn connect_checked(
         &self,
         conninfo: &ConnInfo,
     ) -> Result<(ReplicationClient, SystemIdentity), ArchiverError> {
-        let mut client = ReplicationClient::connect(conninfo).await?;
-        let system = client.identify_system().await?;
-        if system.system_id != self.system_identifier {
-            return Err(RepoError::OtherCluster {
-                repo_sysid: self.system_identifier,
-                cluster_sysid: system.system_id,
-            }
-            .into());
+        let cluster = self.connect_server(conninfo).await?;
+        Ok((cluster.client, cluster.system))
+    }
+
+    /// A reconnect reached a server on `server`, newer than the `current` timeline being
+    /// received (the standby promoted by a failover). When what was received of `current`
+    /// reaches the point where the next timeline of the server's history branched off
+    /// (the old primary's last WAL, its shutdown checkpoint say, lies beyond it and is
+    /// only on `current`), continue on that next timeline from the segment holding the
+    /// branch point, its history file stored first; returns that timeline. Otherwise the
+    /// server streams `current` up to the branch point and then switches as usual.
+    async fn onto_server_timeline(
+        &mut self,
+        mut client: ReplicationClient,
+        current: TimelineId,
+        server: TimelineId,
+    ) -> Result<(ReplicationClient, Option<TimelineId>), ArchiverError> {
+        let (_, content) = client.timeline_history(server).await?;
+        let history = parse_history(&content).map_err(|e| ArchiverError::BadHistory {
+            timeline: server,
+            reason: e.to_string(),
+        })?;
+        let Some(at) = history.iter().position(|e| e.parent == current) else {
+            return Err(ArchiverError::DivergentTimeline {
+                archived: current,
+                server,
+            });
+        };
+        let switch = history[at].switch_lsn;
+        if self.position()? < switch {
+            return Ok((client, None));
         }
-        self.refuse_synchronous(&mut client, conninfo).await?;
-        Ok((client, system))
+        let next = history.get(at + 1).map_or(server, |e| e.parent);
+        tracing::info!(host = %client.host(), %current, %next, %switch, received = %self.position()?, "the new primary's timeline branched off before the end of what was received; continuing on it from the branch point");
+        self.switch_timeline(current, next, switch)?;
+        let client = self.archive_history(client, next).await?;
+        Ok((client, Some(next)))
     }
 
     /// Wait `backoff`, then connect again. Uploads keep being recorded meanwhile.
@@ -591,7 +622,7 @@ impl Archiver {
         &mut self,
         conninfo: &ConnInfo,
         backoff: &mut Duration,
-    ) -> Result<Option<ReplicationClient>, ArchiverError> {
+    ) -> Result<Option<(ReplicationClient, SystemIdentity)>, ArchiverError> {
         loop {
             let wake = Instant::now() + *backoff;
             loop {
@@ -608,9 +639,9 @@ impl Archiver {
             }
             *backoff = (*backoff * 2).min(self.config.max_backoff);
             match self.connect_checked(conninfo).await {
-                Ok((client, _)) => {
+                Ok(connected) => {
                     *backoff = Duration::from_secs(1);
-                    return Ok(Some(client));
+                    return Ok(Some(connected));
                 }
                 Err(e) if e.is_connection_loss() => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot reconnect to PostgreSQL");
@@ -633,7 +664,13 @@ impl Archiver {
             .await
             .map_err(|e| wal_error(e, start))?;
         let mut stream = match started {
-            StartOutcome::Streaming(s) => s,
+            StartOutcome::Streaming(mut s) => {
+                // At once, not at the first status interval: a slot just created on a new
+                // primary reserved WAL only from its last checkpoint; reporting where the
+                // repository ends moves it back to keep all WAL the repository lacks.
+                self.send_status(&mut s, false).await?;
+                s
+            }
             StartOutcome::TimelineEnded {
                 client,
                 next_timeline,
