@@ -58,6 +58,7 @@ impl Archiver {
     ) -> Result<Cluster, ArchiverError> {
         let newest = self.repository_timeline().await?;
         let conninfo = stream_target(conninfo);
+        let several = conninfo.hosts().len() > 1;
         let (mut transient, mut refused, mut other) = (None, None, None);
         for index in 0..conninfo.hosts().len() {
             let Some(one) = conninfo.only_host(index) else {
@@ -69,16 +70,23 @@ impl Archiver {
                     tracing::info!(%host, timeline = %cluster.system.timeline, "connected");
                     return Ok(cluster);
                 }
+                // With one host its error is the outcome, reported once by the caller.
                 Err(e) if e.is_connection_loss() => {
-                    tracing::warn!(%host, error = %e, "host not usable now; trying the next");
+                    if several {
+                        tracing::warn!(%host, error = %e, "host not usable now; trying the next");
+                    }
                     transient.get_or_insert(e);
                 }
                 Err(e) if e.is_wrong_server() => {
-                    tracing::error!(%host, error = %e, "host refused; trying the next");
+                    if several {
+                        tracing::error!(%host, error = %e, "host refused; trying the next");
+                    }
                     refused.get_or_insert(e);
                 }
                 Err(e) => {
-                    tracing::warn!(%host, error = %e, "host failed; trying the next");
+                    if several {
+                        tracing::warn!(%host, error = %e, "host failed; trying the next");
+                    }
                     other.get_or_insert(e);
                 }
             }
