@@ -245,3 +245,94 @@ fn the_old_primary_back_on_the_old_timeline_is_refused() {
         );
     }
 }
+
+/// The oldest WAL segment number in `cluster`'s pg_wal.
+fn oldest_segment(cluster: &Cluster) -> u64 {
+    std::fs::read_dir(cluster.data_dir().join("pg_wal"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let hex = name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit());
+            // log (8 hex digits) and segment within it (8) for 1 MiB segments: 4096 a log.
+            hex.then(|| {
+                let log = u64::from_str_radix(&name[8..16], 16).unwrap();
+                let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
+                log * 4096 + seg
+            })
+        })
+        .min()
+        .expect("segments in pg_wal")
+}
+
+#[test]
+fn a_new_primary_without_the_wal_the_repository_needs_is_a_gap_reported_with_its_exact_range() {
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    for major in MAJORS {
+        let mut old = Cluster::start(options(major)).expect("primary");
+        old.psql("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
+        let new = old.start_standby().expect("standby");
+        old.wait_streaming(1).expect("standby streams");
+        let repo = Repo::file();
+        let mut archiver = Archiver::new(&old, &repo, &["--partial-interval", "0.5"]);
+        archiver.set_conninfo(&two_hosts(&old, &new));
+        archiver.init();
+        archiver.start();
+        insert(&old, 1..=100);
+        let through = switch_wal(&old);
+        archiver.wait_complete_through(through, seg, Duration::from_secs(60));
+        assert_eq!(archiver.terminate(), 0);
+        // While the archiver is away, the standby (no slot for it there) recycles WAL.
+        for burst in 0..6 {
+            insert(&old, (1000 + burst * 100)..=(1099 + burst * 100));
+            switch_wal(&old);
+        }
+        old.psql("CHECKPOINT").unwrap();
+        let end = current_lsn(&old);
+        wait_for("the standby to replay", Duration::from_secs(30), || {
+            let replayed = new.psql("SELECT pg_last_wal_replay_lsn()").ok()?;
+            (lsn(&replayed) >= end).then_some(())
+        });
+        new.psql("CHECKPOINT").unwrap();
+        new.promote().expect("promote");
+        old.pg_ctl_stop("fast", 60).expect("stop the old primary");
+        let wal_before: Vec<String> = repo
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("wal/0") && k.ends_with(".zst"))
+            .collect();
+        let oldest = oldest_segment(&new);
+        let archived_next = archiver
+            .segments()
+            .iter()
+            .filter(|s| !s.partial)
+            .map(|s| s.name.segno + 1)
+            .max()
+            .unwrap();
+        assert!(
+            oldest > archived_next,
+            "PG {major}: the new primary still has segment {archived_next:X} (oldest {oldest:X}); nothing to test"
+        );
+
+        let out = run(archiver.command(&["stream"]));
+        let message = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "PG {major}: {message}");
+        let from = Lsn(archived_next * seg.bytes());
+        let to = Lsn(oldest * seg.bytes());
+        assert!(
+            message.contains(&format!(
+                "no longer has WAL from {from} up to {to}, where the oldest WAL it still has begins"
+            )),
+            "PG {major}: expected the gap {from}..{to}: {message}"
+        );
+        let wal_after: Vec<String> = repo
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("wal/0") && k.ends_with(".zst"))
+            .collect();
+        assert_eq!(
+            wal_after, wal_before,
+            "PG {major}: WAL after the gap was stored"
+        );
+        assert!(!repo.keys().iter().any(|k| k.starts_with("gaps/")));
+    }
+}

@@ -32,9 +32,11 @@ pub enum ArchiverError {
     NotInitialised { url: String },
     /// The server no longer has the WAL streaming must resume from: the archive would have
     /// a gap (slot dropped or invalidated by `max_slot_wal_keep_size`).
-    #[error("the server no longer has WAL from {from}, so the archive has a gap there ({source}); HINT: take a new base backup, and check max_slot_wal_keep_size and that nobody dropped the slot")]
+    #[error("the server no longer has WAL from {from}{}, so the archive has a gap there ({source}); HINT: take a new base backup, and check max_slot_wal_keep_size and that nobody dropped the slot (after a failover: keep the slot on every member, see docs/operations.md)", to.map(|to| format!(" up to {to}, where the oldest WAL it still has begins")).unwrap_or_default())]
     WalRemoved {
         from: tidemark_protocol::Lsn,
+        /// Where the WAL the server still has begins, once found: the gap is `from..to`.
+        to: Option<tidemark_protocol::Lsn>,
         source: Box<ReplicationError>,
     },
     /// The base backup's tar stream could not be cut into chunks.

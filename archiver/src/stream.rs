@@ -506,7 +506,7 @@ impl Archiver {
                     timeline = next;
                 }
                 Ok(End::Reconnect) => {}
-                Err(ArchiverError::WalRemoved { from, source }) => {
+                Err(ArchiverError::WalRemoved { from, source, .. }) => {
                     if let Some(start) = self.behind_repository(timeline, from).await? {
                         self.acks = AckTracker::new(start);
                         self.begin(timeline, start)?;
@@ -516,7 +516,12 @@ impl Archiver {
                                 .await?,
                         );
                     } else {
-                        return Err(ArchiverError::WalRemoved { from, source });
+                        let to = self.gap_end(conninfo, timeline, from).await?;
+                        return Err(ArchiverError::WalRemoved {
+                            from,
+                            to: Some(to),
+                            source,
+                        });
                     }
                     continue;
                 }
@@ -1075,6 +1080,7 @@ fn wal_error(e: ReplicationError, from: Lsn) -> ArchiverError {
     match e.sqlstate() {
         Some("58P01") => ArchiverError::WalRemoved {
             from,
+            to: None,
             source: Box::new(e),
         },
         _ => e.into(),

@@ -3,10 +3,12 @@
 //! otherwise, on the repository's newest timeline or on a newer one whose history passes
 //! through it. A server on an older timeline (the old primary back after a failover: split
 //! brain) is refused and the next host tried. The slot is created on the server reached
-//! when it lacks one (a new primary after a failover).
+//! when it lacks one (a new primary after a failover); when that server no longer has
+//! the WAL the repository needs next, `gap_end` finds exactly where its WAL begins.
 
 use tidemark_protocol::conninfo::{ConnInfo, TargetSessionAttrs};
-use tidemark_protocol::{parse_history, TimelineId};
+use tidemark_protocol::replication::{StartOutcome, StreamMessage};
+use tidemark_protocol::{parse_history, Lsn, SegmentName, TimelineId};
 use tidemark_store::layout;
 use tidemark_store::repository::RepoError;
 
@@ -158,5 +160,73 @@ impl Archiver {
             tracing::info!(%host, slot = %self.config.slot, "created physical replication slot");
         }
         Ok(cluster)
+    }
+
+    /// The server reached no longer has WAL of `timeline` from `from`: the start of the
+    /// oldest segment of `timeline` it still has, the end of the gap. WAL is removed oldest
+    /// first, so a binary search with START_REPLICATION probes between `from` and where
+    /// the server's `timeline` ends (its current position, or where it branched off)
+    /// finds it; each probe is a connection of its own.
+    pub(super) async fn gap_end(
+        &self,
+        conninfo: &ConnInfo,
+        timeline: TimelineId,
+        from: Lsn,
+    ) -> Result<Lsn, ArchiverError> {
+        let (mut client, system) = self.connect_checked(conninfo).await?;
+        let end = if system.timeline == timeline {
+            system.xlogpos
+        } else {
+            let (_, content) = client.timeline_history(system.timeline).await?;
+            let history = parse_history(&content).map_err(|e| ArchiverError::BadHistory {
+                timeline: system.timeline,
+                reason: e.to_string(),
+            })?;
+            history
+                .iter()
+                .find(|e| e.parent == timeline)
+                .map_or(system.xlogpos, |e| e.switch_lsn)
+        };
+        drop(client);
+        let (mut missing, mut present) = (
+            from.segment_number(self.seg),
+            end.segment_number(self.seg)
+                .max(from.segment_number(self.seg) + 1),
+        );
+        while present - missing > 1 {
+            let mid = missing + (present - missing) / 2;
+            let at = SegmentName::new(timeline, mid).start_lsn(self.seg);
+            if self.server_has(conninfo, timeline, at).await? {
+                present = mid;
+            } else {
+                missing = mid;
+            }
+        }
+        Ok(SegmentName::new(timeline, present).start_lsn(self.seg))
+    }
+
+    /// Whether the server can still stream `timeline` from `at` (no slot: nothing moves).
+    async fn server_has(
+        &self,
+        conninfo: &ConnInfo,
+        timeline: TimelineId,
+        at: Lsn,
+    ) -> Result<bool, ArchiverError> {
+        let removed = |e: &tidemark_protocol::ReplicationError| e.sqlstate() == Some("58P01");
+        let (client, _) = self.connect_checked(conninfo).await?;
+        let mut stream = match client.start_replication(None, at, timeline).await {
+            Ok(StartOutcome::Streaming(stream)) => stream,
+            Ok(StartOutcome::TimelineEnded { .. }) => return Ok(true),
+            Err(e) if removed(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        loop {
+            match stream.next_message().await {
+                Ok(StreamMessage::Keepalive { .. }) => continue,
+                Ok(_) => return Ok(true),
+                Err(e) if removed(&e) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
