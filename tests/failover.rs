@@ -115,6 +115,15 @@ fn fail_over(major: u32) -> FailedOver {
         unstored, 0,
         "WAL of the old primary not stored at its shutdown"
     );
+    // The old primary's shutdown checkpoint lies past the branch point: the archiver had
+    // received more of timeline 1 than the new primary has, and continued on timeline 2.
+    assert!(
+        archiver
+            .log()
+            .contains("continuing on it from the branch point"),
+        "{}",
+        archiver.log()
+    );
     let through = switch_wal(&new);
     archiver.wait_complete_through(through, seg, Duration::from_secs(60));
     assert_eq!(archiver.terminate(), 0);
