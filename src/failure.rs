@@ -119,6 +119,7 @@ fn code(err: &anyhow::Error) -> u8 {
                 | ArchiverError::BackupIdsExhausted { .. }
                 | ArchiverError::Tar(_)
                 | ArchiverError::DivergentTimeline { .. }
+                | ArchiverError::OldTimeline { .. }
                 | ArchiverError::BadHistory { .. }
                 | ArchiverError::VersioningOff { .. }
                 | ArchiverError::SecondArchiver { .. }

@@ -32,9 +32,11 @@ pub enum ArchiverError {
     NotInitialised { url: String },
     /// The server no longer has the WAL streaming must resume from: the archive would have
     /// a gap (slot dropped or invalidated by `max_slot_wal_keep_size`).
-    #[error("the server no longer has WAL from {from}, so the archive has a gap there ({source}); HINT: take a new base backup, and check max_slot_wal_keep_size and that nobody dropped the slot")]
+    #[error("the server no longer has WAL from {from}{}, so the archive has a gap there ({source}); HINT: take a new base backup, and check max_slot_wal_keep_size and that nobody dropped the slot (after a failover: keep the slot on every member, see docs/operations.md)", to.map(|to| format!(" up to {to}, where the oldest WAL it still has begins")).unwrap_or_default())]
     WalRemoved {
         from: tidemark_protocol::Lsn,
+        /// Where the WAL the server still has begins, once found: the gap is `from..to`.
+        to: Option<tidemark_protocol::Lsn>,
         source: Box<ReplicationError>,
     },
     /// The base backup's tar stream could not be cut into chunks.
@@ -64,6 +66,14 @@ pub enum ArchiverError {
     DivergentTimeline {
         archived: tidemark_protocol::TimelineId,
         server: tidemark_protocol::TimelineId,
+    },
+    /// The server is on a timeline older than the newest the repository follows: the old
+    /// primary back after a failover (split brain). Nothing is archived from it.
+    #[error("{host} is on timeline {server}, older than timeline {archived} that the repository already follows: it is the old primary back after a failover (split brain), so nothing was archived from it; HINT: point tidemark at the new primary (several hosts in --pg with target_session_attrs=read-write find it), and rebuild {host} as a standby of the new primary (pg_rewind, or a restore)")]
+    OldTimeline {
+        host: String,
+        server: tidemark_protocol::TimelineId,
+        archived: tidemark_protocol::TimelineId,
     },
     /// The server sent a history file that cannot be read.
     #[error("the server's history file of timeline {timeline} is malformed: {reason}")]
@@ -111,5 +121,16 @@ impl ArchiverError {
     /// not be made for network reasons.
     pub fn is_connection_loss(&self) -> bool {
         matches!(self, ArchiverError::Postgres(e) if e.is_connection_failure())
+    }
+
+    /// The server reached is not one to archive into this repository: another cluster, an
+    /// older timeline (split brain), or a history that does not continue the archive's.
+    pub fn is_wrong_server(&self) -> bool {
+        matches!(
+            self,
+            ArchiverError::OldTimeline { .. }
+                | ArchiverError::DivergentTimeline { .. }
+                | ArchiverError::Repository(RepoError::OtherCluster { .. })
+        )
     }
 }

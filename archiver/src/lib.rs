@@ -15,7 +15,6 @@ mod events;
 pub mod expire;
 pub mod init;
 pub mod objects_track;
-mod oldest_wal;
 mod single_writer;
 pub mod spool;
 pub mod status;

@@ -22,7 +22,7 @@ use tidemark_store::gap::WalGap;
 use tidemark_store::identity::RepoIdentity;
 use tidemark_store::layout;
 use tidemark_store::reindex::ReindexError;
-use tidemark_store::repository::{ArchivedObject, RepoError, Repository};
+use tidemark_store::repository::{ArchivedObject, Repository};
 use tidemark_store::storage::Metadata;
 use tidemark_store::wal_summary::WalSummary;
 use tokio::sync::watch;
@@ -35,6 +35,8 @@ use crate::events::{valid_prefix_len, EventTracker};
 use crate::single_writer;
 use crate::spool::{AppendError, LeftoverPartial, Leftovers, Spool, SpoolError};
 use crate::uploads::{Done, Uploads, PATIENCE};
+
+mod follow;
 
 /// How `stream` behaves. Defaults match the CLI's.
 #[derive(Debug, Clone)]
@@ -166,18 +168,8 @@ async fn stream_holding_lease(
         return Ok(());
     }
 
-    let mut cluster = Cluster::connect(conninfo).await?;
+    let mut cluster = archiver.connect_server(conninfo).await?;
     cluster.check_repository(&archiver.repo, false).await?;
-    archiver
-        .refuse_synchronous(&mut cluster.client, conninfo)
-        .await?;
-    if cluster
-        .client
-        .create_physical_slot(&archiver.config.slot)
-        .await?
-    {
-        tracing::info!(slot = %archiver.config.slot, "created physical replication slot");
-    }
     let (timeline, start) = archiver.resume_point(&mut cluster).await?;
     tracing::info!(%timeline, %start, slot = %archiver.config.slot, "streaming");
     archiver.acks = AckTracker::new(start);
@@ -484,7 +476,19 @@ impl Archiver {
             let current = match client.take() {
                 Some(c) => c,
                 None => match self.reconnect(conninfo, &mut backoff).await? {
-                    Some(c) => c,
+                    Some((c, system)) if system.timeline > timeline => {
+                        match self
+                            .onto_server_timeline(c, timeline, system.timeline)
+                            .await?
+                        {
+                            (c, Some(next)) => {
+                                timeline = next;
+                                c
+                            }
+                            (c, None) => c,
+                        }
+                    }
+                    Some((c, _)) => c,
                     None => break,
                 },
             };
@@ -502,7 +506,7 @@ impl Archiver {
                     timeline = next;
                 }
                 Ok(End::Reconnect) => {}
-                Err(ArchiverError::WalRemoved { from, source }) => {
+                Err(ArchiverError::WalRemoved { from, source, .. }) => {
                     if let Some(start) = self.behind_repository(timeline, from).await? {
                         self.acks = AckTracker::new(start);
                         self.begin(timeline, start)?;
@@ -512,7 +516,12 @@ impl Archiver {
                                 .await?,
                         );
                     } else {
-                        return Err(ArchiverError::WalRemoved { from, source });
+                        let to = self.gap_end(conninfo, timeline, from).await?;
+                        return Err(ArchiverError::WalRemoved {
+                            from,
+                            to: Some(to),
+                            source,
+                        });
                     }
                     continue;
                 }
@@ -541,6 +550,7 @@ impl Archiver {
         from: Lsn,
         why: &ReplicationError,
     ) -> Result<ReplicationClient, ArchiverError> {
+        let to = self.gap_end(conninfo, timeline, from).await?;
         let (client, system) = self.connect_checked(conninfo).await?;
         if system.timeline != timeline {
             return Err(ArchiverError::DivergentTimeline {
@@ -548,17 +558,6 @@ impl Archiver {
                 server: system.timeline,
             });
         }
-        let current = system.xlogpos.segment_number(self.seg);
-        let removed = from.segment_number(self.seg);
-        let to = if removed < current {
-            let oldest = crate::oldest_wal::oldest_streamable(
-                conninfo, timeline, removed, current, self.seg,
-            )
-            .await;
-            SegmentName::new(timeline, oldest).start_lsn(self.seg)
-        } else {
-            system.xlogpos.segment_start(self.seg)
-        };
         let gap = WalGap {
             timeline: timeline.0,
             from,
@@ -576,23 +575,50 @@ impl Archiver {
         Ok(client)
     }
 
-    /// Connect again, to the same cluster configured as at start: a server restored or
-    /// cloned behind the same address, or a changed synchronous_standby_names, is refused.
+    /// Connect again, to a server of the same cluster configured as at start (see
+    /// `follow`): a server restored or cloned behind the same address, one on an older
+    /// timeline, or a changed synchronous_standby_names, is refused.
     async fn connect_checked(
         &self,
         conninfo: &ConnInfo,
     ) -> Result<(ReplicationClient, SystemIdentity), ArchiverError> {
-        let mut client = ReplicationClient::connect(conninfo).await?;
-        let system = client.identify_system().await?;
-        if system.system_id != self.system_identifier {
-            return Err(RepoError::OtherCluster {
-                repo_sysid: self.system_identifier,
-                cluster_sysid: system.system_id,
-            }
-            .into());
+        let cluster = self.connect_server(conninfo).await?;
+        Ok((cluster.client, cluster.system))
+    }
+
+    /// A reconnect reached a server on `server`, newer than the `current` timeline being
+    /// received (the standby promoted by a failover). When what was received of `current`
+    /// reaches the point where the next timeline of the server's history branched off
+    /// (the old primary's last WAL, its shutdown checkpoint say, lies beyond it and is
+    /// only on `current`), continue on that next timeline from the segment holding the
+    /// branch point, its history file stored first; returns that timeline. Otherwise the
+    /// server streams `current` up to the branch point and then switches as usual.
+    async fn onto_server_timeline(
+        &mut self,
+        mut client: ReplicationClient,
+        current: TimelineId,
+        server: TimelineId,
+    ) -> Result<(ReplicationClient, Option<TimelineId>), ArchiverError> {
+        let (_, content) = client.timeline_history(server).await?;
+        let history = parse_history(&content).map_err(|e| ArchiverError::BadHistory {
+            timeline: server,
+            reason: e.to_string(),
+        })?;
+        let Some(at) = history.iter().position(|e| e.parent == current) else {
+            return Err(ArchiverError::DivergentTimeline {
+                archived: current,
+                server,
+            });
+        };
+        let switch = history[at].switch_lsn;
+        if self.position()? < switch {
+            return Ok((client, None));
         }
-        self.refuse_synchronous(&mut client, conninfo).await?;
-        Ok((client, system))
+        let next = history.get(at + 1).map_or(server, |e| e.parent);
+        tracing::info!(host = %client.host(), %current, %next, %switch, received = %self.position()?, "the new primary's timeline branched off before the end of what was received; continuing on it from the branch point");
+        self.switch_timeline(current, next, switch)?;
+        let client = self.archive_history(client, next).await?;
+        Ok((client, Some(next)))
     }
 
     /// Wait `backoff`, then connect again. Uploads keep being recorded meanwhile.
@@ -601,7 +627,7 @@ impl Archiver {
         &mut self,
         conninfo: &ConnInfo,
         backoff: &mut Duration,
-    ) -> Result<Option<ReplicationClient>, ArchiverError> {
+    ) -> Result<Option<(ReplicationClient, SystemIdentity)>, ArchiverError> {
         loop {
             let wake = Instant::now() + *backoff;
             loop {
@@ -618,9 +644,9 @@ impl Archiver {
             }
             *backoff = (*backoff * 2).min(self.config.max_backoff);
             match self.connect_checked(conninfo).await {
-                Ok((client, _)) => {
+                Ok(connected) => {
                     *backoff = Duration::from_secs(1);
-                    return Ok(Some(client));
+                    return Ok(Some(connected));
                 }
                 Err(e) if e.is_connection_loss() => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot reconnect to PostgreSQL");
@@ -643,7 +669,13 @@ impl Archiver {
             .await
             .map_err(|e| wal_error(e, start))?;
         let mut stream = match started {
-            StartOutcome::Streaming(s) => s,
+            StartOutcome::Streaming(mut s) => {
+                // At once, not at the first status interval: a slot just created on a new
+                // primary reserved WAL only from its last checkpoint; reporting where the
+                // repository ends moves it back to keep all WAL the repository lacks.
+                self.send_status(&mut s, false).await?;
+                s
+            }
             StartOutcome::TimelineEnded {
                 client,
                 next_timeline,
@@ -1048,6 +1080,7 @@ fn wal_error(e: ReplicationError, from: Lsn) -> ArchiverError {
     match e.sqlstate() {
         Some("58P01") => ArchiverError::WalRemoved {
             from,
+            to: None,
             source: Box::new(e),
         },
         _ => e.into(),

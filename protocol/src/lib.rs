@@ -15,7 +15,9 @@ pub mod timeline;
 pub mod wal;
 pub mod xid;
 
-pub use conninfo::{ConnInfo, ConnInfoError, Host, RootCert, SslMode};
+pub use conninfo::{
+    ConnInfo, ConnInfoError, Endpoint, Host, RootCert, SslMode, TargetSessionAttrs,
+};
 pub use history::{parse_history, HistoryEntry, HistoryError};
 pub use lsn::Lsn;
 pub use replication::{

@@ -215,6 +215,12 @@ impl Archiver {
         self.conninfo = cluster.conninfo();
     }
 
+    /// Connect with `conninfo` (several hosts, say) from the next command on.
+    pub fn set_conninfo(&mut self, conninfo: &str) {
+        assert!(self.child.is_none(), "stop the archiver first");
+        self.conninfo = conninfo.to_string();
+    }
+
     /// Run `stream` with these options from the next start on.
     pub fn set_options(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| s.to_string()).collect();

@@ -1,17 +1,20 @@
 //! `ConnInfo`: a libpq connection string (`key=value` pairs or a `postgresql://` URL)
 //! resolved with libpq's defaults: `PG*` environment variables, the OS user name, the
-//! Unix socket directory, and the password file.
+//! Unix socket directory, and the password file (looked up for each host of the list).
 //!
 //! The environment is injectable (`ConnInfo::parse_with_env`) so that parsing is testable
 //! without touching the process environment. The password never appears in `Display`
 //! or `Debug`.
 
+mod hosts;
 mod pgpass;
 mod syntax;
 
+pub use hosts::{Endpoint, TargetSessionAttrs};
+
 use std::ffi::CStr;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,6 +40,14 @@ pub enum ConnInfoError {
         key: &'static str,
         value: String,
         expected: &'static str,
+    },
+    /// A `port` or `hostaddr` list whose length fits neither one entry for all hosts nor
+    /// one per host.
+    #[error("invalid connection string: {given} {what} entries for {hosts} {}; HINT: give one {what} for all hosts or one per host, in the order of host=", if *hosts == 1 { "host" } else { "hosts" })]
+    ListLengths {
+        what: &'static str,
+        given: usize,
+        hosts: usize,
     },
     /// The OS user name is needed as the default user but cannot be found.
     #[error("no user name given and the OS user is unknown: set user= or PGUSER")]
@@ -77,14 +88,18 @@ pub enum RootCert {
     System,
 }
 
-/// A resolved connection configuration.
+/// A resolved connection configuration: one or more servers to try in order, and the
+/// settings they share.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
-    pub host: Host,
-    /// Whether `host` was given (keyword or `PGHOST`) rather than defaulted.
-    pub host_explicit: bool,
-    pub port: u16,
+    /// Never empty.
+    hosts: Vec<Endpoint>,
+    /// `target_session_attrs` (or `PGTARGETSESSIONATTRS`); `None` when not given, which
+    /// libpq reads as `any` and a caller may read otherwise.
+    pub target_session_attrs: Option<TargetSessionAttrs>,
     pub user: String,
+    /// The password given (keyword, URL or `PGPASSWORD`); else each host's password file
+    /// entry is used.
     password: Option<String>,
     /// The database named at startup, if any (a physical walsender ignores it).
     pub dbname: Option<String>,
@@ -100,7 +115,9 @@ pub struct ConnInfo {
 /// Keywords accepted in a connection string.
 const KEYWORDS: &[&str] = &[
     "host",
+    "hostaddr",
     "port",
+    "target_session_attrs",
     "user",
     "password",
     "passfile",
@@ -142,32 +159,14 @@ impl ConnInfo {
         };
         let home = || env("HOME").map(PathBuf::from).or_else(os_home_dir);
 
-        let port =
-            match setting("port", "PGPORT") {
-                None => DEFAULT_PORT,
-                Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or(
-                    ConnInfoError::InvalidValue {
-                        key: "port",
-                        value: p,
-                        expected: "a number from 1 to 65535",
-                    },
-                )?,
-            };
-        let explicit_host = setting("host", "PGHOST");
-        if explicit_host.as_deref().is_some_and(|h| h.contains(',')) {
-            return Err(ConnInfoError::Syntax(
-                "multiple hosts are not supported: give one host".to_string(),
-            ));
-        }
-        let host_explicit = explicit_host.is_some();
-        let host = match explicit_host {
-            Some(h) if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
-            Some(h) => Host::Tcp(h),
-            None if Path::new(DEFAULT_SOCKET_DIR).is_dir() => {
-                Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))
-            }
-            None => Host::Unix(PathBuf::from(FALLBACK_SOCKET_DIR)),
-        };
+        let hosts = hosts::endpoints(
+            setting("host", "PGHOST").as_deref(),
+            setting("hostaddr", "PGHOSTADDR").as_deref(),
+            setting("port", "PGPORT").as_deref(),
+        )?;
+        let target_session_attrs = setting("target_session_attrs", "PGTARGETSESSIONATTRS")
+            .map(|v| v.parse())
+            .transpose()?;
         let user = match setting("user", "PGUSER") {
             Some(u) => u,
             None => os_user_name().ok_or(ConnInfoError::NoUser)?,
@@ -219,9 +218,8 @@ impl ConnInfo {
         };
 
         let mut info = ConnInfo {
-            host,
-            host_explicit,
-            port,
+            hosts,
+            target_session_attrs,
             user,
             password: None,
             dbname,
@@ -231,61 +229,67 @@ impl ConnInfo {
             application_name,
             connect_timeout,
         };
-        info.password = match setting("password", "PGPASSWORD") {
-            Some(p) => Some(p),
-            None => setting("passfile", "PGPASSFILE")
+        info.password = setting("password", "PGPASSWORD");
+        if info.password.is_none() {
+            if let Some(path) = setting("passfile", "PGPASSFILE")
                 .map(PathBuf::from)
                 .or_else(|| home().map(|h| h.join(".pgpass")))
-                .and_then(|path| info.password_from_file(&path)),
-        };
+            {
+                let dbname = info.dbname.clone();
+                for endpoint in &mut info.hosts {
+                    endpoint.passfile_password = pgpass::lookup(
+                        &path,
+                        &pgpass::PassKey {
+                            host: &endpoint.pgpass_host,
+                            port: &endpoint.port.to_string(),
+                            // pg_receivewal and pg_basebackup use "replication" for
+                            // physical replication connections without a database.
+                            dbname: dbname.as_deref().unwrap_or("replication"),
+                            user: &info.user,
+                        },
+                    );
+                }
+            }
+        }
         Ok(info)
     }
 
-    /// The password to answer a password request with, if any.
-    pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+    /// The servers to try, in order (at least one).
+    pub fn hosts(&self) -> &[Endpoint] {
+        &self.hosts
     }
 
-    /// Replace the password (e.g. one read from a secret store).
+    /// The same settings with only the `index`-th host (`None` past the end).
+    pub fn only_host(&self, index: usize) -> Option<ConnInfo> {
+        let endpoint = self.hosts.get(index)?.clone();
+        Some(ConnInfo {
+            hosts: vec![endpoint],
+            ..self.clone()
+        })
+    }
+
+    /// The password to answer `endpoint`'s password request with, if any: the one given,
+    /// else that host's password file entry.
+    pub fn password_for<'a>(&'a self, endpoint: &'a Endpoint) -> Option<&'a str> {
+        self.password
+            .as_deref()
+            .or(endpoint.passfile_password.as_deref())
+    }
+
+    /// The password for the first host (see [`ConnInfo::password_for`]).
+    pub fn password(&self) -> Option<&str> {
+        self.password_for(&self.hosts[0])
+    }
+
+    /// Replace the password for every host (e.g. one read from a secret store).
     pub fn set_password(&mut self, password: Option<String>) {
         self.password = password;
     }
 
-    /// `host:port` or the socket file path, for messages.
+    /// The hosts as `host:port` or socket file paths, comma-separated, for messages.
     pub fn endpoint(&self) -> String {
-        match &self.host {
-            Host::Tcp(h) if h.contains(':') => format!("[{h}]:{}", self.port),
-            Host::Tcp(h) => format!("{h}:{}", self.port),
-            Host::Unix(dir) => self.socket_path(dir).display().to_string(),
-        }
-    }
-
-    /// The socket file in directory `dir` for this port.
-    pub fn socket_path(&self, dir: &Path) -> PathBuf {
-        dir.join(format!(".s.PGSQL.{}", self.port))
-    }
-
-    fn password_from_file(&self, path: &Path) -> Option<String> {
-        // libpq matches "localhost" for the default socket directory.
-        let host = match &self.host {
-            Host::Tcp(h) => h.clone(),
-            Host::Unix(dir) if !self.host_explicit || dir == Path::new(DEFAULT_SOCKET_DIR) => {
-                "localhost".to_string()
-            }
-            Host::Unix(dir) => dir.display().to_string(),
-        };
-        let port = self.port.to_string();
-        pgpass::lookup(
-            path,
-            &pgpass::PassKey {
-                host: &host,
-                port: &port,
-                // pg_receivewal and pg_basebackup use "replication" for physical
-                // replication connections without a database.
-                dbname: self.dbname.as_deref().unwrap_or("replication"),
-                user: &self.user,
-            },
-        )
+        let all: Vec<String> = self.hosts.iter().map(Endpoint::describe).collect();
+        all.join(",")
     }
 }
 
@@ -340,16 +344,32 @@ impl fmt::Display for ConnInfo {
             let escaped = value.replace('\\', "\\\\").replace('\'', "\\'");
             write!(f, " {key}='{escaped}'")
         }
-        let host = match &self.host {
-            Host::Tcp(h) => h.clone(),
-            Host::Unix(dir) => dir.display().to_string(),
-        };
+        let hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|e| match &e.host {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(dir) => dir.display().to_string(),
+            })
+            .collect();
+        let ports: Vec<String> = self.hosts.iter().map(|e| e.port.to_string()).collect();
         write!(
             f,
             "host='{}' port={}",
-            host.replace('\\', "\\\\").replace('\'', "\\'"),
-            self.port
+            hosts.join(",").replace('\\', "\\\\").replace('\'', "\\'"),
+            ports.join(",")
         )?;
+        if self.hosts.iter().any(|e| e.hostaddr.is_some()) {
+            let addrs: Vec<String> = self
+                .hosts
+                .iter()
+                .map(|e| e.hostaddr.map(|a| a.to_string()).unwrap_or_default())
+                .collect();
+            write!(f, " hostaddr={}", addrs.join(","))?;
+        }
+        if let Some(attrs) = self.target_session_attrs {
+            write!(f, " target_session_attrs={attrs}")?;
+        }
         pair(f, "user", &self.user)?;
         if let Some(db) = &self.dbname {
             pair(f, "dbname", db)?;
@@ -375,11 +395,22 @@ impl fmt::Display for ConnInfo {
 impl fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnInfo")
-            .field("host", &self.host)
-            .field("host_explicit", &self.host_explicit)
-            .field("port", &self.port)
+            .field(
+                "hosts",
+                &self
+                    .hosts
+                    .iter()
+                    .map(Endpoint::describe)
+                    .collect::<Vec<_>>(),
+            )
+            .field("target_session_attrs", &self.target_session_attrs)
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password",
+                &(self.password.is_some()
+                    || self.hosts.iter().any(|e| e.passfile_password.is_some()))
+                .then_some("<redacted>"),
+            )
             .field("dbname", &self.dbname)
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
@@ -434,6 +465,7 @@ mod tests {
     use std::collections::HashMap;
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     fn parse(s: &str, env: &[(&str, &str)]) -> Result<ConnInfo, ConnInfoError> {
         let env: HashMap<String, String> = env
@@ -456,8 +488,8 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(info.host, Host::Tcp("db.example".into()));
-        assert_eq!(info.port, 6543);
+        assert_eq!(info.hosts()[0].host, Host::Tcp("db.example".into()));
+        assert_eq!(info.hosts()[0].port, 6543);
         assert_eq!(info.user, "arch");
         assert_eq!(info.password(), Some("se cr'et"));
         assert_eq!(info.dbname.as_deref(), Some("replication"));
@@ -476,8 +508,8 @@ mod tests {
             &[("PGPASSWORD", "ignored")],
         )
         .unwrap();
-        assert_eq!(info.host, Host::Tcp("::1".into()));
-        assert_eq!(info.port, 6000);
+        assert_eq!(info.hosts()[0].host, Host::Tcp("::1".into()));
+        assert_eq!(info.hosts()[0].port, 6000);
         assert_eq!(info.password(), Some("p@ss"));
         assert_eq!(info.dbname, None);
         assert_eq!(info.sslmode, SslMode::Require);
@@ -485,7 +517,7 @@ mod tests {
         assert_eq!(info.endpoint(), "[::1]:6000");
 
         let info = parse("postgres://%2Fsock%2Fdir:7000", &[("PGUSER", "u")]).unwrap();
-        assert_eq!(info.host, Host::Unix("/sock/dir".into()));
+        assert_eq!(info.hosts()[0].host, Host::Unix("/sock/dir".into()));
         assert_eq!(info.endpoint(), "/sock/dir/.s.PGSQL.7000");
     }
 
@@ -503,9 +535,8 @@ mod tests {
             ("PGAPPNAME", "envapp"),
         ];
         let info = parse("", &env).unwrap();
-        assert_eq!(info.host, Host::Tcp("envhost".into()));
-        assert!(info.host_explicit);
-        assert_eq!(info.port, 5440);
+        assert_eq!(info.hosts()[0].host, Host::Tcp("envhost".into()));
+        assert_eq!(info.hosts()[0].port, 5440);
         assert_eq!(info.user, "envuser");
         assert_eq!(info.dbname.as_deref(), Some("envdb"));
         assert_eq!(info.sslmode, SslMode::VerifyCa);
@@ -517,7 +548,11 @@ mod tests {
         // Explicit keywords beat the environment; an empty value means unset.
         let info = parse("host=h port=1 user=u password='' connect_timeout=1", &env).unwrap();
         assert_eq!(
-            (&info.host, info.port, info.user.as_str()),
+            (
+                &info.hosts()[0].host,
+                info.hosts()[0].port,
+                info.user.as_str()
+            ),
             (&Host::Tcp("h".into()), 1, "u")
         );
         assert_eq!(info.password(), Some("envpw"));
@@ -532,9 +567,8 @@ mod tests {
         } else {
             FALLBACK_SOCKET_DIR
         };
-        assert_eq!(info.host, Host::Unix(expected_dir.into()));
-        assert!(!info.host_explicit);
-        assert_eq!(info.port, 5432);
+        assert_eq!(info.hosts()[0].host, Host::Unix(expected_dir.into()));
+        assert_eq!(info.hosts()[0].port, 5432);
         assert_eq!(Some(info.user.clone()), os_user_name());
         assert_eq!(info.password(), None);
         assert_eq!(info.sslmode, SslMode::Prefer);
@@ -555,7 +589,16 @@ mod tests {
             ("sslmode=verify", "invalid sslmode"),
             ("connect_timeout=soon", "invalid connect_timeout"),
             ("sslcert=/c.pem", "given together"),
-            ("host=a,b", "multiple hosts"),
+            ("host=a,b port=1,2,3", "3 port entries for 2 hosts"),
+            (
+                "host=a,b hostaddr=127.0.0.1",
+                "1 hostaddr entries for 2 hosts",
+            ),
+            (
+                "target_session_attrs=master",
+                "invalid target_session_attrs",
+            ),
+            ("postgresql://a:1,b:x/db", "invalid port"),
             ("host=a port", "missing \"=\""),
             ("postgresql://h?foo=1", "unknown keyword \"foo\""),
         ] {
@@ -579,6 +622,92 @@ mod tests {
         assert_eq!(again.password(), None);
         again.set_password(Some("hunter2".into()));
         assert_eq!(again, info);
+    }
+
+    #[test]
+    fn several_hosts() {
+        let info = parse(
+            "host=a,b,c port=5433 target_session_attrs=read-write",
+            &[("PGUSER", "u")],
+        )
+        .unwrap();
+        assert_eq!(info.endpoint(), "a:5433,b:5433,c:5433");
+        assert_eq!(
+            info.target_session_attrs,
+            Some(TargetSessionAttrs::ReadWrite)
+        );
+        let second = info.only_host(1).unwrap();
+        assert_eq!(second.endpoint(), "b:5433");
+        assert_eq!(second.target_session_attrs, info.target_session_attrs);
+        assert!(info.only_host(3).is_none());
+
+        let info = parse(
+            "postgresql://u@a:5432,[::1]:5433,c/db?target_session_attrs=primary",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(info.endpoint(), "a:5432,[::1]:5433,c:5432");
+        assert_eq!(info.dbname.as_deref(), Some("db"));
+        assert_eq!(info.target_session_attrs, Some(TargetSessionAttrs::Primary));
+
+        // From the environment, like libpq; unset stays unset.
+        let env = [
+            ("PGUSER", "u"),
+            ("PGHOST", "x,y"),
+            ("PGPORT", "1,2"),
+            ("PGTARGETSESSIONATTRS", "standby"),
+        ];
+        let info = parse("", &env).unwrap();
+        assert_eq!(info.endpoint(), "x:1,y:2");
+        assert_eq!(info.target_session_attrs, Some(TargetSessionAttrs::Standby));
+        assert_eq!(
+            parse("host=h user=u", &[]).unwrap().target_session_attrs,
+            None
+        );
+
+        // Display round-trips the lists.
+        let info = parse(
+            "host=a,b hostaddr=10.0.0.1,10.0.0.2 port=1,2 target_session_attrs=prefer-standby user=u",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(parse(&info.to_string(), &[]).unwrap(), info);
+    }
+
+    #[test]
+    fn password_file_is_looked_up_for_each_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = passfile(
+            dir.path(),
+            "a:5432:replication:arch:pw-a\nb:5433:replication:arch:pw-b\n",
+        );
+        let info = parse(
+            &format!(
+                "host=a,b,c port=5432,5433,5432 user=arch passfile={}",
+                path.display()
+            ),
+            &[],
+        )
+        .unwrap();
+        let passwords: Vec<Option<&str>> =
+            info.hosts().iter().map(|e| info.password_for(e)).collect();
+        assert_eq!(passwords, [Some("pw-a"), Some("pw-b"), None]);
+        assert_eq!(info.only_host(1).unwrap().password(), Some("pw-b"));
+        let shown = format!("{info} {info:?}");
+        assert!(
+            !shown.contains("pw-a") && !shown.contains("pw-b"),
+            "{shown}"
+        );
+        // A given password serves every host.
+        let info = parse(
+            &format!(
+                "host=a,b port=5432,5433 user=arch password=given passfile={}",
+                path.display()
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(info.password_for(&info.hosts()[1]), Some("given"));
     }
 
     fn passfile(dir: &Path, content: &str) -> PathBuf {

@@ -82,7 +82,35 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
         }
         None => netloc,
     };
-    let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+    // Several hosts: `a:5432,[::1]:5433,c`, each with its own optional port.
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for one in hostport.split(',') {
+        let (host, port) = split_host_port(one)?;
+        hosts.push(percent_decode(host)?);
+        ports.push(percent_decode(port)?);
+    }
+    pairs.push(("host".to_string(), hosts.join(",")));
+    // No port at all stays unset (PGPORT applies); otherwise empty entries default.
+    let ports = if ports.iter().all(String::is_empty) {
+        String::new()
+    } else {
+        ports.join(",")
+    };
+    pairs.push(("port".to_string(), ports));
+    pairs.push(("dbname".to_string(), percent_decode(dbname)?));
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = param.split_once('=').ok_or_else(|| {
+            ConnInfoError::Syntax(format!("missing \"=\" in URL parameter {param:?}"))
+        })?;
+        pairs.push((percent_decode(key)?, percent_decode(value)?));
+    }
+    Ok(pairs)
+}
+
+/// One `host[:port]` or `[v6addr][:port]` of a URL's host list.
+fn split_host_port(hostport: &str) -> Result<(&str, &str), ConnInfoError> {
+    if let Some(bracketed) = hostport.strip_prefix('[') {
         let (host, after) = bracketed.split_once(']').ok_or_else(|| {
             ConnInfoError::Syntax(format!("missing \"]\" in IPv6 host {hostport:?}"))
         })?;
@@ -92,25 +120,10 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
                 ConnInfoError::Syntax(format!("unexpected {p:?} after IPv6 host"))
             })?,
         };
-        (host, port)
+        Ok((host, port))
     } else {
-        hostport.split_once(':').unwrap_or((hostport, ""))
-    };
-    if host.contains(',') {
-        return Err(ConnInfoError::Syntax(
-            "multiple hosts are not supported: give one host".to_string(),
-        ));
+        Ok(hostport.split_once(':').unwrap_or((hostport, "")))
     }
-    pairs.push(("host".to_string(), percent_decode(host)?));
-    pairs.push(("port".to_string(), percent_decode(port)?));
-    pairs.push(("dbname".to_string(), percent_decode(dbname)?));
-    for param in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = param.split_once('=').ok_or_else(|| {
-            ConnInfoError::Syntax(format!("missing \"=\" in URL parameter {param:?}"))
-        })?;
-        pairs.push((percent_decode(key)?, percent_decode(value)?));
-    }
-    Ok(pairs)
 }
 
 /// Decode `%XX` escapes; `+` stays a plus sign, as in libpq.
@@ -210,6 +223,18 @@ mod tests {
             owned(&[("host", ""), ("port", ""), ("dbname", "")])
         );
         assert_eq!(
+            pairs("postgresql://a:5432,[::1]:5433,c/db"),
+            owned(&[
+                ("host", "a,::1,c"),
+                ("port", "5432,5433,"),
+                ("dbname", "db")
+            ])
+        );
+        assert_eq!(
+            pairs("postgresql://a,b"),
+            owned(&[("host", "a,b"), ("port", ""), ("dbname", "")])
+        );
+        assert_eq!(
             pairs("postgresql://u+x@h")[0],
             ("user".into(), "u+x".into())
         );
@@ -224,7 +249,7 @@ mod tests {
             "postgresql://h%2/db",
             "postgresql://h%zz",
             "postgresql://h%00",
-            "postgresql://a,b/db",
+            "postgresql://a,[::1/db",
         ] {
             assert!(parse_pairs(bad).is_err(), "{bad}");
         }

@@ -54,6 +54,8 @@ pub enum StartOutcome {
 pub struct ReplicationClient {
     pub(crate) conn: Connection,
     server_version_num: u32,
+    /// The host reached (`host:port` or socket path).
+    host: String,
 }
 
 impl ReplicationClient {
@@ -62,13 +64,20 @@ impl ReplicationClient {
     /// the server says 'N'; require = encrypt without verifying; verify-ca = verify chain
     /// against sslrootcert but not host name; verify-full = chain + host name; never on
     /// Unix sockets, as libpq); auth: trust, cleartext, md5, SCRAM-SHA-256 (without
-    /// channel binding). The whole attempt is bounded by `connect_timeout`.
+    /// channel binding). Each host's attempt is bounded by `connect_timeout`; with several
+    /// hosts, the first that matches `target_session_attrs` (`any` when unset) is used.
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationClient, ReplicationError> {
         let session = startup::connect(info, startup::SessionKind::Walsender).await?;
         Ok(ReplicationClient {
             conn: session.conn,
             server_version_num: version_num(&session.server_version),
+            host: session.target,
         })
+    }
+
+    /// The host this connection reached, `host:port` or the socket path.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The server's version as `PG_VERSION_NUM`, e.g. 150018 for 15.18; 0 if the server

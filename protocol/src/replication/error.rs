@@ -79,6 +79,20 @@ pub enum ReplicationError {
     /// Reading or writing the established connection failed.
     #[error("connection i/o failed: {0}")]
     Io(#[from] io::Error),
+    /// The server was reached but is not what `target_session_attrs` asks for.
+    #[error("{target} is {found}, not what target_session_attrs={wanted} asks for")]
+    WrongRole {
+        target: String,
+        wanted: crate::conninfo::TargetSessionAttrs,
+        found: &'static str,
+    },
+    /// Several hosts were given and none could be used; each host's reason, in order.
+    #[error("no host of the connection string could be used: {}; HINT: check that the servers are running and that one of them is what target_session_attrs asks for", attempts.join("; "))]
+    NoHostMatched {
+        attempts: Vec<String>,
+        /// Every host failed in a way a later attempt may cure.
+        all_transient: bool,
+    },
     /// The server's version lacks a command we need.
     #[error("{what} needs PostgreSQL {needs}+, the server is {server_version_num}")]
     Unsupported {
@@ -139,7 +153,10 @@ impl ReplicationError {
             ReplicationError::Connect { .. }
             | ReplicationError::ConnectTimeout { .. }
             | ReplicationError::Closed
-            | ReplicationError::Io(_) => true,
+            | ReplicationError::Io(_)
+            // A standby may be promoted, a primary may come back as a standby.
+            | ReplicationError::WrongRole { .. } => true,
+            ReplicationError::NoHostMatched { all_transient, .. } => *all_transient,
             ReplicationError::Server(e) => e.code.starts_with("57P"),
             _ => false,
         }

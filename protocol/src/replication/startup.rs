@@ -1,6 +1,9 @@
 //! Opening a connection: socket, SSLRequest and TLS handshake per `sslmode`, the startup
 //! message (with `replication=true` for a walsender, without for a plain SQL session), and
-//! authentication (trust, cleartext, MD5, SCRAM-SHA-256), all within `connect_timeout`.
+//! authentication (trust, cleartext, MD5, SCRAM-SHA-256), all within `connect_timeout`;
+//! with several hosts, each in turn until one matches `target_session_attrs` (libpq's
+//! rules, judged by the `in_hot_standby` and `default_transaction_read_only` parameters
+//! that PostgreSQL 14+ reports at startup, walsenders included).
 
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -12,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 use super::connection::{log_notice, server_error, Backend, Connection, Socket};
 use super::error::ReplicationError;
 use super::tls;
-use crate::conninfo::{ConnInfo, Host, SslMode};
+use crate::conninfo::{ConnInfo, Endpoint, Host, SslMode, TargetSessionAttrs};
 
 /// Which kind of backend the startup message asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,25 +31,105 @@ pub(crate) struct Session {
     pub(crate) conn: Connection,
     /// The `server_version` parameter, e.g. `15.18 (Debian 15.18-1.pgdg120+1)`.
     pub(crate) server_version: String,
+    /// What the server reported about itself at startup.
+    pub(crate) state: ServerState,
+    /// The host reached, `host:port` or the socket path.
+    pub(crate) target: String,
 }
 
-/// Connect and log in, giving up after `info.connect_timeout`.
+/// The startup parameters that tell a primary from a standby (PostgreSQL 14+).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ServerState {
+    pub(crate) in_hot_standby: Option<bool>,
+    pub(crate) default_transaction_read_only: Option<bool>,
+}
+
+/// Connect and log in to the first host of `info` that matches its
+/// `target_session_attrs` (`any` when unset), each attempt bounded by
+/// `info.connect_timeout`. With one host its own error is returned; with several,
+/// `NoHostMatched` lists every host's.
 pub(crate) async fn connect(
     info: &ConnInfo,
     kind: SessionKind,
 ) -> Result<Session, ReplicationError> {
-    let target = info.endpoint();
-    let attempt = establish(info, &target, kind);
-    match info.connect_timeout {
-        None => attempt.await,
-        Some(timeout) => tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| ReplicationError::ConnectTimeout { target, timeout })?,
+    let wanted = info.target_session_attrs.unwrap_or_default();
+    // prefer-standby: the standbys first, then any server (libpq tries all hosts again).
+    let passes: &[TargetSessionAttrs] = match wanted {
+        TargetSessionAttrs::PreferStandby => {
+            &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
+        }
+        _ => std::slice::from_ref(&wanted),
+    };
+    let mut failures = Vec::new();
+    for pass in passes {
+        for endpoint in info.hosts() {
+            match connect_one(info, endpoint, kind, *pass).await {
+                Ok(session) => return Ok(session),
+                Err(e) => {
+                    tracing::debug!(host = %endpoint.describe(), error = %e, "host not used");
+                    failures.push(e);
+                }
+            }
+        }
+    }
+    if failures.len() == 1 {
+        return Err(failures.remove(0));
+    }
+    Err(ReplicationError::NoHostMatched {
+        attempts: failures.iter().map(ToString::to_string).collect(),
+        all_transient: failures.iter().all(ReplicationError::is_connection_failure),
+    })
+}
+
+/// One host: connect, log in, and check it is what `wanted` asks for.
+async fn connect_one(
+    info: &ConnInfo,
+    endpoint: &Endpoint,
+    kind: SessionKind,
+    wanted: TargetSessionAttrs,
+) -> Result<Session, ReplicationError> {
+    let target = endpoint.describe();
+    let attempt = establish(info, endpoint, &target, kind);
+    let session = match info.connect_timeout {
+        None => attempt.await?,
+        Some(timeout) => tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+            ReplicationError::ConnectTimeout {
+                target: target.clone(),
+                timeout,
+            }
+        })??,
+    };
+    if wanted == TargetSessionAttrs::Any {
+        return Ok(session);
+    }
+    let (Some(in_hot_standby), Some(read_only)) = (
+        session.state.in_hot_standby,
+        session.state.default_transaction_read_only,
+    ) else {
+        return Err(ReplicationError::Protocol(format!(
+            "{target} did not report in_hot_standby and default_transaction_read_only at startup (PostgreSQL 14+ does), so target_session_attrs={wanted} cannot be checked"
+        )));
+    };
+    if wanted.accepts(in_hot_standby, read_only) {
+        Ok(session)
+    } else {
+        Err(ReplicationError::WrongRole {
+            target,
+            wanted,
+            found: if in_hot_standby {
+                "a standby (in hot standby)"
+            } else if read_only {
+                "a primary with default_transaction_read_only = on"
+            } else {
+                "a primary (read-write)"
+            },
+        })
     }
 }
 
 async fn establish(
     info: &ConnInfo,
+    endpoint: &Endpoint,
     target: &str,
     kind: SessionKind,
 ) -> Result<Session, ReplicationError> {
@@ -54,17 +137,25 @@ async fn establish(
         target: target.to_string(),
         source,
     };
-    let socket = match &info.host {
+    let socket = match (&endpoint.host, endpoint.hostaddr) {
         // libpq never uses TLS on Unix sockets, whatever sslmode says.
-        Host::Unix(dir) => Socket::Unix(
-            UnixStream::connect(info.socket_path(dir))
+        (Host::Unix(dir), None) => Socket::Unix(
+            UnixStream::connect(endpoint.socket_path(dir))
                 .await
                 .map_err(connect_error)?,
         ),
-        Host::Tcp(host) => {
-            let tcp = TcpStream::connect((host.as_str(), info.port))
-                .await
-                .map_err(connect_error)?;
+        (host, addr) => {
+            // hostaddr is connected to; the host name (if any) is what TLS verifies.
+            let name = match host {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(_) => addr.map(|a| a.to_string()).unwrap_or_default(),
+            };
+            let tcp = match addr {
+                Some(a) => TcpStream::connect((a, endpoint.port)).await,
+                None => TcpStream::connect((name.as_str(), endpoint.port)).await,
+            }
+            .map_err(connect_error)?;
+            let host = &name;
             tcp.set_nodelay(true)?;
             negotiate_tls(tcp, host, info, target).await?
         }
@@ -82,11 +173,13 @@ async fn establish(
     }
     frontend::startup_message(params, &mut conn.write_buf)?;
     conn.flush().await?;
-    let server_version = authenticate(&mut conn, info, target).await?;
-    tracing::debug!(target_addr = %target, %server_version, ?kind, "connection ready");
+    let (server_version, state) = authenticate(&mut conn, info, endpoint, target).await?;
+    tracing::debug!(target_addr = %target, %server_version, ?state, ?kind, "connection ready");
     Ok(Session {
         conn,
         server_version,
+        state,
+        target: target.to_string(),
     })
 }
 
@@ -133,18 +226,20 @@ async fn negotiate_tls(
     }
 }
 
-/// Answer authentication requests until ReadyForQuery; returns `server_version`.
+/// Answer authentication requests until ReadyForQuery; returns `server_version` and the
+/// reported server state.
 async fn authenticate(
     conn: &mut Connection,
     info: &ConnInfo,
+    endpoint: &Endpoint,
     target: &str,
-) -> Result<String, ReplicationError> {
+) -> Result<(String, ServerState), ReplicationError> {
     let auth_error = |reason: String| ReplicationError::Auth {
         target: target.to_string(),
         reason,
     };
     let password = || {
-        info.password().ok_or_else(|| {
+        info.password_for(endpoint).ok_or_else(|| {
             auth_error(
                 "the server asks for a password and none was given; set password=, PGPASSWORD or a password file"
                     .to_string(),
@@ -153,6 +248,7 @@ async fn authenticate(
     };
     let mut scram: Option<ScramSha256> = None;
     let mut server_version = String::new();
+    let mut state = ServerState::default();
     loop {
         let message = match conn.read_message().await? {
             Backend::Message(m) => m,
@@ -221,13 +317,19 @@ async fn authenticate(
                 ))
             }
             Message::ParameterStatus(body) => {
-                if body.name()? == "server_version" {
-                    server_version = body.value()?.to_string();
+                let on = |v: &str| v == "on";
+                match body.name()? {
+                    "server_version" => server_version = body.value()?.to_string(),
+                    "in_hot_standby" => state.in_hot_standby = Some(on(body.value()?)),
+                    "default_transaction_read_only" => {
+                        state.default_transaction_read_only = Some(on(body.value()?))
+                    }
+                    _ => {}
                 }
             }
             Message::NoticeResponse(body) => log_notice(body.fields()),
             Message::ErrorResponse(body) => return Err(server_error(body.fields())),
-            Message::ReadyForQuery(_) => return Ok(server_version),
+            Message::ReadyForQuery(_) => return Ok((server_version, state)),
             _ => {
                 return Err(ReplicationError::Protocol(
                     "unexpected message during startup".to_string(),
