@@ -1,0 +1,297 @@
+//! `restore --delta`: rebuild an existing data directory (a failed old primary) from a
+//! backup, writing only what differs. Before anything is fetched, [`survey`] walks the
+//! directory and its tablespace directories without following a link: a regular file
+//! whose size and CRC-32C equal those PostgreSQL's `backup_manifest` (stored with every
+//! backup; BASE_BACKUP computes the checksums) records for it is kept; every other file,
+//! link or special file is removed — stale copies, and everything the backup does not
+//! hold (old WAL in `pg_wal`, replication slots, `postmaster.pid`). Unpacking then leaves
+//! the kept files out, and [`prune_dirs`] removes the directories the backup lacks, so
+//! the directory ends exactly as a fresh restore would leave it. A server still running
+//! there ([`running_server`]) is refused first.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tidemark_protocol::crc32c::Crc32c;
+
+/// Why a delta restore cannot go ahead.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("a server is running in {} (postmaster.pid names pid {pid}, which is alive); --delta never writes under a running server; HINT: stop it first (pg_ctl stop -D {}); if no PostgreSQL runs there, remove postmaster.pid", pgdata.display(), pgdata.display())]
+    Running { pgdata: PathBuf, pid: i32 },
+    #[error("backup {backup} has no backup_manifest, so --delta cannot tell which files are unchanged; HINT: restore into an empty directory, or take a new backup with tidemark backup")]
+    NoManifest { backup: String },
+    #[error("the backup_manifest of backup {backup} cannot be read: {source}; HINT: restore into an empty directory instead")]
+    BadManifest {
+        backup: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DeltaError + '_ {
+    move |source| DeltaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The pid in `<pgdata>/postmaster.pid` if that process is alive (a pid file left by a
+/// crashed server names a dead one, or one this user may not signal: `EPERM` counts as
+/// alive).
+pub fn running_server(pgdata: &Path) -> Option<i32> {
+    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    // SAFETY: signal 0 only checks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(pid)
+}
+
+/// The part of `backup_manifest` a delta needs.
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    #[serde(rename = "Files")]
+    files: Vec<ManifestFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestFile {
+    /// Absent for a name that is not UTF-8 (`Encoded-Path`): such a file is rewritten.
+    #[serde(rename = "Path")]
+    path: Option<String>,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "Checksum-Algorithm")]
+    algorithm: Option<String>,
+    #[serde(rename = "Checksum")]
+    checksum: Option<String>,
+}
+
+/// What the directory held before unpacking.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Survey {
+    /// Files kept as they are (absolute paths).
+    pub keep: HashSet<PathBuf>,
+    pub kept_bytes: u64,
+    /// Files the backup holds with other contents, removed to be written again.
+    pub stale_files: u64,
+    /// Files, links and special files the backup does not hold, removed.
+    pub extra_files: u64,
+}
+
+/// Where each manifest path lives on disk: `pg_tblspc/<oid>/…` in that tablespace's
+/// restored directory, the rest under `pgdata`.
+fn on_disk(path: &str, pgdata: &Path, tablespaces: &[(String, PathBuf)]) -> PathBuf {
+    if let Some(rest) = path.strip_prefix("pg_tblspc/") {
+        if let Some((oid, inner)) = rest.split_once('/') {
+            if let Some((_, dir)) = tablespaces.iter().find(|(o, _)| o == oid) {
+                return dir.join(inner);
+            }
+        }
+    }
+    pgdata.join(path)
+}
+
+/// The CRC-32C of the file at `path`.
+fn crc32c_of(path: &Path) -> io::Result<u32> {
+    let mut file = File::open(path)?;
+    let mut crc = Crc32c::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(crc.finish());
+        }
+        crc.update(&buf[..n]);
+    }
+}
+
+/// Compare `pgdata` and the `tablespaces` directories (oid, directory) with the manifest
+/// `manifest` (of backup `backup`, for messages): keep what matches, remove the rest.
+pub fn survey(
+    manifest: &[u8],
+    backup: &str,
+    pgdata: &Path,
+    tablespaces: &[(String, PathBuf)],
+) -> Result<Survey, DeltaError> {
+    let parsed: Manifest =
+        serde_json::from_slice(manifest).map_err(|source| DeltaError::BadManifest {
+            backup: backup.to_string(),
+            source,
+        })?;
+    let wanted: HashMap<PathBuf, (u64, Option<u32>)> = parsed
+        .files
+        .iter()
+        .filter_map(|f| {
+            let crc = match (&f.algorithm, &f.checksum) {
+                (Some(a), Some(c)) if a.eq_ignore_ascii_case("CRC32C") => {
+                    u32::from_str_radix(c, 16).ok()
+                }
+                _ => None,
+            };
+            Some((
+                on_disk(f.path.as_deref()?, pgdata, tablespaces),
+                (f.size, crc),
+            ))
+        })
+        .collect();
+    let mut survey = Survey::default();
+    let roots = std::iter::once(pgdata).chain(tablespaces.iter().map(|(_, d)| d.as_path()));
+    for root in roots {
+        let mut dirs = match fs::symlink_metadata(root) {
+            Ok(m) if m.is_dir() => vec![root.to_path_buf()],
+            _ => continue,
+        };
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+                let entry = entry.map_err(io_at(&dir))?;
+                let path = entry.path();
+                let kind = entry.file_type().map_err(io_at(&path))?;
+                if kind.is_dir() {
+                    // A tablespace directory nested in another root is surveyed as its own.
+                    if !tablespaces.iter().any(|(_, d)| *d == path) {
+                        dirs.push(path);
+                    }
+                    continue;
+                }
+                let matches = match (kind.is_file(), wanted.get(&path)) {
+                    (true, Some(&(size, Some(crc)))) => {
+                        let len = entry.metadata().map_err(io_at(&path))?.len();
+                        len == size && crc32c_of(&path).map_err(io_at(&path))? == crc
+                    }
+                    _ => false,
+                };
+                if matches {
+                    survey.kept_bytes += wanted[&path].0;
+                    survey.keep.insert(path);
+                    continue;
+                }
+                match wanted.contains_key(&path) {
+                    true => survey.stale_files += 1,
+                    false => survey.extra_files += 1,
+                }
+                fs::remove_file(&path).map_err(io_at(&path))?;
+            }
+        }
+    }
+    Ok(survey)
+}
+
+/// After unpacking: remove the directories under `roots` that the backup does not hold
+/// (not in `seen`; the roots themselves stay). Returns how many were removed.
+pub fn prune_dirs(roots: &[PathBuf], seen: &HashSet<PathBuf>) -> Result<u64, DeltaError> {
+    let mut removed = 0;
+    for root in roots {
+        let mut order = Vec::new();
+        let mut pending = vec![root.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_at(&dir))?;
+                if entry.file_type().map_err(io_at(&dir))?.is_dir() {
+                    pending.push(entry.path());
+                }
+            }
+            order.push(dir);
+        }
+        // Deepest first, so a parent is empty by the time it is removed.
+        for dir in order.iter().skip(1).rev() {
+            if !seen.contains(dir) && !roots.contains(dir) {
+                fs::remove_dir(dir).map_err(io_at(dir))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let files: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(path, body)| {
+                let mut crc = Crc32c::new();
+                crc.update(body);
+                serde_json::json!({
+                    "Path": path, "Size": body.len(), "Last-Modified": "2026-12-02 12:00:00 GMT",
+                    "Checksum-Algorithm": "CRC32C", "Checksum": format!("{:08x}", crc.finish()),
+                })
+            })
+            .collect();
+        serde_json::to_vec(
+            &serde_json::json!({"PostgreSQL-Backup-Manifest-Version": 1, "Files": files}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn matching_files_are_kept_and_everything_else_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ts = dir.path().join("ts/16400");
+        fs::create_dir_all(data.join("base/1")).unwrap();
+        fs::create_dir_all(data.join("pg_wal")).unwrap();
+        fs::create_dir_all(&ts).unwrap();
+        fs::write(data.join("PG_VERSION"), b"15\n").unwrap();
+        fs::write(data.join("base/1/100"), b"same").unwrap();
+        fs::write(data.join("base/1/101"), b"changed").unwrap();
+        fs::write(data.join("pg_wal/000000010000000000000003"), b"old wal").unwrap();
+        fs::write(data.join("postmaster.pid"), b"999999999\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", data.join("link")).unwrap();
+        fs::write(ts.join("200"), b"tablespace").unwrap();
+        let m = manifest(&[
+            ("PG_VERSION", b"15\n"),
+            ("base/1/100", b"same"),
+            ("base/1/101", b"differs"),
+            ("pg_tblspc/16400/200", b"tablespace"),
+        ]);
+        let tablespaces = vec![("16400".to_string(), ts.clone())];
+        let s = survey(&m, "b", &data, &tablespaces).unwrap();
+        let keep = HashSet::from([
+            data.join("PG_VERSION"),
+            data.join("base/1/100"),
+            ts.join("200"),
+        ]);
+        assert_eq!(s.keep, keep);
+        assert_eq!(s.kept_bytes, 3 + 4 + 10);
+        assert_eq!((s.stale_files, s.extra_files), (1, 3));
+        assert!(!data.join("base/1/101").exists());
+        assert!(!data.join("pg_wal/000000010000000000000003").exists());
+        assert!(fs::symlink_metadata(data.join("link")).is_err());
+        assert!(Path::new("/etc/passwd").exists());
+        assert_eq!(running_server(&data), None);
+
+        fs::create_dir_all(data.join("base/99/sub")).unwrap();
+        let seen = HashSet::from([data.join("base"), data.join("base/1"), data.join("pg_wal")]);
+        let removed = prune_dirs(&[data.clone(), ts.clone()], &seen).unwrap();
+        assert_eq!(removed, 2);
+        assert!(data.join("base/1").is_dir() && !data.join("base/99").exists());
+    }
+
+    #[test]
+    fn a_live_pid_is_a_running_server() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(running_server(dir.path()), None);
+        let me = std::process::id() as i32;
+        fs::write(dir.path().join("postmaster.pid"), format!("{me}\n/data\n")).unwrap();
+        assert_eq!(running_server(dir.path()), Some(me));
+    }
+}
