@@ -8,6 +8,12 @@
 //! the kept files out, and [`prune_dirs`] removes the directories the backup lacks, so
 //! the directory ends exactly as a fresh restore would leave it. A server still running
 //! there ([`running_server`]) is refused first.
+//!
+//! CRC-32C cannot tell apart two files that each end in their own CRC-32C (then padding):
+//! the CRC of a message followed by its CRC is a constant. `pg_control`, the relation map
+//! files, two-phase state files and the replication origin checkpoint are such files, so
+//! they are always written ([`self_checksummed`]); a stale `pg_control` kept looked
+//! valid and sent recovery to the old timeline.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -105,6 +111,29 @@ fn on_disk(path: &str, pgdata: &Path, tablespaces: &[(String, PathBuf)]) -> Path
     pgdata.join(path)
 }
 
+/// Files PostgreSQL ends with their own CRC-32C (followed by nothing but padding): every
+/// version of one has the same CRC-32C, so a match proves nothing.
+fn self_checksummed(path: &str) -> bool {
+    path == "global/pg_control"
+        || path == "pg_logical/replorigin_checkpoint"
+        || path.starts_with("pg_twophase/")
+        || path.rsplit('/').next() == Some("pg_filenode.map")
+}
+
+/// A manifest's CRC-32C: PostgreSQL writes the checksum's bytes as they lie in memory
+/// (`pg_checksum_final` copies the `uint32`), hex-encoded — little-endian on every
+/// platform tidemark runs on.
+fn manifest_crc32c(hex: &str) -> Option<u32> {
+    if hex.len() != 8 || !hex.is_ascii() {
+        return None;
+    }
+    let mut bytes = [0u8; 4];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(u32::from_le_bytes(bytes))
+}
+
 /// The CRC-32C of the file at `path`.
 fn crc32c_of(path: &Path) -> io::Result<u32> {
     let mut file = File::open(path)?;
@@ -137,15 +166,12 @@ pub fn survey(
         .iter()
         .filter_map(|f| {
             let crc = match (&f.algorithm, &f.checksum) {
-                (Some(a), Some(c)) if a.eq_ignore_ascii_case("CRC32C") => {
-                    u32::from_str_radix(c, 16).ok()
-                }
+                (Some(a), Some(c)) if a.eq_ignore_ascii_case("CRC32C") => manifest_crc32c(c),
                 _ => None,
             };
-            Some((
-                on_disk(f.path.as_deref()?, pgdata, tablespaces),
-                (f.size, crc),
-            ))
+            let path = f.path.as_deref()?;
+            let crc = crc.filter(|_| !self_checksummed(path));
+            Some((on_disk(path, pgdata, tablespaces), (f.size, crc)))
         })
         .collect();
     let mut survey = Survey::default();
@@ -232,7 +258,7 @@ mod tests {
                 crc.update(body);
                 serde_json::json!({
                     "Path": path, "Size": body.len(), "Last-Modified": "2026-12-02 12:00:00 GMT",
-                    "Checksum-Algorithm": "CRC32C", "Checksum": format!("{:08x}", crc.finish()),
+                    "Checksum-Algorithm": "CRC32C", "Checksum": crc.finish().to_le_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>(),
                 })
             })
             .collect();
@@ -284,6 +310,54 @@ mod tests {
         let removed = prune_dirs(&[data.clone(), ts.clone()], &seen).unwrap();
         assert_eq!(removed, 2);
         assert!(data.join("base/1").is_dir() && !data.join("base/99").exists());
+    }
+
+    #[test]
+    fn manifest_checksums_are_the_crcs_bytes_in_memory_order() {
+        // The CRC-32C check value ("123456789": 0xE3069283) as a manifest writes it.
+        assert_eq!(manifest_crc32c("839206e3"), Some(0xE306_9283));
+        assert_eq!(manifest_crc32c("8392"), None);
+        assert_eq!(manifest_crc32c("zz9206e3"), None);
+    }
+
+    /// A block like pg_control: a message, its CRC-32C (little-endian), zero padding.
+    fn self_checked(message: &[u8]) -> Vec<u8> {
+        let mut crc = Crc32c::new();
+        crc.update(message);
+        let mut block = message.to_vec();
+        block.extend(crc.finish().to_le_bytes());
+        block.resize(8192, 0);
+        block
+    }
+
+    #[test]
+    fn a_stale_pg_control_with_the_same_crc32c_is_written_not_kept() {
+        let (ours, theirs) = (
+            self_checked(b"timeline 2, shut down"),
+            self_checked(b"timeline 1, in backup"),
+        );
+        let crc = |b: &[u8]| {
+            let mut c = Crc32c::new();
+            c.update(b);
+            c.finish()
+        };
+        assert_eq!(
+            crc(&ours),
+            crc(&theirs),
+            "the CRC residue makes them collide"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("global")).unwrap();
+        fs::create_dir_all(dir.path().join("base/5")).unwrap();
+        fs::write(dir.path().join("global/pg_control"), &ours).unwrap();
+        fs::write(dir.path().join("base/5/pg_filenode.map"), &ours).unwrap();
+        let m = manifest(&[
+            ("global/pg_control", &theirs),
+            ("base/5/pg_filenode.map", &theirs),
+        ]);
+        let s = survey(&m, "b", dir.path(), &[]).unwrap();
+        assert!(s.keep.is_empty(), "{s:?}");
+        assert_eq!(s.stale_files, 2);
     }
 
     #[test]
