@@ -65,10 +65,15 @@ fn a_restored_standby_streams_from_the_primary() {
         let data = dir.path().join("data");
         let port = tidemark_fixtures::free_port().to_string();
         let conninfo = primary.conninfo_as("pwuser", Some("pwsecret"));
+        primary
+            .psql("SELECT pg_create_physical_replication_slot('replica_1')")
+            .unwrap();
         let args = [
             "--standby",
             "--primary-conninfo",
             &conninfo,
+            "--primary-slot-name",
+            "replica_1",
             "--start-timeout",
             "90",
         ];
@@ -170,7 +175,9 @@ fn patroni_create_replica_method_builds_a_standby() {
 
     // A bootstrap method: a new cluster restored to a time (Patroni passes scope and
     // datadir; the target is part of the method's command).
-    share_with_postgres(&archiver.repo_dir_for_postgres());
+    // Phase 3's segment complete and readable by the server's user (the partial segment
+    // the archiver keeps rewriting is its own until then).
+    archive_all(&primary, &mut archiver);
     let dir = tidemark_fixtures::test_dir("patroni-bootstrap");
     let datadir = format!("--datadir={}", dir.path().join("data").display());
     let out = patroni(&["--target-time", &t, "--scope=demo", &datadir]);
@@ -201,11 +208,12 @@ fn a_delta_restore_over_a_stale_copy_rewrites_only_changed_files_and_is_exact() 
              CHECKPOINT;",
         )
         .unwrap();
-    rows(&origin, 1);
     backup(&archiver, &[]);
+    let first = rows(&origin, 1).to_string();
     archive_all(&origin, &mut archiver);
     // The stale copy: restored from the first backup, run, stopped (an old primary).
-    let mut copy = start_recovered(restore_into(&archiver, &[]), options(15));
+    let copy = restore_into(&archiver, &["--target-lsn", &first]);
+    let mut copy = start_recovered(copy, options(15));
     copy.stop().unwrap();
 
     // The origin moves on: a few tables change, then a second backup.
