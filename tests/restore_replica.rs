@@ -293,3 +293,48 @@ fn a_delta_restore_into_a_running_servers_directory_is_refused() {
     assert!(!journal.exists());
     assert_eq!(origin.psql(PHASES).unwrap(), "1:100");
 }
+
+#[test]
+fn a_standby_that_cannot_reach_its_primary_says_why_within_its_timeout() {
+    let (primary, _repo, mut archiver) = archived(15);
+    rows(&primary, 1);
+    backup(&archiver, &[]);
+    archive_all(&primary, &mut archiver);
+    let dir = tidemark_fixtures::test_dir("lost-standby");
+    let data = dir.path().join("data");
+    let port = tidemark_fixtures::free_port().to_string();
+    let nowhere = format!(
+        "host=127.0.0.1 port={} user=postgres",
+        tidemark_fixtures::free_port()
+    );
+    let out = restore_start(
+        &archiver,
+        &data,
+        &port,
+        &[
+            "--standby",
+            "--primary-conninfo",
+            &nowhere,
+            "--start-timeout",
+            "5",
+        ],
+    );
+    let err = stderr(&out);
+    // The server keeps trying as a standby: stop it.
+    let pid: i32 = fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse().ok())
+        .expect("the standby is still running");
+    // SAFETY: stopping the server this test's restore started.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    wait_for("the standby to stop", Duration::from_secs(30), || {
+        // SAFETY: probing whether the pid still exists.
+        (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+    });
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("did not start streaming"), "{err}");
+    assert!(
+        err.contains("could not connect to the primary server"),
+        "{err}"
+    );
+}
