@@ -338,3 +338,27 @@ fn a_standby_that_cannot_reach_its_primary_says_why_within_its_timeout() {
         "{err}"
     );
 }
+
+#[test]
+fn a_delta_restore_over_another_clusters_or_a_non_data_directory_is_refused() {
+    let (origin, _repo, mut archiver) = archived(15);
+    rows(&origin, 1);
+    backup(&archiver, &[]);
+    archive_all(&origin, &mut archiver);
+    let mut other = Cluster::start(options(15)).expect("another cluster");
+    other.stop().unwrap();
+    let dir = tidemark_fixtures::test_dir("not-data");
+    fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    for (target, needle) in [
+        (other.data_dir(), "holds another cluster"),
+        (dir.path(), "holds no PostgreSQL data directory"),
+    ] {
+        let before = fs::read_dir(target).unwrap().count();
+        let out =
+            run(archiver.command(&["restore", "--delta", "--pgdata", target.to_str().unwrap()]));
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+        assert_eq!(fs::read_dir(target).unwrap().count(), before, "written");
+    }
+    assert!(dir.path().join("notes.txt").exists());
+}

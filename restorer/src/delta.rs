@@ -7,7 +7,8 @@
 //! hold (old WAL in `pg_wal`, replication slots, `postmaster.pid`). Unpacking then leaves
 //! the kept files out, and [`prune_dirs`] removes the directories the backup lacks, so
 //! the directory ends exactly as a fresh restore would leave it. A server still running
-//! there ([`running_server`]) is refused first.
+//! there ([`running_server`]) is refused first, and so is a directory that holds another
+//! cluster, or is not a data directory at all ([`check_same_cluster`]).
 //!
 //! CRC-32C cannot tell apart two files that each end in their own CRC-32C (then padding):
 //! the CRC of a message followed by its CRC is a constant. `pg_control`, the relation map
@@ -28,6 +29,15 @@ use tidemark_protocol::crc32c::Crc32c;
 pub enum DeltaError {
     #[error("a server is running in {} (postmaster.pid names pid {pid}, which is alive); --delta never writes under a running server; HINT: stop it first (pg_ctl stop -D {}); if no PostgreSQL runs there, remove postmaster.pid", pgdata.display(), pgdata.display())]
     Running { pgdata: PathBuf, pid: i32 },
+    #[error("{} holds another cluster (system identifier {found}) than backup {backup} (system identifier {expected}); --delta removes whatever the backup lacks, so it only rebuilds the same cluster; HINT: check --pgdata, or restore into an empty directory", pgdata.display())]
+    OtherCluster {
+        pgdata: PathBuf,
+        found: u64,
+        expected: u64,
+        backup: String,
+    },
+    #[error("{} is not empty and holds no PostgreSQL data directory (no global/pg_control); --delta removes whatever the backup lacks, so it only rebuilds a data directory; HINT: check --pgdata, or restore into an empty directory", .0.display())]
+    NotADataDirectory(PathBuf),
     #[error("backup {backup} has no backup_manifest, so --delta cannot tell which files are unchanged; HINT: restore into an empty directory, or take a new backup with tidemark backup")]
     NoManifest { backup: String },
     #[error("the backup_manifest of backup {backup} cannot be read: {source}; HINT: restore into an empty directory instead")]
@@ -64,6 +74,40 @@ pub fn running_server(pgdata: &Path) -> Option<i32> {
     let alive = unsafe { libc::kill(pid, 0) } == 0
         || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     alive.then_some(pid)
+}
+
+/// Check that `pgdata` may be rebuilt from a backup of cluster `expected` (backup
+/// `backup`): absent or empty, or a data directory of that cluster — its
+/// `global/pg_control` starts with the system identifier (native endian).
+pub fn check_same_cluster(pgdata: &Path, expected: u64, backup: &str) -> Result<(), DeltaError> {
+    match fs::read_dir(pgdata) {
+        Ok(mut entries) => {
+            if entries.next().is_none() {
+                return Ok(());
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_at(pgdata)(e)),
+    }
+    let control = pgdata.join("global/pg_control");
+    let mut first = [0u8; 8];
+    match File::open(&control).and_then(|mut f| f.read_exact(&mut first)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(DeltaError::NotADataDirectory(pgdata.to_path_buf()))
+        }
+        Err(e) => return Err(io_at(&control)(e)),
+    }
+    let found = u64::from_ne_bytes(first);
+    if found != expected {
+        return Err(DeltaError::OtherCluster {
+            pgdata: pgdata.to_path_buf(),
+            found,
+            expected,
+            backup: backup.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// The part of `backup_manifest` a delta needs.
@@ -358,6 +402,32 @@ mod tests {
         let s = survey(&m, "b", dir.path(), &[]).unwrap();
         assert!(s.keep.is_empty(), "{s:?}");
         assert_eq!(s.stale_files, 2);
+    }
+
+    #[test]
+    fn only_the_backed_up_clusters_directory_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        check_same_cluster(&data, 7, "b").unwrap();
+        fs::create_dir_all(data.join("global")).unwrap();
+        check_same_cluster(&data, 7, "b").unwrap_err();
+        let mut control = 7u64.to_ne_bytes().to_vec();
+        control.resize(8192, 0);
+        fs::write(data.join("global/pg_control"), &control).unwrap();
+        check_same_cluster(&data, 7, "b").unwrap();
+        match check_same_cluster(&data, 8, "b") {
+            Err(DeltaError::OtherCluster {
+                found: 7,
+                expected: 8,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        fs::remove_file(data.join("global/pg_control")).unwrap();
+        assert!(matches!(
+            check_same_cluster(&data, 7, "b"),
+            Err(DeltaError::NotADataDirectory(_))
+        ));
     }
 
     #[test]

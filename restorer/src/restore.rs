@@ -18,7 +18,7 @@ use tidemark_store::repository::{RepoError, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::delta::{prune_dirs, running_server, survey, DeltaError, Survey};
+use crate::delta::{check_same_cluster, prune_dirs, running_server, survey, DeltaError, Survey};
 use crate::journal::{Interrupted, Journal};
 use crate::plan::{plan, Plan, PlanError, PlanRequest};
 use crate::recovery_conf::{RecoverySettings, Standby};
@@ -160,6 +160,11 @@ pub async fn plan_restore(repo: &Repository, opts: &RestoreOptions) -> Result<Pl
             }
             .into());
         }
+        check_same_cluster(
+            &opts.pgdata,
+            plan.backup.system_identifier,
+            plan.backup.id.as_str(),
+        )?;
         if plan.backup.manifest_key.is_none() {
             return Err(DeltaError::NoManifest {
                 backup: plan.backup.id.to_string(),
