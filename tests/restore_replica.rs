@@ -197,8 +197,23 @@ fn number_after(text: &str, prefix: &str) -> f64 {
 
 #[test]
 fn a_delta_restore_over_a_stale_copy_rewrites_only_changed_files_and_is_exact() {
+    let ts = tidemark_fixtures::test_dir("delta-ts");
+    let chown = std::process::Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(ts.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
     let (origin, _repo, mut archiver) = archived(15);
     origin.pgbench_init(1).unwrap();
+    origin
+        .psql(&format!(
+            "CREATE TABLESPACE ts LOCATION '{}';
+             CREATE TABLE in_ts(id int) TABLESPACE ts; CREATE TABLE same_in_ts(id int) TABLESPACE ts;
+             INSERT INTO in_ts SELECT generate_series(1, 1000); INSERT INTO same_in_ts SELECT generate_series(1, 1000);",
+            ts.path().display()
+        ))
+        .unwrap();
     origin
         .psql(
             "CREATE TABLE a(id int, v text); CREATE TABLE b(id int); CREATE TABLE keep_me(id int);
@@ -212,13 +227,19 @@ fn a_delta_restore_over_a_stale_copy_rewrites_only_changed_files_and_is_exact() 
     let first = rows(&origin, 1).to_string();
     archive_all(&origin, &mut archiver);
     // The stale copy: restored from the first backup, run, stopped (an old primary).
-    let copy = restore_into(&archiver, &["--target-lsn", &first]);
-    let mut copy = start_recovered(copy, options(15));
-    copy.stop().unwrap();
+    let copy_dir = tidemark_fixtures::test_dir("stale-copy");
+    let copy = copy_dir.path().join("data");
+    let port = tidemark_fixtures::free_port().to_string();
+    let args = ["--target-lsn", &first];
+    drop(started(
+        restore_start(&archiver, &copy, &port, &args),
+        port,
+        &args,
+    ));
 
     // The origin moves on: a few tables change, then a second backup.
     origin
-        .psql("UPDATE a SET v = 'changed' WHERE id <= 10; INSERT INTO b SELECT generate_series(5001, 6000);")
+        .psql("UPDATE a SET v = 'changed' WHERE id <= 10; INSERT INTO b SELECT generate_series(5001, 6000); INSERT INTO in_ts VALUES (1001);")
         .unwrap();
     rows(&origin, 2);
     backup(&archiver, &[]);
@@ -231,18 +252,32 @@ fn a_delta_restore_over_a_stale_copy_rewrites_only_changed_files_and_is_exact() 
         let rel = origin
             .psql(&format!("SELECT pg_relation_filepath('{table}')"))
             .unwrap();
-        copy.data_dir().join(rel)
+        copy.join(rel)
     };
+    // Files a delta keeps are left in place (same inode), in the base directory and in
+    // the restored tablespace (`pg_tblspc/<oid>/…` lives in `<pgdata>.tablespaces/<oid>`).
+    let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+    let in_copy = |table: &str| {
+        let rel = origin
+            .psql(&format!("SELECT pg_relation_filepath('{table}')"))
+            .unwrap();
+        match rel.strip_prefix("pg_tblspc/") {
+            Some(rest) => Path::new(&format!("{}.tablespaces", copy.display())).join(rest),
+            None => copy.join(rel),
+        }
+    };
+    let unchanged = [in_copy("same_in_ts"), in_copy("pgbench_accounts")];
+    let inodes: Vec<u64> = unchanged.iter().map(|p| inode(p)).collect();
     fs::write(file("b"), vec![0xA5u8; 8192]).unwrap();
     fs::remove_file(file("keep_me")).unwrap();
-    fs::create_dir_all(copy.data_dir().join("base/99999")).unwrap();
-    fs::write(copy.data_dir().join("base/99999/1"), b"junk").unwrap();
-    fs::write(copy.data_dir().join("junk"), b"junk").unwrap();
+    fs::create_dir_all(copy.join("base/99999")).unwrap();
+    fs::write(copy.join("base/99999/1"), b"junk").unwrap();
+    fs::write(copy.join("junk"), b"junk").unwrap();
 
     let port = tidemark_fixtures::free_port().to_string();
     let target = target.to_string();
     let args = ["--delta", "--target-lsn", &target];
-    let out = restore_start(&archiver, copy.data_dir(), &port, &args);
+    let out = restore_start(&archiver, &copy, &port, &args);
     let rebuilt = started(out, port.clone(), &args);
     let out = rebuilt.stdout.clone();
     let sql = |q: &str| psql_port(&origin, &port, q);
@@ -251,8 +286,12 @@ fn a_delta_restore_over_a_stale_copy_rewrites_only_changed_files_and_is_exact() 
     assert_eq!(sql("SELECT count(*), sum(id) FROM b"), "6000|18003000");
     assert_eq!(sql("SELECT count(*) FROM keep_me"), "5000");
     assert_eq!(sql("SELECT count(*) FROM pgbench_accounts"), "100000");
-    assert!(!copy.data_dir().join("junk").exists());
-    assert!(!copy.data_dir().join("base/99999").exists());
+    assert_eq!(sql("SELECT count(*) FROM in_ts"), "1001");
+    assert_eq!(sql("SELECT count(*) FROM same_in_ts"), "1000");
+    let after: Vec<u64> = unchanged.iter().map(|p| inode(p)).collect();
+    assert_eq!(after, inodes, "unchanged files were written again: {out}");
+    assert!(!copy.join("junk").exists());
+    assert!(!copy.join("base/99999").exists());
 
     // Written: only the changed files, a small part of what a full restore writes.
     let full_mb = number_after(&out, "chunks (");
