@@ -55,7 +55,7 @@ pub enum Command {
         json: bool,
     },
     /// Restore a base backup and prepare recovery to a target (one at most; none = latest)
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
     /// Show what `restore` would do, without doing it
     Plan {
         #[command(flatten)]
@@ -245,9 +245,34 @@ pub struct TargetOpts {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The data directory to create (must be empty or absent)
-    #[arg(long, value_name = "DIR")]
-    pub pgdata: PathBuf,
+    /// The data directory to create (must be empty or absent, unless --delta)
+    #[arg(long, value_name = "DIR", required_unless_present = "patroni")]
+    pub pgdata: Option<PathBuf>,
+    /// Restore a standby: standby.signal instead of recovery.signal, no target; it replays
+    /// the repository's WAL, then streams from --primary-conninfo (without one: an
+    /// archive-only standby)
+    #[arg(long)]
+    pub standby: bool,
+    /// The primary the standby streams from (libpq connection string; written to
+    /// primary_conninfo, never logged)
+    #[arg(long, value_name = "CONNINFO", requires = "standby")]
+    pub primary_conninfo: Option<String>,
+    /// Replication slot on the primary for the standby (primary_slot_name)
+    #[arg(long, value_name = "NAME", requires = "standby")]
+    pub primary_slot_name: Option<String>,
+    /// Rebuild an existing data directory (a failed old primary): files whose size and
+    /// CRC-32C match the backup's manifest are kept, the rest written, files the backup
+    /// lacks removed. Refused while a server runs there
+    #[arg(long, conflicts_with = "resume")]
+    pub delta: bool,
+    /// Called by Patroni (create_replica_methods or a bootstrap method): --datadir is the
+    /// data directory; --role=replica restores the latest backup as a standby of
+    /// --connstring, without --role a new cluster to the target; Patroni then configures
+    /// and starts it
+    #[arg(long, conflicts_with_all = ["pgdata", "standby", "start"])]
+    pub patroni: bool,
+    #[command(flatten)]
+    pub patroni_args: PatroniArgs,
     #[command(flatten)]
     pub target: TargetOpts,
     /// Use this backup instead of the newest one before the target
@@ -293,6 +318,33 @@ pub struct RestoreArgs {
     /// report lists those missing from the restored bucket
     #[arg(long, value_name = "SQL")]
     pub verify_refs: Option<String>,
+}
+
+/// The arguments Patroni passes to a replica-creation or bootstrap command (each
+/// `--name=value`).
+#[derive(Debug, Args)]
+pub struct PatroniArgs {
+    /// Patroni: the cluster's name (logged only)
+    #[arg(long, requires = "patroni")]
+    pub scope: Option<String>,
+    /// Patroni: the data directory to restore into
+    #[arg(long, value_name = "DIR", requires = "patroni")]
+    pub datadir: Option<PathBuf>,
+    /// Patroni: `replica` (create_replica_methods); absent for a bootstrap method
+    #[arg(long, requires = "patroni")]
+    pub role: Option<String>,
+    /// Patroni: the leader to clone from (empty when there is none)
+    #[arg(long, value_name = "CONNINFO", requires = "patroni")]
+    pub connstring: Option<String>,
+    /// Patroni's own method options, passed on as arguments; accepted and ignored
+    #[arg(long = "keep_data", hide = true, requires = "patroni")]
+    pub keep_data: Option<String>,
+    #[arg(long = "no_master", hide = true, requires = "patroni")]
+    pub no_master: Option<String>,
+    #[arg(long = "no_leader", hide = true, requires = "patroni")]
+    pub no_leader: Option<String>,
+    #[arg(long = "no_params", hide = true, requires = "patroni")]
+    pub no_params: Option<String>,
 }
 
 #[derive(Debug, Args)]

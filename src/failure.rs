@@ -8,13 +8,15 @@
 //! in time or whose standby was promoted mid-backup, another cluster's repository, not
 //! initialised, split-brain WAL, a bucket without versioning, an object target outside
 //! the tracked window, a non-empty destination, a lease another process holds, storage
-//! that ignores conditional puts); 6 local files (catalog, spool) failed.
+//! that ignores conditional puts, a delta restore over a running server); 6 local files
+//! (catalog, spool) failed.
 //! `wal-fetch` has its own contract with PostgreSQL: 0 restored, 1 absent, 200 failed
 //! (1 in standby mode).
 
 use tidemark_archiver::ArchiverError;
 use tidemark_protocol::conninfo::ConnInfoError;
 use tidemark_protocol::replication::ReplicationError;
+use tidemark_restorer::delta::DeltaError;
 use tidemark_restorer::objects::ObjectRestoreError;
 use tidemark_restorer::plan::PlanError;
 use tidemark_restorer::probe::ProbeError;
@@ -153,6 +155,8 @@ fn code(err: &anyhow::Error) -> u8 {
                 RestoreError::Unpack(UnpackError::Io { .. } | UnpackError::Check { .. })
                 | RestoreError::Io { .. } => LOCAL,
                 RestoreError::Unpack(_) => REFUSED,
+                RestoreError::Delta(DeltaError::Io { .. }) => LOCAL,
+                RestoreError::Delta(_) => REFUSED,
                 RestoreError::Task(_) => INTERNAL,
             };
         }

@@ -1,4 +1,5 @@
-//! `restore` and `plan`: resolve the target options, call the restorer, report.
+//! `restore` and `plan`: resolve the target options (and, for a standby or a call by
+//! Patroni, what to restore as), call the restorer, report.
 
 use anyhow::Context;
 use chrono::Utc;
@@ -6,8 +7,11 @@ use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::TimelineId;
 use tidemark_restorer::plan::{Plan, PlanRequest};
 use tidemark_restorer::probe::probe;
+use tidemark_restorer::recovery_conf::Standby;
 use tidemark_restorer::restore::{plan_restore, segment_size, sibling, RestoreOptions};
-use tidemark_restorer::start::{find_bindir, server_owner, start_and_wait, Restored, StartOptions};
+use tidemark_restorer::start::{
+    find_bindir, server_owner, start_and_wait, Goal, Restored, StartOptions,
+};
 use tidemark_restorer::target::{
     parse_time, Occurrence, RecoveryTarget, TargetAction, TargetArgs, TimelineTarget,
 };
@@ -53,6 +57,66 @@ fn request(opts: &TargetOpts, backup: Option<&str>) -> anyhow::Result<PlanReques
     })
 }
 
+/// Whether any recovery target was asked for.
+fn has_target(opts: &TargetOpts) -> bool {
+    opts.target_time.is_some()
+        || opts.target_lsn.is_some()
+        || opts.target_name.is_some()
+        || opts.target_xid.is_some()
+        || opts.target_immediate
+}
+
+/// Where to restore and as what: from `--pgdata` and `--standby`, or from the arguments
+/// Patroni passes (`--datadir`, `--role=replica`, `--connstring`).
+struct Destination {
+    pgdata: std::path::PathBuf,
+    standby: Option<Standby>,
+}
+
+fn destination(args: &RestoreArgs) -> anyhow::Result<Destination> {
+    let standby = if args.patroni {
+        let p = &args.patroni_args;
+        tracing::info!(
+            scope = p.scope.as_deref().unwrap_or(""),
+            role = p.role.as_deref().unwrap_or("(bootstrap)"),
+            "restore called by Patroni"
+        );
+        match p.role.as_deref() {
+            Some("replica") => Some(Standby {
+                primary_conninfo: p.connstring.clone().filter(|c| !c.trim().is_empty()),
+                primary_slot_name: None,
+            }),
+            None => None,
+            Some(_) => return Err(Usage("--role must be replica (Patroni's create_replica_methods), or absent for a bootstrap method").into()),
+        }
+    } else if args.standby {
+        Some(Standby {
+            primary_conninfo: args.primary_conninfo.clone(),
+            primary_slot_name: args.primary_slot_name.clone(),
+        })
+    } else {
+        None
+    };
+    if standby.is_some() && has_target(&args.target) {
+        // PostgreSQL would stop replay at the target and stay there: a standby that
+        // never follows its primary again is no replica.
+        return Err(Usage("a standby has no recovery target: it replays the repository's WAL, then follows its primary; HINT: drop the --target-* option, or restore without --standby and with --target-action pause for a copy stopped at the target").into());
+    }
+    let pgdata =
+        match (&args.pgdata, &args.patroni_args.datadir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) if args.patroni => dir.clone(),
+            _ => return Err(Usage(
+                "--patroni needs --datadir (Patroni passes it); HINT: use --pgdata outside Patroni",
+            )
+            .into()),
+        };
+    Ok(Destination {
+        pgdata: std::path::absolute(&pgdata).context("the data directory")?,
+        standby,
+    })
+}
+
 fn timeline(text: &str) -> anyhow::Result<TimelineTarget> {
     Ok(match text {
         "latest" => TimelineTarget::Latest,
@@ -71,6 +135,7 @@ fn command_word(s: &str) -> String {
 
 pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
+    let Destination { pgdata, standby } = destination(args)?;
     let request = request(&args.target, args.backup.as_deref())?;
     let time_target = match &request.target {
         RecoveryTarget::Time(t) => Some(t.with_timezone(&Utc)),
@@ -97,7 +162,6 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         None => None,
     };
     let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
-    let pgdata = std::path::absolute(&args.pgdata).context("--pgdata")?;
     // An S3 repository's settings reach wal-fetch through a file beside the data
     // directory, never through the command line.
     let settings = crate::env_file::current();
@@ -122,10 +186,13 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
             command_word(&url.to_string())
         ),
         recovery_end_command: format!("{} wal-fetch-end", command_word(&exe.display().to_string())),
-        keep_archiving: args.archive,
+        // A Patroni member is part of the production cluster: Patroni owns its settings.
+        keep_archiving: args.archive || args.patroni,
         concurrency: usize::from(args.concurrency),
         tablespace_root: args.tablespace_dir.clone(),
         resume: args.resume,
+        standby,
+        delta: args.delta,
     };
     let repo = Repository::open_for_reads(&url, &S3Options::from_env()?, READS).await?;
     let started = std::time::Instant::now();
@@ -177,13 +244,38 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     }
     let prepared = started.elapsed();
     print_plan(&report.plan);
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "restored {} chunks ({:.1} MB) into {} in {:.1} s",
+        "restored {} chunks ({:.1} MB; {:.1} MB fetched) into {} in {:.1} s",
         report.chunks,
-        report.bytes as f64 / (1 << 20) as f64,
+        mb(report.bytes),
+        mb(report.fetched_bytes),
         options.pgdata.display(),
         report.fetch_time.as_secs_f64()
     );
+    if let Some(d) = &report.delta {
+        println!(
+            "delta: kept {} unchanged files ({:.1} MB), wrote {} files ({} bytes), removed {} stale and {} extra files and {} directories",
+            d.kept_files,
+            mb(d.kept_bytes),
+            d.written_files,
+            d.written_bytes,
+            d.stale_files,
+            d.extra_files,
+            d.removed_dirs
+        );
+    }
+    if let Some(standby) = &options.standby {
+        println!(
+            "restored as a standby (standby.signal): {}",
+            match (&standby.primary_conninfo, &standby.primary_slot_name) {
+                (Some(_), Some(slot)) =>
+                    format!("streams from primary_conninfo through slot {slot}"),
+                (Some(_), None) => "streams from primary_conninfo".to_string(),
+                (None, _) => "archive-only, replays the repository's WAL".to_string(),
+            }
+        );
+    }
     for (oid, dir) in &report.tablespaces {
         println!("tablespace {oid} restored into {}", dir.display());
     }
@@ -218,10 +310,18 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         },
         timeout: std::time::Duration::from_secs(args.start_timeout),
     };
-    let (pgdata, action, port) = (options.pgdata.clone(), options.request.action, start.port);
+    let goal = match &options.standby {
+        Some(Standby {
+            primary_conninfo: Some(_),
+            ..
+        }) => Goal::Streaming,
+        Some(_) => Goal::ReadOnly,
+        None => Goal::Target(options.request.action),
+    };
+    let (pgdata, port) = (options.pgdata.clone(), start.port);
     let recovering = std::time::Instant::now();
     let restored =
-        tokio::task::spawn_blocking(move || start_and_wait(&pgdata, major, &start, action))
+        tokio::task::spawn_blocking(move || start_and_wait(&pgdata, major, &start, goal))
             .await
             .context("the --start task failed")??;
     println!(

@@ -5,6 +5,7 @@
 //! nothing of S3, SQLite or tidemark's policies; it speaks PostgreSQL only.
 
 pub mod conninfo;
+pub mod crc32c;
 pub mod history;
 pub mod lsn;
 pub mod pgtime;

@@ -6,6 +6,7 @@
 //! through `tidemark-store`, and works without a catalog.
 
 pub mod archived;
+pub mod delta;
 pub mod journal;
 pub mod lineage;
 pub mod objects;

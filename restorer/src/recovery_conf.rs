@@ -1,10 +1,14 @@
 //! The recovery settings a restored data directory starts with: `restore_command`,
-//! `recovery_end_command` (which removes `wal-fetch`'s prefetch cache), the target, `recovery.signal`, and `archive_mode = off` unless asked (a side restore must
-//! never push WAL into the production archive). Written into `postgresql.auto.conf`,
-//! which PostgreSQL reads last, atomically (temp, fsync, rename). Recovery settings the
-//! backed-up cluster carried (a cluster that was itself restored keeps its old target)
-//! are commented out there and overridden for any other configuration file, so only
-//! tidemark's own apply; a `standby.signal` it carried is removed.
+//! `recovery_end_command` (which removes `wal-fetch`'s prefetch cache), the target,
+//! `recovery.signal`, and `archive_mode = off` unless asked (a side restore must never
+//! push WAL into the production archive). A standby gets `standby.signal` instead, no
+//! target, and its `primary_conninfo` and `primary_slot_name` when given. Written into
+//! `postgresql.auto.conf`, which PostgreSQL reads last, atomically (temp, fsync, rename;
+//! mode 0600, as PostgreSQL itself creates it: `primary_conninfo` may hold a password).
+//! Recovery settings the backed-up cluster carried (a cluster that was itself restored
+//! keeps its old target) are commented out there and overridden for any other
+//! configuration file, so only tidemark's own apply; the signal file it carried that is
+//! not the one asked for is removed.
 
 use std::fs;
 use std::io::{self, Write};
@@ -25,6 +29,29 @@ pub struct RecoverySettings {
     /// Keep the cluster's own `archive_mode` (off by default: a restored copy must not
     /// archive into the repository it came from).
     pub keep_archiving: bool,
+    /// Start as a standby (`standby.signal`) rather than recover and end (`None`).
+    pub standby: Option<Standby>,
+}
+
+/// What a standby streams from (neither: an archive-only standby, which replays from
+/// the repository only).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Standby {
+    /// libpq connection string of the primary (may hold a password: never logged).
+    pub primary_conninfo: Option<String>,
+    pub primary_slot_name: Option<String>,
+}
+
+impl std::fmt::Debug for Standby {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standby")
+            .field(
+                "primary_conninfo",
+                &self.primary_conninfo.as_ref().map(|_| "(set, not shown)"),
+            )
+            .field("primary_slot_name", &self.primary_slot_name)
+            .finish()
+    }
 }
 
 /// Settings that steer recovery, with the value that makes each inert: any that
@@ -72,6 +99,14 @@ impl RecoverySettings {
                 quote(&self.recovery_end_command),
             ),
         ];
+        if let Some(standby) = &self.standby {
+            if let Some(conninfo) = &standby.primary_conninfo {
+                out.push(("primary_conninfo".into(), quote(conninfo)));
+            }
+            if let Some(slot) = &standby.primary_slot_name {
+                out.push(("primary_slot_name".into(), quote(slot)));
+            }
+        }
         let target = match &self.target {
             RecoveryTarget::Latest => None,
             RecoveryTarget::Immediate => Some(("recovery_target", quote("immediate"))),
@@ -122,7 +157,8 @@ impl RecoverySettings {
     }
 
     /// Comment out the recovery settings already in `<data_dir>/postgresql.auto.conf`,
-    /// append tidemark's, create `recovery.signal` and remove any `standby.signal`.
+    /// append tidemark's, create `recovery.signal` (a standby: `standby.signal`) and
+    /// remove the other signal file.
     pub fn write(&self, data_dir: &Path) -> io::Result<()> {
         let auto = data_dir.join("postgresql.auto.conf");
         let old = match fs::read_to_string(&auto) {
@@ -145,8 +181,12 @@ impl RecoverySettings {
             content.push_str(&format!("{name} = {value}\n"));
         }
         write_atomically(&auto, content.as_bytes())?;
-        write_atomically(&data_dir.join("recovery.signal"), b"")?;
-        match fs::remove_file(data_dir.join("standby.signal")) {
+        let (signal, other) = match self.standby {
+            Some(_) => ("standby.signal", "recovery.signal"),
+            None => ("recovery.signal", "standby.signal"),
+        };
+        write_atomically(&data_dir.join(signal), b"")?;
+        match fs::remove_file(data_dir.join(other)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -157,7 +197,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tidemark-tmp");
     let tmp = path.with_file_name(tmp_name);
-    let mut f = fs::File::create(&tmp)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;
@@ -182,6 +228,7 @@ mod tests {
             action: TargetAction::Promote,
             inclusive: true,
             keep_archiving: false,
+            standby: None,
         }
     }
 
@@ -273,5 +320,28 @@ mod tests {
         assert!(conf.starts_with("work_mem = '8MB'\n# recovery settings"));
         assert!(conf.contains("recovery_target_name = 'before'\n"));
         assert!(dir.path().join("recovery.signal").exists());
+    }
+
+    #[test]
+    fn a_standby_gets_standby_signal_its_primary_and_a_private_conf_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("recovery.signal"), "").unwrap();
+        let mut s = settings(RecoveryTarget::Latest);
+        s.standby = Some(Standby {
+            primary_conninfo: Some("host=a password='s3cr%t'".into()),
+            primary_slot_name: Some("replica_1".into()),
+        });
+        assert!(!format!("{s:?}").contains("s3cr"), "{s:?}");
+        s.write(dir.path()).unwrap();
+        let auto = dir.path().join("postgresql.auto.conf");
+        let conf = fs::read_to_string(&auto).unwrap();
+        assert!(conf.contains("primary_conninfo = 'host=a password=''s3cr%t'''\n"));
+        assert!(conf.contains("primary_slot_name = 'replica_1'\n"));
+        assert!(!conf.contains("primary_conninfo = ''"), "{conf}");
+        assert!(dir.path().join("standby.signal").exists());
+        assert!(!dir.path().join("recovery.signal").exists());
+        let mode = fs::metadata(&auto).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -3,8 +3,10 @@
 //! the links they hold, put PostgreSQL's manifest beside them, and write the recovery
 //! settings. Refuses a non-empty directory (DESIGN invariant 5). A journal
 //! (`crate::journal`) records the chunks unpacked, so an interrupted restore is finished
-//! with `resume` and a plain rerun into its directory is refused.
+//! with `resume` and a plain rerun into its directory is refused. With `delta`, an existing
+//! directory is rebuilt instead, writing only the files that differ (`crate::delta`).
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,10 +18,11 @@ use tidemark_store::repository::{RepoError, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::delta::{check_same_cluster, prune_dirs, running_server, survey, DeltaError, Survey};
 use crate::journal::{Interrupted, Journal};
 use crate::plan::{plan, Plan, PlanError, PlanRequest};
-use crate::recovery_conf::RecoverySettings;
-use crate::unpack::{check_links, unpack_tar, AbsoluteLink, Existing, UnpackError};
+use crate::recovery_conf::{RecoverySettings, Standby};
+use crate::unpack::{check_links, unpack_tar, AbsoluteLink, Existing, UnpackError, Unpacked};
 
 /// What to restore, where, and how recovery should end.
 #[derive(Debug, Clone)]
@@ -39,14 +42,37 @@ pub struct RestoreOptions {
     /// Finish the interrupted restore into `pgdata` that its journal describes, keeping
     /// the chunks it completed (without a journal: an ordinary restore).
     pub resume: bool,
+    /// Start as a standby of this primary (or archive-only) instead of recovering.
+    pub standby: Option<Standby>,
+    /// Rebuild the existing `pgdata` (and tablespace directories): keep the files the
+    /// backup's manifest says are unchanged, write the rest, remove what it lacks.
+    pub delta: bool,
+}
+
+/// What a delta restore kept, wrote and removed.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaReport {
+    pub kept_files: u64,
+    pub kept_bytes: u64,
+    pub written_files: u64,
+    pub written_bytes: u64,
+    /// Files removed: stale copies (written again) and what the backup lacks.
+    pub stale_files: u64,
+    pub extra_files: u64,
+    pub removed_dirs: u64,
 }
 
 /// What a restore did.
 #[derive(Debug)]
 pub struct RestoreReport {
     pub plan: Plan,
+    /// Uncompressed bytes of the chunks fetched (and unpacked through a scratch file).
     pub bytes: u64,
+    /// Bytes fetched from the repository (compressed, as stored).
+    pub fetched_bytes: u64,
     pub chunks: usize,
+    /// With `delta`: what was kept and written.
+    pub delta: Option<DeltaReport>,
     pub tablespaces: Vec<(String, PathBuf)>,
     /// Links restored as they were, pointing at absolute paths (they work only where
     /// those exist).
@@ -79,6 +105,8 @@ pub enum RestoreError {
     Repository(#[from] RepoError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -124,6 +152,28 @@ fn empty_dir(dir: &Path) -> Result<(), RestoreError> {
 pub async fn plan_restore(repo: &Repository, opts: &RestoreOptions) -> Result<Plan, RestoreError> {
     let seg = segment_size(repo).await?;
     let plan = plan(repo, seg, &opts.request).await?;
+    if opts.delta {
+        if let Some(pid) = running_server(&opts.pgdata) {
+            return Err(DeltaError::Running {
+                pgdata: opts.pgdata.clone(),
+                pid,
+            }
+            .into());
+        }
+        check_same_cluster(
+            &opts.pgdata,
+            plan.backup.system_identifier,
+            plan.backup.id.as_str(),
+        )?;
+        if plan.backup.manifest_key.is_none() {
+            return Err(DeltaError::NoManifest {
+                backup: plan.backup.id.to_string(),
+            }
+            .into());
+        }
+        // A delta rebuilds whatever is there, an interrupted restore's leftovers included.
+        return Ok(plan);
+    }
     let journal_path = Journal::path_for(&opts.pgdata);
     match Journal::read(&journal_path).map_err(io_at(&journal_path))? {
         Some((interrupted, _)) if !opts.resume => Err(RestoreError::Interrupted {
@@ -158,6 +208,14 @@ pub async fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     let journal_path = Journal::path_for(&opts.pgdata);
+    let mut surveyed = None;
+    if opts.delta {
+        surveyed = Some(delta_survey(&repo, &plan, opts).await?);
+        match fs::remove_file(&journal_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&journal_path)(e)),
+            _ => {}
+        }
+    }
     let journal = match Journal::read(&journal_path).map_err(io_at(&journal_path))? {
         Some((interrupted, done)) => {
             tracing::info!(
@@ -167,7 +225,10 @@ pub async fn restore(
             Journal::resume(&journal_path, done).map_err(io_at(&journal_path))?
         }
         None => {
-            empty_dir(&opts.pgdata)?;
+            match opts.delta {
+                true => fs::create_dir_all(&opts.pgdata).map_err(io_at(&opts.pgdata))?,
+                false => empty_dir(&opts.pgdata)?,
+            }
             Journal::begin(&journal_path, &plan.backup.id).map_err(io_at(&journal_path))?
         }
     };
@@ -175,9 +236,47 @@ pub async fn restore(
     let scratch = sibling(&opts.pgdata, ".tidemark-restore-tmp");
     fs::create_dir_all(&scratch).map_err(io_at(&scratch))?;
     let started = Instant::now();
-    let fetched = fetch_all(&repo, &plan, opts, &scratch, &journal).await;
+    let keep = surveyed
+        .as_ref()
+        .map(|s| s.keep.clone())
+        .unwrap_or_default();
+    let fetched = fetch_all(&repo, &plan, opts, &scratch, &journal, Arc::new(keep)).await;
     let _ = fs::remove_dir_all(&scratch);
-    let (bytes, chunks, tablespaces) = fetched?;
+    let Fetched {
+        bytes,
+        fetched_bytes,
+        chunks,
+        tablespaces,
+        unpacked,
+    } = fetched?;
+    let delta = match surveyed {
+        Some(s) => {
+            let mut roots = vec![opts.pgdata.clone()];
+            roots.extend(tablespaces.iter().map(|(_, d)| d.clone()));
+            let seen: HashSet<PathBuf> = unpacked.dirs.iter().cloned().collect();
+            let removed_dirs = prune_dirs(&roots, &seen)?;
+            let report = DeltaReport {
+                kept_files: s.keep.len() as u64,
+                kept_bytes: s.kept_bytes,
+                written_files: unpacked.files,
+                written_bytes: unpacked.bytes,
+                stale_files: s.stale_files,
+                extra_files: s.extra_files,
+                removed_dirs,
+            };
+            tracing::info!(
+                kept_files = report.kept_files,
+                kept_bytes = report.kept_bytes,
+                written_files = report.written_files,
+                written_bytes = report.written_bytes,
+                fetched_bytes,
+                removed_files = report.stale_files + report.extra_files,
+                "delta restore: unchanged files kept, the rest written"
+            );
+            Some(report)
+        }
+        None => None,
+    };
     let fetch_time = started.elapsed();
     let mut absolute_links = check_links(&opts.pgdata)?;
     for (_, dir) in &tablespaces {
@@ -204,6 +303,7 @@ pub async fn restore(
         action: opts.request.action,
         inclusive: plan.inclusive,
         keep_archiving: opts.keep_archiving,
+        standby: opts.standby.clone(),
     };
     settings.write(&opts.pgdata).map_err(io_at(&opts.pgdata))?;
     let journal = Arc::into_inner(journal).ok_or(RestoreError::Task(
@@ -214,7 +314,9 @@ pub async fn restore(
     Ok(RestoreReport {
         plan,
         bytes,
+        fetched_bytes,
         chunks,
+        delta,
         tablespaces,
         absolute_links,
         fetch_time,
@@ -250,7 +352,48 @@ fn escape_map_path(p: &Path) -> String {
         .replace('\r', "\\\r")
 }
 
-type Fetched = (u64, usize, Vec<(String, PathBuf)>);
+/// Fetch the backup's manifest and compare the directories with it (see `crate::delta`).
+async fn delta_survey(
+    repo: &Repository,
+    plan: &Plan,
+    opts: &RestoreOptions,
+) -> Result<Survey, RestoreError> {
+    let backup = plan.backup.id.to_string();
+    let key = plan
+        .backup
+        .manifest_key
+        .as_deref()
+        .ok_or(DeltaError::NoManifest {
+            backup: backup.clone(),
+        })?;
+    let scratch = tempfile::tempdir().map_err(io_at(&opts.pgdata))?;
+    let path = scratch.path().join("backup_manifest");
+    repo.fetch_verified(key, &path).await?;
+    let manifest = fs::read(&path).map_err(io_at(&path))?;
+    let oids = plan
+        .backup
+        .archives
+        .iter()
+        .filter_map(|a| a.name.strip_suffix(".tar").filter(|n| *n != "base"));
+    let tablespaces: Vec<(String, PathBuf)> = oids
+        .map(str::to_string)
+        .zip(tablespace_dirs(plan, opts))
+        .collect();
+    let pgdata = opts.pgdata.clone();
+    tokio::task::spawn_blocking(move || survey(&manifest, &backup, &pgdata, &tablespaces))
+        .await
+        .map_err(|e| RestoreError::Task(e.to_string()))?
+        .map_err(RestoreError::from)
+}
+
+/// What fetching and unpacking every chunk did.
+struct Fetched {
+    bytes: u64,
+    fetched_bytes: u64,
+    chunks: usize,
+    tablespaces: Vec<(String, PathBuf)>,
+    unpacked: Unpacked,
+}
 
 async fn fetch_all(
     repo: &Repository,
@@ -258,9 +401,11 @@ async fn fetch_all(
     opts: &RestoreOptions,
     scratch: &Path,
     journal: &Arc<Journal>,
+    keep: Arc<HashSet<PathBuf>>,
 ) -> Result<Fetched, RestoreError> {
-    // A resumed restore unpacks its unfinished chunks again, over what they left.
-    let existing = match opts.resume {
+    // A resumed restore unpacks its unfinished chunks again, over what they left; a delta
+    // writes over the stale files it did not remove.
+    let existing = match opts.resume || opts.delta {
         true => Existing::Replace,
         false => Existing::Refuse,
     };
@@ -270,6 +415,7 @@ async fn fetch_all(
     let mut ts_dirs = tablespace_dirs(plan, opts).into_iter();
     let mut n = 0usize;
     let mut bytes = 0;
+    let mut fetched_bytes = 0;
     for archive in &plan.backup.archives {
         let dest = match archive.name.strip_suffix(".tar") {
             Some("base") | None => opts.pgdata.clone(),
@@ -290,28 +436,39 @@ async fn fetch_all(
             if journal.is_done(&chunk.key) {
                 continue;
             }
+            fetched_bytes += chunk.stored_size;
             let (repo, dest, key) = (repo.clone(), dest.clone(), chunk.key.clone());
-            let (permits, journal) = (permits.clone(), journal.clone());
+            let (permits, journal, keep) = (permits.clone(), journal.clone(), keep.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 repo.fetch_verified(&key, &tmp).await?;
-                let unpacked = tokio::task::spawn_blocking(move || {
-                    let r = unpack_tar(&tmp, &dest, &key, existing);
+                tokio::task::spawn_blocking(move || {
+                    let r = unpack_tar(&tmp, &dest, &key, existing, &keep);
                     let _ = fs::remove_file(&tmp);
-                    r?;
+                    let unpacked = r?;
                     journal.record(&key).map_err(|source| RestoreError::Io {
                         path: journal.path().to_path_buf(),
                         source,
-                    })
+                    })?;
+                    Ok::<_, RestoreError>(unpacked)
                 })
                 .await
-                .map_err(|e| RestoreError::Task(e.to_string()))?;
-                unpacked
+                .map_err(|e| RestoreError::Task(e.to_string()))?
             });
         }
     }
+    let mut unpacked = Unpacked::default();
     while let Some(done) = jobs.join_next().await {
-        done.map_err(|e| RestoreError::Task(e.to_string()))??;
+        let one = done.map_err(|e| RestoreError::Task(e.to_string()))??;
+        unpacked.files += one.files;
+        unpacked.bytes += one.bytes;
+        unpacked.dirs.extend(one.dirs);
     }
-    Ok((bytes, n, tablespaces))
+    Ok(Fetched {
+        bytes,
+        fetched_bytes,
+        chunks: n,
+        tablespaces,
+        unpacked,
+    })
 }

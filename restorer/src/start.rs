@@ -1,7 +1,8 @@
 //! `restore --start`: run PostgreSQL on the restored directory until recovery reaches
-//! its target, then report where it stopped — read from the server's own log (with
-//! `lc_messages = C`), so no login to the restored cluster is needed. The server keeps
-//! running afterwards (detached), unless the target action was `shutdown`.
+//! its target (a standby: until it streams from its primary, or, archive-only, accepts
+//! read-only connections), then report where it stopped — read from the server's own log
+//! (with `lc_messages = C`), so no login to the restored cluster is needed. The server
+//! keeps running afterwards (detached), unless the target action was `shutdown`.
 //!
 //! The binaries are those of the backup's major ([`find_bindir`], checked before anything
 //! is restored); as root the server runs as `postgres`, and every restored directory is
@@ -30,6 +31,22 @@ pub struct StartOptions {
     /// How long recovery may take.
     pub timeout: Duration,
 }
+
+/// What `start_and_wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// Recovery reaches its target and ends as the action says.
+    Target(TargetAction),
+    /// A standby's WAL receiver streams from the primary.
+    Streaming,
+    /// An archive-only standby accepts read-only connections (hot standby).
+    ReadOnly,
+}
+
+/// PostgreSQL 14–18's WAL receiver, once it streams.
+const STREAMING: &str = "started streaming WAL from primary";
+/// A hot standby, once consistent.
+const READ_ONLY: &str = "database system is ready to accept read-only connections";
 
 /// Where recovery stopped, as the server reported it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +90,12 @@ pub enum StartError {
     },
     #[error("recovery did not reach its target within {0:?}; PostgreSQL is still running")]
     Timeout(Duration),
+    #[error("the standby did not start streaming from its primary within {timeout:?}: {reason}; PostgreSQL is still running as a standby (log: {}); HINT: check primary_conninfo (host, port, user, password or .pgpass of the server's user), the primary's pg_hba.conf replication line and max_wal_senders", log.display())]
+    NotStreaming {
+        timeout: Duration,
+        reason: String,
+        log: PathBuf,
+    },
 }
 
 /// The major of the `postgres` in `bindir`, from `postgres --version`
@@ -162,12 +185,12 @@ fn promoted(log: &str) -> bool {
     log.contains("database system is ready to accept connections")
 }
 
-/// Start PostgreSQL on `pgdata` and wait for recovery to end as `action` says.
+/// Start PostgreSQL on `pgdata` and wait for `goal`.
 pub fn start_and_wait(
     pgdata: &Path,
     major: u32,
     opts: &StartOptions,
-    action: TargetAction,
+    goal: Goal,
 ) -> Result<Restored, StartError> {
     let io = |what: String| move |source| StartError::Io { what, source };
     let owner = server_owner();
@@ -211,8 +234,8 @@ pub fn start_and_wait(
     loop {
         let text = fs::read_to_string(&log).unwrap_or_default();
         let exited = child.try_wait().map_err(io("wait for postgres".into()))?;
-        match progress(&text, action, exited.is_some()) {
-            Progress::Reached => return Ok(report(&text, action, log, child.id())),
+        match progress(&text, goal, exited.is_some()) {
+            Progress::Reached => return Ok(report(&text, goal, log, child.id())),
             Progress::Stopped(reason) => return Err(StartError::Failed { reason, log }),
             Progress::Promoted(reason) => {
                 // Never wait for a pause or shutdown that cannot come: stop the primary
@@ -221,9 +244,10 @@ pub fn start_and_wait(
                 unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
                 let _ = child.wait();
                 return Err(StartError::UnexpectedPromotion {
-                    asked: match action {
-                        TargetAction::Pause => "a pause",
-                        _ => "a shutdown",
+                    asked: match goal {
+                        Goal::Target(TargetAction::Pause) => "a pause",
+                        Goal::Target(_) => "a shutdown",
+                        Goal::Streaming | Goal::ReadOnly => "a standby",
                     },
                     reason,
                     log,
@@ -232,7 +256,14 @@ pub fn start_and_wait(
             Progress::Recovering => {}
         }
         if started.elapsed() > opts.timeout {
-            return Err(StartError::Timeout(opts.timeout));
+            return Err(match goal {
+                Goal::Streaming => StartError::NotStreaming {
+                    timeout: opts.timeout,
+                    reason: receiver_error(&text),
+                    log,
+                },
+                _ => StartError::Timeout(opts.timeout),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -250,12 +281,28 @@ enum Progress {
     Promoted(String),
 }
 
-fn progress(log: &str, action: TargetAction, exited: bool) -> Progress {
-    let reached = match action {
-        TargetAction::Promote => promoted(log),
+/// Why a standby's WAL receiver does not stream: its last error in the log.
+fn receiver_error(log: &str) -> String {
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            ["FATAL:  ", "ERROR:  "]
+                .iter()
+                .find_map(|tag| l.split_once(tag).map(|(_, m)| m.trim().to_string()))
+        })
+        .unwrap_or_else(|| "the server logged no error".to_string())
+}
+
+fn progress(log: &str, goal: Goal, exited: bool) -> Progress {
+    let reached = match goal {
+        Goal::Target(TargetAction::Promote) => promoted(log),
         // PostgreSQL 14+ logs this when it pauses at the recovery target.
-        TargetAction::Pause => log.contains("pausing at the end of recovery"),
-        TargetAction::Shutdown => exited && log.contains("shutdown at recovery target"),
+        Goal::Target(TargetAction::Pause) => log.contains("pausing at the end of recovery"),
+        Goal::Target(TargetAction::Shutdown) => {
+            exited && log.contains("shutdown at recovery target")
+        }
+        Goal::Streaming => !exited && log.contains(STREAMING),
+        Goal::ReadOnly => !exited && log.contains(READ_ONLY),
     };
     if reached {
         Progress::Reached
@@ -281,7 +328,7 @@ fn progress(log: &str, action: TargetAction, exited: bool) -> Progress {
     }
 }
 
-fn report(log: &str, action: TargetAction, path: PathBuf, pid: u32) -> Restored {
+fn report(log: &str, goal: Goal, path: PathBuf, pid: u32) -> Restored {
     let after = |needle: &str| {
         log.lines()
             .filter_map(|l| {
@@ -296,10 +343,12 @@ fn report(log: &str, action: TargetAction, path: PathBuf, pid: u32) -> Restored 
             .or_else(|| after("LOG:  redo done at ").map(|s| format!("redo done at {s}"))),
         last_transaction: after("last completed transaction was at log time "),
         new_timeline: after("selected new timeline ID: "),
-        state: match action {
-            TargetAction::Promote => "promoted",
-            TargetAction::Pause => "paused at the target",
-            TargetAction::Shutdown => "shut down at the target",
+        state: match goal {
+            Goal::Target(TargetAction::Promote) => "promoted",
+            Goal::Target(TargetAction::Pause) => "paused at the target",
+            Goal::Target(TargetAction::Shutdown) => "shut down at the target",
+            Goal::Streaming => "a standby, streaming from its primary",
+            Goal::ReadOnly => "an archive-only standby, accepting read-only connections",
         },
         log: path,
         pid,
@@ -350,7 +399,12 @@ mod tests {
 2026-11-21 10:00:01 UTC [2] LOG:  last completed transaction was at log time 2026-11-21 09:29:59.9+00
 2026-11-21 10:00:01 UTC [2] LOG:  selected new timeline ID: 2
 2026-11-21 10:00:01 UTC [1] LOG:  database system is ready to accept connections";
-        let r = report(log, TargetAction::Promote, PathBuf::from("/x.log"), 7);
+        let r = report(
+            log,
+            Goal::Target(TargetAction::Promote),
+            PathBuf::from("/x.log"),
+            7,
+        );
         assert_eq!(
             r.stop.as_deref(),
             Some(
@@ -387,7 +441,7 @@ mod tests {
 2026-11-21 10:00:01 UTC [1] LOG:  database system is ready to accept connections";
         for action in [TargetAction::Pause, TargetAction::Shutdown] {
             assert_eq!(
-                progress(log, action, false),
+                progress(log, Goal::Target(action), false),
                 Progress::Promoted(
                     "redo done at 0/3000148 system usage: CPU: user: 0.00 s | selected new timeline ID: 2"
                         .into()
@@ -395,26 +449,54 @@ mod tests {
             );
         }
         assert_eq!(
-            progress(log, TargetAction::Promote, false),
+            progress(log, Goal::Target(TargetAction::Promote), false),
             Progress::Reached
         );
         let paused = "LOG:  recovery stopping after commit\nLOG:  pausing at the end of recovery";
         assert_eq!(
-            progress(paused, TargetAction::Pause, false),
+            progress(paused, Goal::Target(TargetAction::Pause), false),
             Progress::Reached
         );
         let hot = "LOG:  database system is ready to accept read-only connections";
         assert_eq!(
-            progress(hot, TargetAction::Pause, false),
+            progress(hot, Goal::Target(TargetAction::Pause), false),
             Progress::Recovering
         );
         assert_eq!(
             progress(
                 "FATAL:  could not open file \"x\": Permission denied",
-                TargetAction::Pause,
+                Goal::Target(TargetAction::Pause),
                 true
             ),
             Progress::Stopped("could not open file \"x\": Permission denied".into())
+        );
+    }
+
+    #[test]
+    fn a_standby_is_up_when_it_streams_or_archive_only_when_it_accepts_reads() {
+        let hot = "LOG:  database system is ready to accept read-only connections";
+        assert_eq!(progress(hot, Goal::ReadOnly, false), Progress::Reached);
+        assert_eq!(progress(hot, Goal::Streaming, false), Progress::Recovering);
+        let failing =
+            format!("{hot}\nFATAL:  could not connect to the primary server: connection refused");
+        assert_eq!(
+            progress(&failing, Goal::Streaming, false),
+            Progress::Recovering
+        );
+        assert_eq!(
+            receiver_error(&failing),
+            "could not connect to the primary server: connection refused"
+        );
+        let streaming = format!(
+            "{failing}\nLOG:  started streaming WAL from primary at 0/3000000 on timeline 1"
+        );
+        assert_eq!(
+            progress(&streaming, Goal::Streaming, false),
+            Progress::Reached
+        );
+        assert_eq!(
+            report(&streaming, Goal::Streaming, PathBuf::from("/x.log"), 7).state,
+            "a standby, streaming from its primary"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Unpacking a backup's chunks into an empty directory: each chunk is fetched verified
 //! (CRC-32 and size against the repository's record) into a scratch file, then its tar
-//! entries are written under the target directory.
+//! entries are written under the target directory — all of them, except, for a delta
+//! restore, the regular files already there with the right contents (`keep`).
 //!
 //! A backup is outside input, so it must not be able to reach outside the directory:
 //! - an entry whose path leaves it (absolute, `..`), or whose parent resolves outside it
@@ -12,7 +13,7 @@
 //!   check and still escapes) and refuses one that leaves the directory or loops. An
 //!   absolute link (another tool's backup, a tablespace link) is kept and reported.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
@@ -78,6 +79,16 @@ pub enum Existing {
     Refuse,
     /// Replace it: a resumed restore unpacks an unfinished chunk again.
     Replace,
+}
+
+/// What unpacking one chunk wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Regular files written, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Every directory the chunk holds (absolute), written or already there.
+    pub dirs: Vec<PathBuf>,
 }
 
 /// Whether `path` stays inside the directory it is relative to.
@@ -151,13 +162,15 @@ fn resolve(root: &Path, from: &Path, path: &Path) -> io::Result<Resolved> {
     Ok(Resolved::Inside)
 }
 
-/// Unpack the tar file `tar_path` (chunk `chunk`, for messages) under `dir`.
+/// Unpack the tar file `tar_path` (chunk `chunk`, for messages) under `dir`, leaving out
+/// the regular files whose path (`dir` joined with the entry's) is in `keep`.
 pub fn unpack_tar(
     tar_path: &Path,
     dir: &Path,
     chunk: &str,
     existing: Existing,
-) -> Result<(), UnpackError> {
+    keep: &HashSet<PathBuf>,
+) -> Result<Unpacked, UnpackError> {
     let io_err = |source| UnpackError::Io {
         chunk: chunk.to_string(),
         dir: dir.to_path_buf(),
@@ -167,6 +180,7 @@ pub fn unpack_tar(
     let mut archive = tar::Archive::new(file);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(existing == Existing::Replace);
+    let mut unpacked = Unpacked::default();
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
         let path = entry.path().map_err(io_err)?.into_owned();
@@ -210,12 +224,27 @@ pub fn unpack_tar(
         if resolve(dir, Path::new(""), parent).map_err(io_err)? != Resolved::Inside {
             return Err(hostile(&path));
         }
+        let at: PathBuf = dir.join(
+            path.components()
+                .filter(|c| *c != Component::CurDir)
+                .collect::<PathBuf>(),
+        );
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            unpacked.dirs.push(at.clone());
+        } else if kind.is_file() && keep.contains(&at) {
+            continue;
+        }
         // unpack_in also refuses to write through symlinks that leave `dir`.
         if !entry.unpack_in(dir).map_err(io_err)? {
             return Err(hostile(&path));
         }
+        if kind.is_file() {
+            unpacked.files += 1;
+            unpacked.bytes += entry.size();
+        }
     }
-    Ok(())
+    Ok(unpacked)
 }
 
 /// After every chunk is unpacked under `dir`: every relative link must resolve inside
@@ -299,8 +328,8 @@ mod tests {
         std::fs::write(&tar, tar_with(entries)).unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let r = unpack_tar(&tar, &out, "data-0000", Existing::Refuse);
-        (dir, r)
+        let r = unpack_tar(&tar, &out, "data-0000", Existing::Refuse, &HashSet::new());
+        (dir, r.map(drop))
     }
 
     #[test]
@@ -393,6 +422,25 @@ mod tests {
         }
         // Deeper down, the same name is no file of tidemark's.
         unpack_and_check(&[("conf/recovery.signal", Some("../PG_VERSION"))]).unwrap();
+    }
+
+    #[test]
+    fn files_to_keep_are_left_as_they_are_and_the_rest_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("c.tar");
+        std::fs::write(
+            &tar,
+            tar_with(&[("PG_VERSION", None), ("base/1/123", None)]),
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(out.join("base/1")).unwrap();
+        std::fs::write(out.join("base/1/123"), b"kept").unwrap();
+        let keep = HashSet::from([out.join("base/1/123")]);
+        let unpacked = unpack_tar(&tar, &out, "data-0000", Existing::Replace, &keep).unwrap();
+        assert_eq!((unpacked.files, unpacked.bytes), (1, 2));
+        assert_eq!(std::fs::read(out.join("base/1/123")).unwrap(), b"kept");
+        assert_eq!(std::fs::read(out.join("PG_VERSION")).unwrap(), b"hi");
     }
 
     #[test]

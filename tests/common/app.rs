@@ -184,7 +184,15 @@ pub fn restore_started(archiver: &Archiver, env: &[(String, String)], args: &[&s
     all.extend_from_slice(args);
     let mut cmd = archiver.command(&all);
     cmd.envs(env.iter().cloned());
-    let out = run(cmd);
+    let started = started(run(cmd), port, args);
+    // The data directory must outlive the server.
+    std::mem::forget(dir);
+    started
+}
+
+/// The server a successful `restore --start … --port PORT` (with `args`, for messages)
+/// left running, from its output.
+pub fn started(out: std::process::Output, port: String, args: &[&str]) -> Started {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -197,8 +205,6 @@ pub fn restore_started(archiver: &Archiver, env: &[(String, String)], args: &[&s
         .and_then(|r| r.split(')').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {stdout}"));
-    // The data directory must outlive the server.
-    std::mem::forget(dir);
     Started { port, pid, stdout }
 }
 

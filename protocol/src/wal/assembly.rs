@@ -5,10 +5,10 @@
 
 use crate::lsn::Lsn;
 
-use super::crc32c::Crc32c;
 use super::error::WalDecodeError;
 use super::event::needs_payload;
 use super::record::{RecordHeader, CRC_OFFSET, RECORD_HEADER_LEN};
+use crate::crc32c::Crc32c;
 
 /// A record whose header has not been read whole yet.
 #[derive(Debug)]

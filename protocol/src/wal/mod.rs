@@ -7,7 +7,6 @@
 //! difference between PostgreSQL majors lives in `format`.
 
 mod assembly;
-mod crc32c;
 mod cursor;
 mod decoder;
 mod error;

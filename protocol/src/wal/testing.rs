@@ -6,13 +6,13 @@
 use crate::lsn::Lsn;
 use crate::segment::WalSegmentSize;
 
-use super::crc32c::Crc32c;
 use super::format::WalFormat;
 use super::page::{
     LONG_HEADER_LEN, PAGE_SIZE, SHORT_HEADER_LEN, XLP_FIRST_IS_CONTRECORD,
     XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
 };
 use super::record::{CRC_OFFSET, RECORD_HEADER_LEN};
+use crate::crc32c::Crc32c;
 
 pub(crate) const SYSID: u64 = 7_000_000_000_000_000_001;
 pub(crate) const RM_HEAP: u8 = 10;

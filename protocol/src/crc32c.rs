@@ -1,6 +1,7 @@
-//! CRC-32C (Castagnoli), the checksum of every WAL record: reflected
-//! polynomial 0x82F63B78, initial value and final XOR 0xFFFFFFFF,
-//! computed eight bytes at a time with tables built at compile time.
+//! CRC-32C (Castagnoli), the checksum of every WAL record and of the files listed in a
+//! `backup_manifest` (its default algorithm): reflected polynomial 0x82F63B78, initial
+//! value and final XOR 0xFFFFFFFF, computed eight bytes at a time with tables built at
+//! compile time.
 
 /// The reflected Castagnoli polynomial.
 const POLYNOMIAL: u32 = 0x82F6_3B78;
@@ -41,14 +42,20 @@ const fn build_tables() -> [[u32; 256]; 8] {
 
 /// A CRC-32C being computed over bytes fed in any number of pieces.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Crc32c(u32);
+pub struct Crc32c(u32);
+
+impl Default for Crc32c {
+    fn default() -> Self {
+        Crc32c::new()
+    }
+}
 
 impl Crc32c {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Crc32c(0xFFFF_FFFF)
     }
 
-    pub(crate) fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         let t = &TABLES;
         let mut crc = self.0;
         let mut chunks = data.chunks_exact(8);
@@ -70,7 +77,7 @@ impl Crc32c {
         self.0 = crc;
     }
 
-    pub(crate) fn finish(self) -> u32 {
+    pub fn finish(self) -> u32 {
         self.0 ^ 0xFFFF_FFFF
     }
 }
