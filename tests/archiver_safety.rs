@@ -413,16 +413,10 @@ fn after_the_server_removed_unarchived_wal_accept_gap_restarts_archiving_and_old
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
 
     // While the archiver is down its slot is dropped and the server recycles the WAL.
-    cluster
-        .psql("SELECT pg_drop_replication_slot('tidemark')")
-        .unwrap();
     cluster.psql("INSERT INTO t VALUES (3)").unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     let in_gap = cluster.psql("SELECT now()::text").unwrap();
-    for _ in 0..4 {
-        switch_wal(&cluster);
-        cluster.psql("CHECKPOINT").unwrap();
-    }
+    drop_slot_and_remove_wal(&cluster);
 
     archiver.start();
     let code = wait_for("the gap refused", Duration::from_secs(30), || {
@@ -490,13 +484,7 @@ fn accept_gap_keeps_the_wal_the_server_still_has() {
 
     // Slot dropped while the archiver is down; checkpoints remove the older WAL. Then
     // rows 1 and 2 are written into segments the server keeps.
-    cluster
-        .psql("SELECT pg_drop_replication_slot('tidemark')")
-        .unwrap();
-    for _ in 0..4 {
-        switch_wal(&cluster);
-        cluster.psql("CHECKPOINT").unwrap();
-    }
+    drop_slot_and_remove_wal(&cluster);
     let oldest_kept = cluster
         .psql("SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'")
         .unwrap();

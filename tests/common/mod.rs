@@ -600,6 +600,18 @@ pub fn share_with_postgres(dir: &Path) {
     assert!(ok.success());
 }
 
+/// Someone drops the archiver's slot while it is down, and checkpoints let the server
+/// remove the WAL the slot held.
+pub fn drop_slot_and_remove_wal(cluster: &Cluster) {
+    cluster
+        .psql("SELECT pg_drop_replication_slot('tidemark')")
+        .unwrap();
+    for _ in 0..4 {
+        switch_wal(cluster);
+        cluster.psql("CHECKPOINT").unwrap();
+    }
+}
+
 /// A cluster with 1 MiB WAL segments: many segments from little data.
 pub fn one_mb() -> tidemark_fixtures::ClusterOptions {
     tidemark_fixtures::ClusterOptions {
