@@ -255,9 +255,10 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     );
     if let Some(d) = &report.delta {
         println!(
-            "delta: kept {} unchanged files ({:.1} MB), wrote {} files ({} bytes), removed {} stale and {} extra files and {} directories",
+            "delta: kept {} unchanged files ({:.1} MB; {} chunks held only those and were not fetched), wrote {} files ({} bytes), removed {} stale and {} extra files and {} directories",
             d.kept_files,
             mb(d.kept_bytes),
+            d.chunks_in_place,
             d.written_files,
             d.written_bytes,
             d.stale_files,

@@ -290,6 +290,7 @@ fn craft_backup(repo: &Repo, real: &str, n: u32, extra: &Path) -> String {
             raw_size: stored.sealed.raw_size,
             stored_size: stored.sealed.stored_size,
             crc32: stored.sealed.crc32,
+            contents: None,
         });
         repository.put_backup_info(&info).await.unwrap();
         id.to_string()

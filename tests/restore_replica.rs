@@ -242,7 +242,8 @@ fn a_delta_restore_over_a_stale_copy_rewrites_only_changed_files_and_is_exact() 
         .psql("UPDATE a SET v = 'changed' WHERE id <= 10; INSERT INTO b SELECT generate_series(5001, 6000); INSERT INTO in_ts VALUES (1001);")
         .unwrap();
     rows(&origin, 2);
-    backup(&archiver, &[]);
+    // Small chunks, so that many hold only unchanged files.
+    backup(&archiver, &["--chunk-size-mb", "1"]);
     let target = rows(&origin, 3);
     rows(&origin, 4);
     archive_all(&origin, &mut archiver);
@@ -299,6 +300,12 @@ fn a_delta_restore_over_a_stale_copy_rewrites_only_changed_files_and_is_exact() 
     let kept = number_after(&out, "kept ");
     eprintln!("delta: {written} bytes written of a {full_mb} MB backup, {kept} files kept\n{out}");
     assert!(kept > 100.0, "{out}");
+    // Chunks holding only kept files are not fetched at all.
+    let chunks = number_after(&out, "restored ");
+    let fetched_mb = number_after(&out, "MB; ");
+    let in_place = number_after(out.split("delta: ").nth(1).unwrap_or(""), "MB; ");
+    eprintln!("delta: {in_place} of {chunks} chunks in place, {fetched_mb} MB fetched");
+    assert!(in_place >= chunks / 4.0, "{out}");
     assert!(
         written < full_mb * f64::from(1 << 20) / 10.0,
         "delta wrote {written} bytes of {full_mb} MB: {out}"

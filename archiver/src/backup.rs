@@ -28,7 +28,9 @@ use tidemark_protocol::replication::{
     skipped_file, BackupEvent, BaseBackupOptions, ReplicationClient,
 };
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
-use tidemark_store::backup::{ArchiveInfo, BackupClaim, BackupId, BackupInfo, ChunkInfo};
+use tidemark_store::backup::{
+    ArchiveInfo, BackupClaim, BackupId, BackupInfo, ChunkContents, ChunkInfo,
+};
 use tidemark_store::crashsafe;
 use tidemark_store::identity::RepoIdentity;
 use tidemark_store::layout;
@@ -212,6 +214,7 @@ struct Open {
     path: PathBuf,
     out: BufWriter<File>,
     written: u64,
+    contents: ChunkContents,
     permit: OwnedSemaphorePermit,
 }
 
@@ -257,6 +260,7 @@ impl Chunks<'_> {
             path,
             out: BufWriter::with_capacity(1 << 20, file),
             written: 0,
+            contents: ChunkContents::default(),
             permit,
         });
         Ok(())
@@ -280,16 +284,21 @@ impl Chunks<'_> {
                         self.open(next).await?;
                     }
                 }
+                Piece::Entry(path, kind) => self.open_chunk()?.contents.add(path.as_deref(), kind),
                 Piece::Bytes(bytes) => {
-                    let cur = self.current.as_mut().ok_or_else(|| {
-                        ArchiverError::Task("archive data before an archive began".into())
-                    })?;
+                    let cur = self.open_chunk()?;
                     cur.out.write_all(&bytes).map_err(Self::io(&cur.path))?;
                     cur.written += bytes.len() as u64;
                 }
             }
         }
         Ok(())
+    }
+
+    fn open_chunk(&mut self) -> Result<&mut Open, ArchiverError> {
+        self.current
+            .as_mut()
+            .ok_or_else(|| ArchiverError::Task("archive data before an archive began".into()))
     }
 
     /// Finish the open chunk (end-of-archive blocks, flush) and start its upload.
@@ -309,6 +318,7 @@ impl Chunks<'_> {
                 archive,
                 index,
                 path,
+                contents,
                 permit,
                 ..
             } = cur;
@@ -326,6 +336,7 @@ impl Chunks<'_> {
                     raw_size: stored.sealed.raw_size,
                     stored_size: stored.sealed.stored_size,
                     crc32: stored.sealed.crc32,
+                    contents: Some(contents),
                 },
             ))
         });
@@ -350,6 +361,7 @@ impl Chunks<'_> {
                     raw_size: 0,
                     stored_size: 0,
                     crc32: 0,
+                    contents: None,
                 },
             );
         }

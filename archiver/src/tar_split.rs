@@ -4,9 +4,12 @@
 //! The splitter follows the stream's 512-byte blocks: a header gives its entry's size,
 //! whose data (padded to 512) follows. A cut is allowed before a header, except after an
 //! extension header (GNU long name/link, pax) that belongs to the next entry. All-zero
-//! blocks (end-of-archive markers) are dropped; each chunk gets its own.
+//! blocks (end-of-archive markers) are dropped; each chunk gets its own. Each entry is
+//! reported with its path and kind, for the chunk's contents in `backup.json`.
 
 use std::borrow::Cow;
+
+use tidemark_store::backup::EntryKind;
 
 const BLOCK: usize = 512;
 
@@ -18,6 +21,9 @@ pub const END_OF_ARCHIVE: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 pub enum Piece<'a> {
     /// A chunk may end here (before the entry that follows).
     Cut,
+    /// The entry whose header follows: its path (`None` if not UTF-8) and kind. An entry
+    /// named by an extension header (long name, pax) counts as [`EntryKind::Other`].
+    Entry(Option<String>, EntryKind),
     Bytes(Cow<'a, [u8]>),
 }
 
@@ -91,14 +97,41 @@ impl TarSplitter {
         if block.iter().all(|&b| b == 0) {
             return Ok(());
         }
-        if !self.extension_pending {
+        let extended = self.extension_pending;
+        if !extended {
             out.push(Piece::Cut);
         }
         let size = entry_size(&block)?;
+        let kind = match block[156] {
+            _ if extended => EntryKind::Other,
+            b'0' | 0 | b'7' => EntryKind::File,
+            b'5' => EntryKind::Dir,
+            _ => EntryKind::Other,
+        };
+        if !matches!(block[156], b'L' | b'K' | b'x' | b'g') {
+            out.push(Piece::Entry(entry_path(&block), kind));
+        }
         self.in_entry = size.div_ceil(BLOCK as u64) * BLOCK as u64;
         self.extension_pending = matches!(block[156], b'L' | b'K' | b'x' | b'g');
         out.push(Piece::Bytes(block));
         Ok(())
+    }
+}
+
+/// The path a header names: its name field, after the ustar prefix field if there is one.
+fn entry_path(header: &[u8]) -> Option<String> {
+    let field = |range: std::ops::Range<usize>| {
+        let bytes = &header[range];
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        std::str::from_utf8(&bytes[..end]).ok()
+    };
+    let name = field(0..100)?;
+    match &header[257..262] == b"ustar" {
+        true => match field(345..500)? {
+            "" => Some(name.to_string()),
+            prefix => Some(format!("{prefix}/{name}")),
+        },
+        false => Some(name.to_string()),
     }
 }
 
@@ -164,20 +197,47 @@ mod tests {
         std::fs::read(tar).unwrap()
     }
 
-    fn run(stream: &[u8], piece: usize) -> Vec<Vec<u8>> {
-        // Cut at every allowed point: one chunk per entry.
+    /// Cut at every allowed point: one chunk per entry, and the entries reported.
+    fn run_with_entries(
+        stream: &[u8],
+        piece: usize,
+    ) -> (Vec<Vec<u8>>, Vec<(Option<String>, EntryKind)>) {
         let mut s = TarSplitter::new();
         let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let mut entries = Vec::new();
         for part in stream.chunks(piece) {
             for p in s.split(part).unwrap() {
                 match p {
                     Piece::Cut => chunks.push(Vec::new()),
+                    Piece::Entry(path, kind) => entries.push((path, kind)),
                     Piece::Bytes(b) => chunks.last_mut().expect("cut first").extend_from_slice(&b),
                 }
             }
         }
         s.finish().unwrap();
-        chunks
+        (chunks, entries)
+    }
+
+    fn run(stream: &[u8], piece: usize) -> Vec<Vec<u8>> {
+        run_with_entries(stream, piece).0
+    }
+
+    #[test]
+    fn reports_each_entry_with_its_path_and_kind() {
+        let (_, entries) = run_with_entries(&sample_tar(), 512);
+        let named = |p: &str, k| (Some(p.to_string()), k);
+        assert_eq!(
+            entries,
+            vec![
+                named("./", EntryKind::Dir),
+                named("./PG_VERSION", EntryKind::File),
+                named("./global/", EntryKind::Dir),
+                named("./global/big", EntryKind::File),
+                // The long name lives in the extension header: the entry is not plain.
+                (Some(format!("./{}", "x".repeat(98))), EntryKind::Other),
+                named("./empty", EntryKind::File),
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! link or special file is removed — stale copies, and everything the backup does not
 //! hold (old WAL in `pg_wal`, replication slots, `postmaster.pid`). Unpacking then leaves
 //! the kept files out, and [`prune_dirs`] removes the directories the backup lacks, so
-//! the directory ends exactly as a fresh restore would leave it. A server still running
+//! the directory ends exactly as a fresh restore would leave it. A chunk whose every entry
+//! is already in place ([`in_place`], from the chunk's contents in `backup.json`) is not
+//! fetched at all. A server still running
 //! there ([`running_server`]) is refused first, and so is a directory that holds another
 //! cluster, or is not a data directory at all ([`check_same_cluster`]).
 //!
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tidemark_protocol::crc32c::Crc32c;
+use tidemark_store::backup::ChunkContents;
 
 /// Why a delta restore cannot go ahead.
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +263,18 @@ pub fn survey(
     Ok(survey)
 }
 
+/// Whether a chunk whose `contents` unpack under `dest` would write nothing: it holds
+/// only files the survey kept (`keep`) and directories already there, so a delta need
+/// not fetch it. Its directories then count as unpacked, for [`prune_dirs`].
+pub fn in_place(contents: &ChunkContents, dest: &Path, keep: &HashSet<PathBuf>) -> bool {
+    contents.others == 0
+        && contents.files.iter().all(|f| keep.contains(&dest.join(f)))
+        && contents
+            .dirs
+            .iter()
+            .all(|d| fs::symlink_metadata(dest.join(d)).is_ok_and(|m| m.is_dir()))
+}
+
 /// After unpacking: remove the directories under `roots` that the backup does not hold
 /// (not in `seen`; the roots themselves stay). Returns how many were removed.
 pub fn prune_dirs(roots: &[PathBuf], seen: &HashSet<PathBuf>) -> Result<u64, DeltaError> {
@@ -310,6 +325,40 @@ mod tests {
             &serde_json::json!({"PostgreSQL-Backup-Manifest-Version": 1, "Files": files}),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_chunk_is_in_place_only_when_all_it_holds_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path();
+        fs::create_dir_all(dest.join("base/1")).unwrap();
+        fs::write(dest.join("base/1/100"), b"same").unwrap();
+        std::os::unix::fs::symlink(dest.join("base"), dest.join("linked")).unwrap();
+        let keep = HashSet::from([dest.join("base/1/100")]);
+        let chunk = |files: &[&str], dirs: &[&str], others| ChunkContents {
+            files: files.iter().map(|f| f.to_string()).collect(),
+            dirs: dirs.iter().map(|d| d.to_string()).collect(),
+            others,
+        };
+        assert!(in_place(
+            &chunk(&["base/1/100"], &["base", "base/1"], 0),
+            dest,
+            &keep
+        ));
+        // A file not kept (stale or missing), a missing directory, a directory that is a
+        // link, or an entry of another kind: the chunk is fetched.
+        assert!(!in_place(
+            &chunk(&["base/1/100", "base/1/101"], &[], 0),
+            dest,
+            &keep
+        ));
+        assert!(!in_place(
+            &chunk(&["base/1/100"], &["base/2"], 0),
+            dest,
+            &keep
+        ));
+        assert!(!in_place(&chunk(&[], &["linked"], 0), dest, &keep));
+        assert!(!in_place(&chunk(&["base/1/100"], &[], 1), dest, &keep));
     }
 
     #[test]

@@ -18,7 +18,9 @@ use tidemark_store::repository::{RepoError, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::delta::{check_same_cluster, prune_dirs, running_server, survey, DeltaError, Survey};
+use crate::delta::{
+    check_same_cluster, in_place, prune_dirs, running_server, survey, DeltaError, Survey,
+};
 use crate::journal::{Interrupted, Journal};
 use crate::plan::{plan, Plan, PlanError, PlanRequest};
 use crate::recovery_conf::{RecoverySettings, Standby};
@@ -60,6 +62,8 @@ pub struct DeltaReport {
     pub stale_files: u64,
     pub extra_files: u64,
     pub removed_dirs: u64,
+    /// Chunks not fetched: every entry they hold was already in place.
+    pub chunks_in_place: usize,
 }
 
 /// What a restore did.
@@ -246,6 +250,7 @@ pub async fn restore(
         bytes,
         fetched_bytes,
         chunks,
+        chunks_in_place,
         tablespaces,
         unpacked,
     } = fetched?;
@@ -263,6 +268,7 @@ pub async fn restore(
                 stale_files: s.stale_files,
                 extra_files: s.extra_files,
                 removed_dirs,
+                chunks_in_place,
             };
             tracing::info!(
                 kept_files = report.kept_files,
@@ -270,6 +276,7 @@ pub async fn restore(
                 written_files = report.written_files,
                 written_bytes = report.written_bytes,
                 fetched_bytes,
+                chunks_in_place,
                 removed_files = report.stale_files + report.extra_files,
                 "delta restore: unchanged files kept, the rest written"
             );
@@ -391,6 +398,8 @@ struct Fetched {
     bytes: u64,
     fetched_bytes: u64,
     chunks: usize,
+    /// Chunks a delta left unfetched (see [`in_place`]).
+    chunks_in_place: usize,
     tablespaces: Vec<(String, PathBuf)>,
     unpacked: Unpacked,
 }
@@ -416,6 +425,8 @@ async fn fetch_all(
     let mut n = 0usize;
     let mut bytes = 0;
     let mut fetched_bytes = 0;
+    let mut chunks_in_place = 0;
+    let mut unpacked = Unpacked::default();
     for archive in &plan.backup.archives {
         let dest = match archive.name.strip_suffix(".tar") {
             Some("base") | None => opts.pgdata.clone(),
@@ -434,6 +445,12 @@ async fn fetch_all(
             let tmp = scratch.join(format!("{n}.tar"));
             n += 1;
             if journal.is_done(&chunk.key) {
+                continue;
+            }
+            let contents = chunk.contents.as_ref().filter(|_| opts.delta);
+            if let Some(c) = contents.filter(|c| in_place(c, &dest, &keep)) {
+                unpacked.dirs.extend(c.dirs.iter().map(|d| dest.join(d)));
+                chunks_in_place += 1;
                 continue;
             }
             fetched_bytes += chunk.stored_size;
@@ -457,7 +474,6 @@ async fn fetch_all(
             });
         }
     }
-    let mut unpacked = Unpacked::default();
     while let Some(done) = jobs.join_next().await {
         let one = done.map_err(|e| RestoreError::Task(e.to_string()))??;
         unpacked.files += one.files;
@@ -468,6 +484,7 @@ async fn fetch_all(
         bytes,
         fetched_bytes,
         chunks: n,
+        chunks_in_place,
         tablespaces,
         unpacked,
     })

@@ -130,6 +130,57 @@ pub struct ChunkInfo {
     pub stored_size: u64,
     /// CRC-32 of the uncompressed tar bytes.
     pub crc32: u32,
+    /// The entries the chunk holds (absent in backups of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<ChunkContents>,
+}
+
+/// What one chunk holds, by path in its tar archive, so that `restore --delta` can leave
+/// out a chunk whose every entry is already in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkContents {
+    /// Regular files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// Directories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<String>,
+    /// Entries of any other kind, or whose path is not plain (links, extension headers,
+    /// names that are not UTF-8 or leave the archive): a delta always unpacks their chunk.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub others: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The kind of a tar entry, as [`ChunkContents`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Other,
+}
+
+impl ChunkContents {
+    /// Count one entry: `path` as the header names it (`None` when it is not UTF-8).
+    /// A path is kept in its plain form (`a/b`, no `./`, no trailing `/`).
+    pub fn add(&mut self, path: Option<&str>, kind: EntryKind) {
+        let plain = path.and_then(|p| {
+            let parts: Vec<&str> = p
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect();
+            let plain = !parts.is_empty() && !parts.contains(&"..") && !p.starts_with('/');
+            plain.then(|| parts.join("/"))
+        });
+        match (plain, kind) {
+            (Some(p), EntryKind::File) => self.files.push(p),
+            (Some(p), EntryKind::Dir) => self.dirs.push(p),
+            _ => self.others += 1,
+        }
+    }
 }
 
 /// One tar archive of the backup: the base tablespace or another one.
@@ -191,6 +242,24 @@ impl BackupInfo {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn chunk_contents_hold_plain_paths_and_count_the_rest() {
+        let mut c = ChunkContents::default();
+        c.add(Some("./base/1/"), EntryKind::Dir);
+        c.add(Some("base//1/112"), EntryKind::File);
+        c.add(Some("PG_VERSION"), EntryKind::File);
+        c.add(Some("pg_tblspc/16400/"), EntryKind::Other);
+        c.add(None, EntryKind::File);
+        c.add(Some("../etc/passwd"), EntryKind::File);
+        c.add(Some("/etc/passwd"), EntryKind::File);
+        c.add(Some("./"), EntryKind::Dir);
+        assert_eq!(c.files, ["base/1/112", "PG_VERSION"]);
+        assert_eq!(c.dirs, ["base/1"]);
+        assert_eq!(c.others, 5);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<ChunkContents>(&json).unwrap(), c);
+    }
 
     #[test]
     fn ids_sort_by_time_and_refuse_junk() {
@@ -256,6 +325,7 @@ mod tests {
                     raw_size: 10,
                     stored_size: 5,
                     crc32: 7,
+                    contents: None,
                 }],
             }],
             manifest_key: None,
@@ -271,6 +341,10 @@ mod tests {
         assert!(json.contains("\"system_identifier\":\"18446744073709551614\""));
         assert_eq!(serde_json::from_str::<BackupInfo>(&json).unwrap(), info);
         assert_eq!((info.raw_size(), info.stored_size()), (10, 5));
+        assert!(
+            !json.contains("contents"),
+            "written only when known: {json}"
+        );
         let standby = BackupInfo {
             from_standby: true,
             ..info

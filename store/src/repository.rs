@@ -1529,6 +1529,7 @@ mod tests {
                     raw_size: chunk.sealed.raw_size,
                     stored_size: chunk.sealed.stored_size,
                     crc32: chunk.sealed.crc32,
+                    contents: None,
                 }],
             }],
             manifest_key: None,
