@@ -43,6 +43,24 @@ fn two_hosts(first: &Cluster, second: &Cluster) -> String {
     )
 }
 
+/// A primary with table `t` and a streaming standby, archived (running) through a
+/// connection string naming both, the standby first if `standby_first`.
+fn archived_pair(major: u32, standby_first: bool) -> (Cluster, Cluster, Repo, Archiver) {
+    let primary = Cluster::start(options(major)).expect("primary");
+    primary.psql("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
+    let standby = primary.start_standby().expect("standby");
+    primary.wait_streaming(1).expect("standby streams");
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&primary, &repo, &["--partial-interval", "0.5"]);
+    archiver.set_conninfo(&match standby_first {
+        true => two_hosts(&standby, &primary),
+        false => two_hosts(&primary, &standby),
+    });
+    archiver.init();
+    archiver.start();
+    (primary, standby, repo, archiver)
+}
+
 /// What a failover left: the old primary (stopped), the new one, the archiver (stopped)
 /// and the LSN of a target just before the promotion.
 struct FailedOver {
@@ -59,16 +77,8 @@ struct FailedOver {
 /// 301-400 on timeline 2.
 fn fail_over(major: u32) -> FailedOver {
     let seg = WalSegmentSize::new(1 << 20).unwrap();
-    let mut old = Cluster::start(options(major)).expect("primary");
-    old.psql("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
-    let new = old.start_standby().expect("standby");
-    old.wait_streaming(1).expect("standby streams");
-    let repo = Repo::file();
-    let mut archiver = Archiver::new(&old, &repo, &["--partial-interval", "0.5"]);
     // The standby first: read-write must skip it.
-    archiver.set_conninfo(&two_hosts(&new, &old));
-    archiver.init();
-    archiver.start();
+    let (mut old, new, repo, mut archiver) = archived_pair(major, true);
     insert(&old, 1..=100);
     backup(&archiver, &[]);
     insert(&old, 101..=200);
@@ -277,15 +287,7 @@ fn oldest_segment(cluster: &Cluster) -> u64 {
 fn a_new_primary_without_the_wal_the_repository_needs_is_a_gap_reported_with_its_exact_range() {
     let seg = WalSegmentSize::new(1 << 20).unwrap();
     for major in MAJORS {
-        let mut old = Cluster::start(options(major)).expect("primary");
-        old.psql("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
-        let new = old.start_standby().expect("standby");
-        old.wait_streaming(1).expect("standby streams");
-        let repo = Repo::file();
-        let mut archiver = Archiver::new(&old, &repo, &["--partial-interval", "0.5"]);
-        archiver.set_conninfo(&two_hosts(&old, &new));
-        archiver.init();
-        archiver.start();
+        let (mut old, new, repo, mut archiver) = archived_pair(major, false);
         insert(&old, 1..=100);
         let through = switch_wal(&old);
         archiver.wait_complete_through(through, seg, Duration::from_secs(60));
@@ -344,4 +346,25 @@ fn a_new_primary_without_the_wal_the_repository_needs_is_a_gap_reported_with_its
         );
         assert!(!repo.keys().iter().any(|k| k.starts_with("gaps/")));
     }
+}
+
+#[test]
+fn status_with_a_standby_listed_first_reports_the_primary() {
+    let (primary, standby, _repo, mut archiver) = archived_pair(15, true);
+    archiver.wait_stored(current_lsn(&primary), Duration::from_secs(30));
+    assert_eq!(archiver.terminate(), 0);
+    // No target_session_attrs: `stream` takes the primary, and `status` must ask the same
+    // server (it reported the standby, the first host to answer).
+    archiver.set_conninfo(&format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres",
+        standby.port(),
+        primary.port()
+    ));
+    let out = run(archiver.command(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains(&format!("(127.0.0.1:{})", primary.port())),
+        "{text}"
+    );
 }

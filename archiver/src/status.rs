@@ -9,6 +9,7 @@ use tidemark_store::catalog::Catalog;
 use tidemark_store::gap::WalGap;
 
 use crate::error::ArchiverError;
+use crate::stream::follow::stream_target;
 
 /// What `status` reports.
 #[derive(Debug, Serialize)]
@@ -62,6 +63,9 @@ pub struct ArchivedPoint {
 
 #[derive(Debug, Serialize)]
 pub struct ServerPoint {
+    /// The host reached (`host:port` or socket path): the primary of a host list, as for
+    /// `stream`.
+    pub host: String,
     pub timeline: u32,
     pub flush_lsn: String,
     pub system_identifier: String,
@@ -118,13 +122,17 @@ pub async fn status(
     let Some(conninfo) = conninfo else {
         return Ok(report);
     };
-    let system = match ReplicationClient::connect(conninfo).await {
-        Ok(mut client) => client.identify_system().await,
+    let system = match ReplicationClient::connect(&stream_target(conninfo)).await {
+        Ok(mut client) => client
+            .identify_system()
+            .await
+            .map(|s| (client.host().to_string(), s)),
         Err(e) => Err(e),
     };
     match system {
-        Ok(system) => {
+        Ok((host, system)) => {
             report.server = Some(ServerPoint {
+                host,
                 timeline: system.timeline.0,
                 flush_lsn: system.xlogpos.to_string(),
                 system_identifier: system.system_id.to_string(),
@@ -164,8 +172,8 @@ impl std::fmt::Display for StatusReport {
         match (&self.server, &self.server_error) {
             (Some(s), _) => writeln!(
                 f,
-                "server at:      {} on timeline {}",
-                s.flush_lsn, s.timeline
+                "server at:      {} on timeline {} ({})",
+                s.flush_lsn, s.timeline, s.host
             )?,
             (None, Some(e)) => writeln!(f, "server:         unreachable ({e})")?,
             (None, None) => writeln!(f, "server:         not asked (no --pg)")?,

@@ -36,7 +36,7 @@ use crate::single_writer;
 use crate::spool::{AppendError, LeftoverPartial, Leftovers, Spool, SpoolError};
 use crate::uploads::{Done, Uploads, PATIENCE};
 
-mod follow;
+pub(crate) mod follow;
 
 /// How `stream` behaves. Defaults match the CLI's.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ pub mod conninfo;
 pub mod crc32c;
 pub mod history;
 pub mod lsn;
+pub mod os_user;
 pub mod pgtime;
 pub mod replication;
 pub mod segment;

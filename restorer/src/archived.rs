@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::{StreamExt, TryStreamExt};
 use tidemark_protocol::wal::WalDecoder;
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
-use tidemark_store::layout;
 use tidemark_store::repository::{RepoError, Repository};
 use tidemark_store::wal_summary::WalSummary;
+use tidemark_store::{layout, meta};
 
 /// HEAD requests in flight when reading summaries.
 const SUMMARY_READS: usize = 16;
@@ -51,9 +51,7 @@ impl ArchivedWal {
                 continue;
             }
             let head = repo.head(&key).await?;
-            let end = head
-                .and_then(|h| h.metadata.get(tidemark_store::meta::END_LSN).cloned())
-                .and_then(|v| v.parse::<Lsn>().ok());
+            let end = head.and_then(|h| meta::end_lsn(&h.metadata));
             if let Some(end) = end {
                 tails.insert(name.segno, (end, key));
             }

@@ -362,13 +362,8 @@ pub fn server_owner() -> Option<(u32, u32)> {
     if unsafe { libc::geteuid() } != 0 {
         return None;
     }
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&"postgres") && f.len() > 3)
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-            .flatten()
-    })
+    let user = tidemark_protocol::os_user::named("postgres").ok()??;
+    Some((user.uid, user.gid))
 }
 
 /// Give `path` and everything under it to `uid:gid`. Links are changed themselves

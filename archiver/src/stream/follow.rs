@@ -18,8 +18,8 @@ use crate::error::ArchiverError;
 
 /// `stream` needs the primary: an unset `target_session_attrs` means `primary` here (libpq
 /// would read it as `any`). `target_session_attrs=any` archives whatever host answers
-/// first, a standby included (cascading).
-pub(super) fn stream_target(conninfo: &ConnInfo) -> ConnInfo {
+/// first, a standby included (cascading). `status` asks the server `stream` would use.
+pub(crate) fn stream_target(conninfo: &ConnInfo) -> ConnInfo {
     let mut info = conninfo.clone();
     info.target_session_attrs
         .get_or_insert(TargetSessionAttrs::Primary);

@@ -12,7 +12,6 @@ mod syntax;
 
 pub use hosts::{Endpoint, TargetSessionAttrs};
 
-use std::ffi::CStr;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -421,42 +420,12 @@ impl fmt::Debug for ConnInfo {
     }
 }
 
-/// The password database entry of the effective user.
-fn os_passwd_field(field: fn(&libc::passwd) -> *const libc::c_char) -> Option<String> {
-    let mut pwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into `pwd` and `buf` (both sized as passed) and sets
-    // `result` to `pwd` on success or null otherwise.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            libc::geteuid(),
-            pwd.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success `pwd` is initialised and its strings point into `buf`.
-    let pwd = unsafe { pwd.assume_init() };
-    let ptr = field(&pwd);
-    if ptr.is_null() {
-        return None;
-    }
-    // SAFETY: a non-null passwd string is NUL-terminated inside `buf`.
-    let value = unsafe { CStr::from_ptr(ptr) };
-    value.to_str().ok().map(str::to_string)
-}
-
 fn os_user_name() -> Option<String> {
-    os_passwd_field(|p| p.pw_name)
+    crate::os_user::effective().map(|u| u.name)
 }
 
 fn os_home_dir() -> Option<PathBuf> {
-    os_passwd_field(|p| p.pw_dir).map(PathBuf::from)
+    crate::os_user::effective().map(|u| u.home)
 }
 
 #[cfg(test)]
