@@ -1,5 +1,6 @@
 //! Command-line arguments as typed (clap), before they are resolved and validated.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -32,12 +33,55 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
 
+    /// Config file (tidemark.toml) whose values are the defaults of these options
+    /// [default: /etc/tidemark/tidemark.toml if it exists]
+    #[arg(long, global = true, env = "TIDEMARK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// The [cluster.NAME] of the config file to use [default: the one with default =
+    /// true, else the only one]
+    #[arg(long, global = true, env = "TIDEMARK_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+
     /// Log filter (tracing syntax), e.g. info or tidemark_archiver=debug
     #[arg(long, global = true, env = "TIDEMARK_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log lines on stderr as text or as JSON objects, one a line
+    #[arg(long, global = true, env = "TIDEMARK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// The config file in use, once resolved (not an option).
+    #[arg(skip)]
+    pub config_in_use: Option<crate::config::InUse>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The value of option `long` (`--long VALUE` or `--long=VALUE`) on this command line,
+/// else of variable `env`: for the options needed before the command line is parsed.
+pub fn early_value(long: &str, env: Option<&str>) -> Option<OsString> {
+    let mut args = std::env::args_os().skip(1);
+    let with_eq = format!("{long}=");
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == long {
+            return args.next();
+        }
+        if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix(&with_eq)) {
+            return Some(value.into());
+        }
+    }
+    env.and_then(std::env::var_os).filter(|v| !v.is_empty())
 }
 
 #[derive(Debug, Subcommand)]

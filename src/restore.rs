@@ -133,6 +133,18 @@ fn command_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''").replace('%', "%%"))
 }
 
+/// `--config PATH [--cluster NAME] `: the config file this restore used, for wal-fetch.
+fn config_options(config: &crate::config::InUse) -> String {
+    let mut out = format!(
+        "--config {} ",
+        command_word(&config.path.display().to_string())
+    );
+    if let Some(name) = &config.cluster {
+        out.push_str(&format!("--cluster {} ", command_word(name)));
+    }
+    out
+}
+
 pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
     let Destination { pgdata, standby } = destination(args)?;
@@ -162,9 +174,12 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         None => None,
     };
     let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
-    // An S3 repository's settings reach wal-fetch through a file beside the data
-    // directory, never through the command line.
-    let settings = crate::env_file::current();
+    // An S3 repository's settings reach wal-fetch through the config file in use, and
+    // those only in the environment through a file beside the data directory; never
+    // through the command line.
+    let config = cli.config_in_use.as_ref();
+    let mut settings = crate::env_file::current();
+    settings.retain(|(name, _)| config.is_none_or(|c| !c.exported.contains(&name.as_str())));
     let env_file = match &url {
         RepoUrl::S3 { .. } if !settings.is_empty() => Some(sibling(&pgdata, ".tidemark.env")),
         _ => None,
@@ -181,8 +196,9 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         pgdata,
         request,
         restore_command: format!(
-            "{} {env_option}--repo {} wal-fetch %f %p",
+            "{} {}{env_option}--repo {} wal-fetch %f %p",
             command_word(&exe.display().to_string()),
+            config.map(config_options).unwrap_or_default(),
             command_word(&url.to_string())
         ),
         recovery_end_command: format!("{} wal-fetch-end", command_word(&exe.display().to_string())),
