@@ -16,6 +16,7 @@ use tidemark_store::url::RepoUrl;
 
 use crate::cli::{BackupArgs, Checkpoint, Cli, Command, ListWhat, ObjectsCommand, StreamArgs};
 use crate::failure::Usage;
+use crate::output::{out, outln};
 use crate::paths;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -84,7 +85,7 @@ async fn init(cli: &Cli) -> anyhow::Result<()> {
     let pg = conninfo(cli)?;
     let repo = Repository::create(&url, &S3Options::from_env()?).await?;
     let identity = tidemark_archiver::init::init(&pg, &repo).await?;
-    println!(
+    outln!(
         "repository {url} belongs to cluster {} (PostgreSQL {}, {} MB WAL segments)",
         identity.system_identifier,
         identity.pg_major,
@@ -191,9 +192,9 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     )
     .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{report}");
+        out!("{report}");
     }
     Ok(())
 }
@@ -219,7 +220,7 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
     };
     let info = tidemark_archiver::backup::backup(&pg, repo, config).await?;
-    println!(
+    outln!(
         "backup {} complete: {} to {} on timeline {}{}, {:.1} MB stored ({:.1} MB of files), {} chunks",
         info.id,
         info.start_lsn,
@@ -231,7 +232,7 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
         info.chunks().count()
     );
     if !info.skipped_files.is_empty() {
-        println!(
+        outln!(
             "left out by the server (a restore lacks them): {}",
             info.skipped_files.join(", ")
         );
@@ -244,15 +245,20 @@ async fn list_backups(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let backups = repo.backups().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&backups)?);
+        outln!("{}", serde_json::to_string_pretty(&backups)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<19} {:<4} {:<17} {:<17} {:>10}  {:<20}  LABEL",
-        "ID", "TLI", "START", "STOP", "STORED MB", "FINISHED"
+        "ID",
+        "TLI",
+        "START",
+        "STOP",
+        "STORED MB",
+        "FINISHED"
     );
     for b in &backups {
-        println!(
+        outln!(
             "{:<19} {:<4} {:<17} {:<17} {:>10.1}  {:<20}  {}",
             b.id.to_string(),
             b.timeline,
@@ -286,7 +292,7 @@ async fn reindex(cli: &Cli) -> anyhow::Result<()> {
     catalog.bind(&url.to_string(), identity.system_identifier)?;
     let summary = tidemark_store::reindex::reindex_wal(&repo, &catalog, seg).await?;
     let passes = tidemark_store::reindex::reindex_objects(&repo, &mut catalog).await?;
-    println!(
+    outln!(
         "indexed {} segments, {} partial segments and {passes} object-tracking passes from {url} into {}",
         summary.segments,
         summary.partials,
@@ -333,15 +339,19 @@ fn list_wal(cli: &Cli, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<4} {:<17} {:<17} {:>10} {:>10}  KEY",
-        "TLI", "START", "END", "RAW", "STORED"
+        "TLI",
+        "START",
+        "END",
+        "RAW",
+        "STORED"
     );
     for s in &segments {
-        println!(
+        outln!(
             "{:<4} {:<17} {:<17} {:>10} {:>10}  {}",
             s.name.timeline.0,
             s.start_lsn.to_string(),

@@ -9,6 +9,7 @@ mod expire;
 mod failure;
 mod fetch;
 mod objects;
+mod output;
 mod paths;
 mod restore;
 

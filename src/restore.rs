@@ -24,6 +24,7 @@ use tidemark_store::url::RepoUrl;
 use crate::cli::{Action, Cli, RestoreArgs, TargetOpts};
 use crate::commands::repo_url;
 use crate::failure::Usage;
+use crate::output::outln;
 
 /// `restore` and `plan` ride out a flaky network: every repository read is retried.
 const READS: RetryPolicy = RetryPolicy::reads(READ_BUDGET);
@@ -253,7 +254,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         }
     };
     if let Some(path) = &env_file {
-        println!(
+        outln!(
             "storage settings for restore_command written to {}",
             path.display()
         );
@@ -261,7 +262,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let prepared = started.elapsed();
     print_plan(&report.plan);
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    println!(
+    outln!(
         "restored {} chunks ({:.1} MB; {:.1} MB fetched) into {} in {:.1} s",
         report.chunks,
         mb(report.bytes),
@@ -270,7 +271,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         report.fetch_time.as_secs_f64()
     );
     if let Some(d) = &report.delta {
-        println!(
+        outln!(
             "delta: kept {} unchanged files ({:.1} MB), wrote {} files ({} bytes), removed {} stale and {} extra files and {} directories",
             d.kept_files,
             mb(d.kept_bytes),
@@ -282,7 +283,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(standby) = &options.standby {
-        println!(
+        outln!(
             "restored as a standby (standby.signal): {}",
             match (&standby.primary_conninfo, &standby.primary_slot_name) {
                 (Some(_), Some(slot)) =>
@@ -293,10 +294,10 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         );
     }
     for (oid, dir) in &report.tablespaces {
-        println!("tablespace {oid} restored into {}", dir.display());
+        outln!("tablespace {oid} restored into {}", dir.display());
     }
     for link in &report.absolute_links {
-        println!(
+        outln!(
             "warning: {} restored as a link to {}, which must exist on this host",
             link.link.display(),
             link.target.display()
@@ -310,7 +311,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
             let (objects_report, _) = objects.run(&repo, instant).await?;
             crate::objects::print_report(&objects_report);
         }
-        println!(
+        outln!(
             "recovery settings written; start PostgreSQL on {} to recover",
             options.pgdata.display()
         );
@@ -340,20 +341,21 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || start_and_wait(&pgdata, major, &start, goal))
             .await
             .context("the --start task failed")??;
-    println!(
+    outln!(
         "PostgreSQL {major} on port {port} (pid {}): {}",
-        restored.pid, restored.state
+        restored.pid,
+        restored.state
     );
     if let Some(stop) = &restored.stop {
-        println!("restored point: {stop}");
+        outln!("restored point: {stop}");
     }
     if let Some(t) = &restored.last_transaction {
-        println!("last transaction replayed: {t}");
+        outln!("last transaction replayed: {t}");
     }
     if let Some(tli) = &restored.new_timeline {
-        println!("continues on timeline {tli}");
+        outln!("continues on timeline {tli}");
     }
-    println!(
+    outln!(
         "timings: plan and fetch {:.1} s (of which fetch and unpack {:.1} s), recovery {:.1} s; server log {}",
         prepared.as_secs_f64(),
         report.fetch_time.as_secs_f64(),
@@ -432,7 +434,7 @@ pub async fn plan(
             "archive_end": plan.archive_end.to_string(),
             "skipped_files": plan.backup.skipped_files,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_plan(&plan);
     }
@@ -441,14 +443,14 @@ pub async fn plan(
 
 fn print_plan(plan: &Plan) {
     if let Some(note) = &plan.note {
-        println!("{note}");
+        outln!("{note}");
     }
     for path in &plan.backup.skipped_files {
-        println!(
+        outln!(
             "warning: the backup lacks {path:?}: the server left it out (PostgreSQL copies no symlink outside pg_tblspc); HINT: put the file back by hand after the restore"
         );
     }
-    println!(
+    outln!(
         "backup {} (WAL {} .. {}, finished {}), recovering to {}",
         plan.backup.id,
         plan.backup.start_lsn,
@@ -456,8 +458,11 @@ fn print_plan(plan: &Plan) {
         plan.backup.stop_time.format("%Y-%m-%d %H:%M:%S+00"),
         plan.target
     );
-    println!(
+    outln!(
         "WAL needed: timeline {} segments {:X} .. {:X}; archive ends at {}",
-        plan.wal_first.timeline, plan.wal_first.segno, plan.wal_last.segno, plan.archive_end
+        plan.wal_first.timeline,
+        plan.wal_first.segno,
+        plan.wal_last.segno,
+        plan.archive_end
     );
 }
