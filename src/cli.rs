@@ -92,12 +92,9 @@ pub enum Command {
     Stream(StreamArgs),
     /// Take a base backup of --pg into --repo (needs `tidemark stream` running)
     Backup(BackupArgs),
-    /// Show how far archiving has got and the lag behind the server
-    Status {
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show how far archiving has got and the lag behind the server; exits non-zero when
+    /// unhealthy (3 server unreachable, 4 repository unreachable, 7 lag over --max-lag)
+    Status(StatusArgs),
     /// Restore a base backup and prepare recovery to a target (one at most; none = latest)
     Restore(Box<RestoreArgs>),
     /// Show what `restore` would do, without doing it
@@ -150,6 +147,20 @@ pub enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the repository and for the server before reporting them
+    /// unreachable
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Archiving lag (seconds behind the server) above which status is unhealthy
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub max_lag: f64,
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,9 @@ use tidemark_store::repository::Repository;
 use tidemark_store::storage::S3Options;
 use tidemark_store::url::RepoUrl;
 
-use crate::cli::{BackupArgs, Checkpoint, Cli, Command, ListWhat, ObjectsCommand, StreamArgs};
+use crate::cli::{
+    BackupArgs, Checkpoint, Cli, Command, ListWhat, ObjectsCommand, StatusArgs, StreamArgs,
+};
 use crate::failure::Usage;
 use crate::output::{out, outln};
 use crate::paths;
@@ -23,7 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = match &cli.command {
         Command::Init => init(&cli).await,
         Command::Stream(args) => stream(&cli, args).await,
-        Command::Status { json } => status(&cli, *json).await,
+        Command::Status(args) => return status(&cli, args).await,
         Command::Reindex => reindex(&cli).await,
         Command::Expire(args) => crate::expire::expire(&cli, args).await,
         Command::Objects {
@@ -163,19 +165,26 @@ pub(crate) async fn forward_signals(tx: tokio::sync::watch::Sender<u32>) {
     }
 }
 
-async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+/// `status`: what is archived, the server's position, the windows; its exit code says
+/// whether all is well. Every outside question is bounded by `--timeout`.
+async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let url = repo_url(cli)?;
     let catalog = open_existing_catalog(cli, &url)?;
     let pg = cli.pg.as_deref().map(str::parse::<ConnInfo>).transpose()?;
+    let limit = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(Usage("--timeout must be a positive number of seconds"))?;
+    let no_answer = || anyhow::anyhow!("no answer within {} s", args.timeout);
     // The database window needs the backups, the stored run the accepted gaps; status
     // still reports the rest without them.
-    let facts = match Repository::open(&url, &S3Options::from_env()?).await {
-        Ok(repo) => match (repo.backups().await, repo.gaps().await) {
-            (Ok(backups), Ok(gaps)) => Ok((backups, gaps)),
-            (Err(e), _) | (_, Err(e)) => Err(anyhow::Error::from(e)),
-        },
-        Err(e) => Err(e.into()),
-    };
+    let facts = tokio::time::timeout(limit, async {
+        let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+        anyhow::Ok((repo.backups().await?, repo.gaps().await?))
+    })
+    .await
+    .unwrap_or_else(|_| Err(no_answer()));
+    let repository_ok = facts.is_ok();
     let (oldest_backup_end, gaps) = match facts {
         Ok((backups, gaps)) => (backups.first().map(|b| b.stop_time), gaps),
         Err(e) => {
@@ -183,20 +192,32 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             (None, Vec::new())
         }
     };
-    let report = tidemark_archiver::status::status(
-        &url.to_string(),
-        &catalog,
-        oldest_backup_end,
-        &gaps,
-        pg.as_ref(),
-    )
-    .await?;
-    if json {
+    let url_text = url.to_string();
+    let report =
+        |pg| tidemark_archiver::status::status(&url_text, &catalog, oldest_backup_end, &gaps, pg);
+    let report = match tokio::time::timeout(limit, report(pg.as_ref())).await {
+        Ok(report) => report?,
+        Err(_) => {
+            let mut report = report(None).await?;
+            report.server_error = Some(no_answer().to_string());
+            report
+        }
+    };
+    if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         out!("{report}");
     }
-    Ok(())
+    let code = if report.server_error.is_some() {
+        crate::failure::POSTGRES
+    } else if !repository_ok {
+        crate::failure::STORAGE
+    } else if report.lag_seconds.is_some_and(|lag| lag > args.max_lag) {
+        crate::failure::UNHEALTHY
+    } else {
+        0
+    };
+    Ok(ExitCode::from(code))
 }
 
 async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
