@@ -109,7 +109,11 @@ pub enum Command {
         json: bool,
     },
     /// Rebuild the local catalog from the repository alone
-    Reindex,
+    Reindex {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what the retention window no longer needs: old backups, their WAL, and
     /// bucket history from before the database's window
     Expire(ExpireArgs),
@@ -262,6 +266,9 @@ pub struct BackupArgs {
     /// Throttle the server's sending to this many kB/s (32-1048576) [default: unlimited]
     #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u32).range(32..=1_048_576))]
     pub max_rate_kb: Option<u32>,
+    /// Print the backup's record (its backup.json) as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

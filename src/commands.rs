@@ -26,7 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => init(&cli).await,
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status(args) => return status(&cli, args).await,
-        Command::Reindex => reindex(&cli).await,
+        Command::Reindex { json } => reindex(&cli, *json).await,
         Command::Expire(args) => crate::expire::expire(&cli, args).await,
         Command::Objects {
             what: ObjectsCommand::Track(args),
@@ -241,6 +241,10 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
     };
     let info = tidemark_archiver::backup::backup(&pg, repo, config).await?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
     outln!(
         "backup {} complete: {} to {} on timeline {}{}, {:.1} MB stored ({:.1} MB of files), {} chunks",
         info.id,
@@ -306,13 +310,25 @@ pub(crate) async fn open_identified(
     Ok((url, repo, identity, seg))
 }
 
-async fn reindex(cli: &Cli) -> anyhow::Result<()> {
+async fn reindex(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let (url, repo, identity, seg) = open_identified(cli).await?;
     let path = catalog_path(cli, &url);
     let mut catalog = Catalog::open(&path)?;
     catalog.bind(&url.to_string(), identity.system_identifier)?;
     let summary = tidemark_store::reindex::reindex_wal(&repo, &catalog, seg).await?;
     let passes = tidemark_store::reindex::reindex_objects(&repo, &mut catalog).await?;
+    if json {
+        let value = serde_json::json!({
+            "repository": url.to_string(),
+            "catalog": path.display().to_string(),
+            "segments": summary.segments,
+            "partial_segments": summary.partials,
+            "object_passes": passes,
+            "skipped_keys": summary.skipped,
+        });
+        outln!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
     outln!(
         "indexed {} segments, {} partial segments and {passes} object-tracking passes from {url} into {}",
         summary.segments,

@@ -92,8 +92,13 @@ fn a_named_cluster_in_a_config_file_archives_backs_up_and_restores_through_it() 
     cluster.psql("CREATE TABLE t(id int, tag text)").unwrap();
     rows(&cluster, "before-backup", 1, 50);
     // A flag beats the file's log_format: this command logs text.
-    let out = run(archiver.command(&["--log-format", "text", "backup"]));
+    let out = run(archiver.command(&["--log-format", "text", "backup", "--json"]));
     assert!(out.status.success(), "backup: {}", stderr(&out));
+    let backup: serde_json::Value = serde_json::from_slice(&out.stdout).expect("backup --json");
+    let listed = run(archiver.command(&["list", "backups", "--json"]));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("list --json");
+    assert_eq!(listed[0]["id"], backup["id"], "{backup:#}");
+    assert!(backup["id"].is_string(), "{backup:#}");
     let backup_log = stderr(&out);
     assert!(!backup_log.contains('\u{1b}'), "{backup_log}");
     assert!(!backup_log.trim_start().starts_with('{'), "{backup_log}");
@@ -126,6 +131,13 @@ fn a_named_cluster_in_a_config_file_archives_backs_up_and_restores_through_it() 
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     assert_eq!(archiver.terminate(), 0);
+
+    // The catalog rebuilt from the repository, reported as JSON.
+    let out = run(archiver.command(&["reindex", "--json"]));
+    assert!(out.status.success(), "reindex: {}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reindex --json");
+    assert!(summary["segments"].as_u64().unwrap() >= 2, "{summary:#}");
+    assert_eq!(summary["repository"], repo_url.as_str());
 
     let dir = restore_into(&archiver, &["--target-lsn", &target.to_string()]);
     let auto = fs::read_to_string(dir.path().join("data/postgresql.auto.conf")).unwrap();
