@@ -380,6 +380,9 @@ pub struct RestoreArgs {
     /// report lists those missing from the restored bucket
     #[arg(long, value_name = "SQL")]
     pub verify_refs: Option<String>,
+    /// Print the report as one JSON object (plan, restored, started, objects)
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments Patroni passes to a replica-creation or bootstrap command (each

@@ -139,7 +139,30 @@ fn a_named_cluster_in_a_config_file_archives_backs_up_and_restores_through_it() 
     assert!(summary["segments"].as_u64().unwrap() >= 2, "{summary:#}");
     assert_eq!(summary["repository"], repo_url.as_str());
 
-    let dir = restore_into(&archiver, &["--target-lsn", &target.to_string()]);
+    let dir = tidemark_fixtures::test_dir("config-restore");
+    let data = dir.path().join("data");
+    let target_text = target.to_string();
+    let out = run(archiver.command(&[
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target-lsn",
+        &target_text,
+        "--json",
+    ]));
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("restore --json");
+    assert_eq!(report["plan"]["backup"], backup["id"], "{report:#}");
+    assert_eq!(
+        report["plan"]["target"],
+        format!("LSN {target_text}"),
+        "{report:#}"
+    );
+    assert!(
+        report["restored"]["chunks"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
+    assert!(report["restored"]["env_file"].is_null(), "{report:#}");
     let auto = fs::read_to_string(dir.path().join("data/postgresql.auto.conf")).unwrap();
     assert!(
         // Quoted for the shell, and again for postgresql.auto.conf.
