@@ -443,6 +443,9 @@ pub struct TrackArgs {
     /// One pass, then exit
     #[arg(long)]
     pub once: bool,
+    /// With --once: print what the catalog now holds for the bucket as JSON
+    #[arg(long, requires = "once")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

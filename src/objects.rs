@@ -85,7 +85,19 @@ pub async fn track(cli: &Cli, args: &TrackArgs) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(crate::commands::forward_signals(tx));
     tidemark_archiver::objects_track::track(&repo, &catalog, &pg, &s3, &options, rx).await?;
-    if args.once {
+    if args.once && args.json {
+        let catalog = Catalog::open(&catalog)?;
+        let tracked = catalog.tracked_buckets()?;
+        let b = tracked.iter().find(|b| b.bucket == args.bucket);
+        let value = serde_json::json!({
+            "bucket": args.bucket,
+            "mode": b.map(|b| b.mode.as_str()),
+            "versions": b.map(|b| b.versions),
+            "first_pass": b.map(|b| b.first_pass.to_rfc3339()),
+            "last_pass": b.map(|b| b.last_pass.to_rfc3339()),
+        });
+        outln!("{}", serde_json::to_string_pretty(&value)?);
+    } else if args.once {
         outln!("recorded one tracking pass of bucket {}", args.bucket);
     }
     Ok(())
