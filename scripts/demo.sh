@@ -61,6 +61,7 @@ cleanup() {
   return 0
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # a timeout or ^C still stops every server started
 for _ in $(seq 300); do "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.1; done
 
 export TIDEMARK_REPO=file://$DEMO_DIR/repo
