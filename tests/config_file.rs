@@ -1,7 +1,9 @@
 //! `tidemark.toml`: a named cluster in a config file drives init, stream, backup and
 //! restore against real PostgreSQL and S3 with no flags or variables but `--config` and
 //! `--cluster`; the restored server recovers through the config-based restore_command.
-//! Precedence is flag > environment > file > default, one test per boundary.
+//! Precedence is flag > environment > file > default, one test per boundary. Also the
+//! log options: JSON lines, colour only on a terminal and never with `NO_COLOR`, a bad
+//! filter refused.
 
 mod common;
 
@@ -309,4 +311,44 @@ fn config_mistakes_and_bad_log_filters_are_usage_errors() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `status` of a repository that is not there, which logs a warning; stdout and stderr
+/// merged. `pty`: run under `script`, on a terminal.
+fn warning_output(pty: bool, no_color: bool) -> String {
+    let work = tidemark_fixtures::test_dir("colour");
+    let catalog = work.path().join("catalog.db");
+    tidemark_store::catalog::Catalog::open(&catalog).unwrap();
+    let line = format!(
+        "{} --repo file:///nonexistent/repo --catalog {} status 2>&1",
+        env!("CARGO_BIN_EXE_tidemark"),
+        catalog.display()
+    );
+    let mut cmd = match pty {
+        true => {
+            let mut c = Command::new("script");
+            c.args(["-qec", &line, "/dev/null"]);
+            c
+        }
+        false => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &line]);
+            c
+        }
+    };
+    cmd.env_remove("NO_COLOR").env_remove("TIDEMARK_LOG");
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    }
+    let out = run(cmd);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("WARN"), "{text}");
+    text
+}
+
+#[test]
+fn log_colours_only_on_a_terminal_and_never_with_no_color() {
+    assert!(warning_output(true, false).contains("\u{1b}["));
+    assert!(!warning_output(true, true).contains('\u{1b}'));
+    assert!(!warning_output(false, false).contains('\u{1b}'));
 }
