@@ -122,8 +122,8 @@ pub struct InUse {
 struct Layer {
     /// Option defaults by subcommand path (empty: global) and option id.
     options: BTreeMap<(Vec<String>, String), Vec<String>>,
-    /// `[s3]` values by variable name.
-    env: BTreeMap<&'static str, String>,
+    /// `[s3]` values by key.
+    s3: BTreeMap<&'static str, String>,
 }
 
 /// The file read and checked: its top level and its clusters.
@@ -179,17 +179,16 @@ pub fn apply(
     if let Some(name) = &cluster {
         let (own, _) = &doc.clusters[name];
         layer.options.extend(own.options.clone());
-        layer.env.extend(own.env.clone());
+        layer.s3.extend(own.s3.clone());
     }
     let mut exported = Vec::new();
-    for (var, value) in &layer.env {
-        let (_, _, winners) = S3_KEYS
-            .iter()
-            .find(|(_, v, _)| v == var)
-            .expect("variables come from S3_KEYS");
+    for (key, var, winners) in S3_KEYS {
+        let Some(value) = layer.s3.get(key) else {
+            continue;
+        };
         if winners.iter().all(|w| std::env::var_os(w).is_none()) {
             std::env::set_var(var, value);
-            exported.push(*var);
+            exported.push(var);
         }
     }
     let mut cli = cli;
@@ -322,11 +321,11 @@ impl Reader<'_> {
         let name = key.get_ref().as_ref();
         if name == "s3" {
             for (k, v) in self.table(key, value)? {
-                let Some((_, var, _)) = S3_KEYS.iter().find(|(n, _, _)| *n == k.get_ref()) else {
+                let Some((key, _, _)) = S3_KEYS.iter().find(|(n, _, _)| *n == k.get_ref()) else {
                     return Err(self.unknown(k, &join(section, "s3")));
                 };
                 let text = scalar(v.get_ref()).ok_or_else(|| self.bad(k, "a string"))?;
-                layer.env.insert(var, text);
+                layer.s3.insert(key, text);
             }
             return Ok(());
         }
