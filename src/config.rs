@@ -1,8 +1,8 @@
 //! `tidemark.toml`: settings for every command and named clusters, found by `--config`,
 //! `TIDEMARK_CONFIG`, then `/etc/tidemark/tidemark.toml`. The file's values become the
 //! defaults of the command line's options, so a flag or its `TIDEMARK_*` variable still
-//! wins; its `[s3]` table sets the standard AWS and `TIDEMARK_S3_*` variables that the
-//! environment does not already set. Precedence: flag > environment > file > default.
+//! wins; its `[s3]` table (and `objects_lease_ttl`) set the standard AWS and `TIDEMARK_*`
+//! variables that the environment does not already set. Precedence: flag > environment > file > default.
 //!
 //! Keys are the options' long names with `_` for `-`: top-level (or in `[cluster.NAME]`)
 //! for the global options, in a table named for the command otherwise (`[stream]`,
@@ -24,38 +24,44 @@ pub const DEFAULT_PATH: &str = "/etc/tidemark/tidemark.toml";
 /// Global options that the file cannot set: they choose the file, or are read before it.
 const NOT_IN_FILE: [&str; 5] = ["config", "cluster", "env_file", "help", "version"];
 
-/// `[s3]` keys and the variable each sets, with the variables that, when set, win.
-const S3_KEYS: [(&str, &str, &[&str]); 7] = [
+/// Keys that set an environment variable (`s3.` ones in the `[s3]` table), the variable,
+/// and the variables that, when set, win over the file.
+const VARIABLES: [(&str, &str, &[&str]); 8] = [
     (
-        "endpoint",
+        "s3.endpoint",
         "AWS_ENDPOINT_URL_S3",
         &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
     ),
     (
-        "region",
+        "s3.region",
         "AWS_REGION",
         &["AWS_REGION", "AWS_DEFAULT_REGION"],
     ),
-    ("profile", "AWS_PROFILE", &["AWS_PROFILE"]),
+    ("s3.profile", "AWS_PROFILE", &["AWS_PROFILE"]),
     (
-        "credentials_file",
+        "s3.credentials_file",
         "AWS_SHARED_CREDENTIALS_FILE",
         &["AWS_SHARED_CREDENTIALS_FILE"],
     ),
     (
-        "path_style",
+        "s3.path_style",
         "TIDEMARK_S3_PATH_STYLE",
         &["TIDEMARK_S3_PATH_STYLE"],
     ),
     (
-        "multipart_threshold",
+        "s3.multipart_threshold",
         "TIDEMARK_S3_MULTIPART_THRESHOLD",
         &["TIDEMARK_S3_MULTIPART_THRESHOLD"],
     ),
     (
-        "part_size",
+        "s3.part_size",
         "TIDEMARK_S3_PART_SIZE",
         &["TIDEMARK_S3_PART_SIZE"],
+    ),
+    (
+        "objects_lease_ttl",
+        "TIDEMARK_OBJECTS_LEASE_TTL",
+        &["TIDEMARK_OBJECTS_LEASE_TTL"],
     ),
 ];
 
@@ -122,8 +128,8 @@ pub struct InUse {
 struct Layer {
     /// Option defaults by subcommand path (empty: global) and option id.
     options: BTreeMap<(Vec<String>, String), Vec<String>>,
-    /// `[s3]` values by key.
-    s3: BTreeMap<&'static str, String>,
+    /// Values of the `VARIABLES` keys.
+    vars: BTreeMap<&'static str, String>,
 }
 
 /// The file read and checked: its top level and its clusters.
@@ -179,11 +185,11 @@ pub fn apply(
     if let Some(name) = &cluster {
         let (own, _) = &doc.clusters[name];
         layer.options.extend(own.options.clone());
-        layer.s3.extend(own.s3.clone());
+        layer.vars.extend(own.vars.clone());
     }
     let mut exported = Vec::new();
-    for (key, var, winners) in S3_KEYS {
-        let Some(value) = layer.s3.get(key) else {
+    for (key, var, winners) in VARIABLES {
+        let Some(value) = layer.vars.get(key) else {
             continue;
         };
         if winners.iter().all(|w| std::env::var_os(w).is_none()) {
@@ -321,12 +327,19 @@ impl Reader<'_> {
         let name = key.get_ref().as_ref();
         if name == "s3" {
             for (k, v) in self.table(key, value)? {
-                let Some((key, _, _)) = S3_KEYS.iter().find(|(n, _, _)| *n == k.get_ref()) else {
+                let name = format!("s3.{}", k.get_ref());
+                let Some((key, _, _)) = VARIABLES.iter().find(|(n, _, _)| *n == name) else {
                     return Err(self.unknown(k, &join(section, "s3")));
                 };
                 let text = scalar(v.get_ref()).ok_or_else(|| self.bad(k, "a string"))?;
-                layer.s3.insert(key, text);
+                layer.vars.insert(key, text);
             }
+            return Ok(());
+        }
+        if let Some((var_key, _, _)) = VARIABLES.iter().find(|(n, _, _)| *n == name) {
+            let text =
+                scalar(value.get_ref()).ok_or_else(|| self.bad(key, "a string or number"))?;
+            layer.vars.insert(var_key, text);
             return Ok(());
         }
         if let Some(sub) = subcommand(self.cli, name) {
@@ -579,6 +592,36 @@ mod tests {
         );
         let err = parse("[stream]\nslot = [[1]]\n", None, &["init"]).unwrap_err();
         assert!(err.contains("`slot`") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn variables_come_from_the_file_unless_the_environment_has_them() {
+        // The only test that touches this variable.
+        std::env::remove_var("TIDEMARK_OBJECTS_LEASE_TTL");
+        let f = file("objects_lease_ttl = 7\n", 0o600);
+        let (_, used) = apply(
+            crate::cli::Cli::command(),
+            Some(f.path().to_path_buf()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            std::env::var("TIDEMARK_OBJECTS_LEASE_TTL").as_deref(),
+            Ok("7")
+        );
+        assert_eq!(used.unwrap().exported, ["TIDEMARK_OBJECTS_LEASE_TTL"]);
+        let f = file("objects_lease_ttl = 9\n", 0o600);
+        let (_, used) = apply(
+            crate::cli::Cli::command(),
+            Some(f.path().to_path_buf()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            std::env::var("TIDEMARK_OBJECTS_LEASE_TTL").as_deref(),
+            Ok("7")
+        );
+        assert!(used.unwrap().exported.is_empty());
     }
 
     #[test]
