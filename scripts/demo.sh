@@ -4,6 +4,8 @@
 # restored to a chosen instant T; the restored cluster shows exactly the rows up to T.
 #   ./scripts/demo.sh            (fresh machine: installs what is missing, builds, runs)
 # Environment: DEMO_DIR (default /tmp/tidemark-demo), DEMO_SECONDS of pgbench load (10).
+# It exits 0 only when the restored cluster holds exactly the rows up to T, and stops
+# every server it started (.ci/run runs it with DEMO_SECONDS=2 under a timeout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +13,11 @@ DEMO_DIR=${DEMO_DIR:-/tmp/tidemark-demo}
 DEMO_SECONDS=${DEMO_SECONDS:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/tidemark-target}
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [[ -t 1 && -z ${NO_COLOR:-} ]]; then
+  say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  say() { printf '\n== %s\n' "$*"; }
+fi
 
 if [[ $(id -u) -eq 0 ]]; then ./scripts/setup.sh; fi
 say "building tidemark"
@@ -19,8 +25,17 @@ cargo build --quiet --bin tidemark
 TIDEMARK=$CARGO_TARGET_DIR/debug/tidemark
 BIN=/usr/lib/postgresql/15/bin
 
-as_postgres() {
-  if [[ $(id -u) -eq 0 ]]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
+# Replace this (sub)shell by CMD, run as postgres when we are root: a server started with
+# `( exec_as_postgres postgres … ) &` has $! = the server's own PID, so signals and
+# `wait` reach it (a wrapper shell in between would swallow them).
+exec_as_postgres() {
+  if [[ $(id -u) -eq 0 ]]; then exec setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else exec "$@"; fi
+}
+as_postgres() { (exec_as_postgres "$@"); }
+# Stop the server of data directory $1 (fast shutdown, waits), then reap its PID $2.
+stop_server() {
+  as_postgres "$BIN/pg_ctl" stop -D "$1" -m fast -w -t 60 >/dev/null 2>&1 || kill -KILL "$2" 2>/dev/null
+  wait "$2" 2>/dev/null || true
 }
 
 rm -rf "$DEMO_DIR"
@@ -34,16 +49,19 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 
 say "starting PostgreSQL 15 on 127.0.0.1:$PORT (data in $PGDATA)"
 as_postgres "$BIN/initdb" -D "$PGDATA" -U postgres -A trust --data-checksums >/dev/null
-as_postgres "$BIN/postgres" -D "$PGDATA" -p "$PORT" -k "$SOCK" -c listen_addresses=127.0.0.1 \
-  -c wal_level=replica -c max_wal_senders=4 >"$DEMO_DIR/postgres.log" 2>&1 &
+(exec_as_postgres "$BIN/postgres" -D "$PGDATA" -p "$PORT" -k "$SOCK" -c listen_addresses=127.0.0.1 \
+  -c wal_level=replica -c max_wal_senders=4 >"$DEMO_DIR/postgres.log" 2>&1) &
 PG_PID=$!
 STREAM_PID=
+RESTORED_PID=
 cleanup() {
-  [[ -n $STREAM_PID ]] && kill "$STREAM_PID" 2>/dev/null && wait "$STREAM_PID" 2>/dev/null
-  kill -INT "$PG_PID" 2>/dev/null && wait "$PG_PID" 2>/dev/null
+  if [[ -n $STREAM_PID ]]; then kill -TERM "$STREAM_PID" 2>/dev/null; wait "$STREAM_PID" 2>/dev/null; fi
+  [[ -n $RESTORED_PID ]] && stop_server "$RESTORED" "$RESTORED_PID"
+  stop_server "$PGDATA" "$PG_PID"
   return 0
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # a timeout or ^C still stops every server started
 for _ in $(seq 300); do "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.1; done
 
 export TIDEMARK_REPO=file://$DEMO_DIR/repo
@@ -92,11 +110,13 @@ STREAM_PID=
 
 say "tidemark restore --target-time '$TARGET'"
 RESTORED=$DEMO_DIR/restored
+# The restored server runs restore_command as postgres: it must read the repository.
+[[ $(id -u) -eq 0 ]] && chmod -R a+rX "$DEMO_DIR/repo"
 "$TIDEMARK" restore --pgdata "$RESTORED" --target-time "$TARGET"
-[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$RESTORED" "$DEMO_DIR/repo"
+[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$RESTORED"
 PORT2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-as_postgres "$BIN/postgres" -D "$RESTORED" -p "$PORT2" -k "$SOCK" -c listen_addresses=127.0.0.1 \
-  >"$DEMO_DIR/restored.log" 2>&1 &
+(exec_as_postgres "$BIN/postgres" -D "$RESTORED" -p "$PORT2" -k "$SOCK" -c listen_addresses=127.0.0.1 \
+  >"$DEMO_DIR/restored.log" 2>&1) &
 RESTORED_PID=$!
 for _ in $(seq 600); do
   [[ $("$BIN/psql" -XAtq -h 127.0.0.1 -p "$PORT2" -U postgres -c 'SELECT pg_is_in_recovery()' postgres 2>/dev/null) == f ]] && break
@@ -104,6 +124,12 @@ for _ in $(seq 600); do
 done
 say "the restored cluster: the rows committed at or before T, and none after"
 "$BIN/psql" -Xq -h 127.0.0.1 -p "$PORT2" -U postgres -c 'SELECT id, note, at FROM orders ORDER BY id' postgres
-kill -INT "$RESTORED_PID"; wait "$RESTORED_PID" 2>/dev/null || true
+GOT=$("$BIN/psql" -XAtq -h 127.0.0.1 -p "$PORT2" -U postgres -c "SELECT string_agg(id::text, ',' ORDER BY id) FROM orders" postgres)
+if [[ $GOT != "1,2,3" ]]; then
+  echo "demo failed: the restored cluster holds orders $GOT, expected 1,2,3 (see $DEMO_DIR/restored.log)" >&2
+  exit 1
+fi
+stop_server "$RESTORED" "$RESTORED_PID"
+RESTORED_PID=
 echo
 echo "Everything is in $DEMO_DIR (repository: $DEMO_DIR/repo, archiver log: $DEMO_DIR/stream.log)."

@@ -1,5 +1,6 @@
 //! Command-line arguments as typed (clap), before they are resolved and validated.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -32,12 +33,55 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
 
+    /// Config file (tidemark.toml) whose values are the defaults of these options
+    /// [default: /etc/tidemark/tidemark.toml if it exists]
+    #[arg(long, global = true, env = "TIDEMARK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// The [cluster.NAME] of the config file to use [default: the one with default =
+    /// true, else the only one]
+    #[arg(long, global = true, env = "TIDEMARK_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+
     /// Log filter (tracing syntax), e.g. info or tidemark_archiver=debug
     #[arg(long, global = true, env = "TIDEMARK_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log lines on stderr as text or as JSON objects, one a line
+    #[arg(long, global = true, env = "TIDEMARK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// The config file in use, once resolved (not an option).
+    #[arg(skip)]
+    pub config_in_use: Option<crate::config::InUse>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The value of option `long` (`--long VALUE` or `--long=VALUE`) on this command line,
+/// else of variable `env`: for the options needed before the command line is parsed.
+pub fn early_value(long: &str, env: Option<&str>) -> Option<OsString> {
+    let mut args = std::env::args_os().skip(1);
+    let with_eq = format!("{long}=");
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == long {
+            return args.next();
+        }
+        if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix(&with_eq)) {
+            return Some(value.into());
+        }
+    }
+    env.and_then(std::env::var_os).filter(|v| !v.is_empty())
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,12 +92,9 @@ pub enum Command {
     Stream(StreamArgs),
     /// Take a base backup of --pg into --repo (needs `tidemark stream` running)
     Backup(BackupArgs),
-    /// Show how far archiving has got and the lag behind the server
-    Status {
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show how far archiving has got and the lag behind the server; exits non-zero when
+    /// unhealthy (3 server unreachable, 4 repository unreachable, 7 lag over --max-lag)
+    Status(StatusArgs),
     /// Restore a base backup and prepare recovery to a target (one at most; none = latest)
     Restore(Box<RestoreArgs>),
     /// Show what `restore` would do, without doing it
@@ -68,7 +109,11 @@ pub enum Command {
         json: bool,
     },
     /// Rebuild the local catalog from the repository alone
-    Reindex,
+    Reindex {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what the retention window no longer needs: old backups, their WAL, and
     /// bucket history from before the database's window
     Expire(ExpireArgs),
@@ -106,6 +151,20 @@ pub enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the repository and for the server before reporting them
+    /// unreachable
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Archiving lag (seconds behind the server) above which status is unhealthy
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub max_lag: f64,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +266,9 @@ pub struct BackupArgs {
     /// Throttle the server's sending to this many kB/s (32-1048576) [default: unlimited]
     #[arg(long, value_name = "KB", value_parser = clap::value_parser!(u32).range(32..=1_048_576))]
     pub max_rate_kb: Option<u32>,
+    /// Print the backup's record (its backup.json) as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -318,6 +380,9 @@ pub struct RestoreArgs {
     /// report lists those missing from the restored bucket
     #[arg(long, value_name = "SQL")]
     pub verify_refs: Option<String>,
+    /// Print the report as one JSON object (plan, restored, started, objects)
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments Patroni passes to a replica-creation or bootstrap command (each
@@ -378,6 +443,9 @@ pub struct TrackArgs {
     /// One pass, then exit
     #[arg(long)]
     pub once: bool,
+    /// With --once: print what the catalog now holds for the bucket as JSON
+    #[arg(long, requires = "once")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

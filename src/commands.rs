@@ -14,16 +14,19 @@ use tidemark_store::repository::Repository;
 use tidemark_store::storage::S3Options;
 use tidemark_store::url::RepoUrl;
 
-use crate::cli::{BackupArgs, Checkpoint, Cli, Command, ListWhat, ObjectsCommand, StreamArgs};
+use crate::cli::{
+    BackupArgs, Checkpoint, Cli, Command, ListWhat, ObjectsCommand, StatusArgs, StreamArgs,
+};
 use crate::failure::Usage;
+use crate::output::{out, outln};
 use crate::paths;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = match &cli.command {
         Command::Init => init(&cli).await,
         Command::Stream(args) => stream(&cli, args).await,
-        Command::Status { json } => status(&cli, *json).await,
-        Command::Reindex => reindex(&cli).await,
+        Command::Status(args) => return status(&cli, args).await,
+        Command::Reindex { json } => reindex(&cli, *json).await,
         Command::Expire(args) => crate::expire::expire(&cli, args).await,
         Command::Objects {
             what: ObjectsCommand::Track(args),
@@ -84,7 +87,7 @@ async fn init(cli: &Cli) -> anyhow::Result<()> {
     let pg = conninfo(cli)?;
     let repo = Repository::create(&url, &S3Options::from_env()?).await?;
     let identity = tidemark_archiver::init::init(&pg, &repo).await?;
-    println!(
+    outln!(
         "repository {url} belongs to cluster {} (PostgreSQL {}, {} MB WAL segments)",
         identity.system_identifier,
         identity.pg_major,
@@ -162,19 +165,26 @@ pub(crate) async fn forward_signals(tx: tokio::sync::watch::Sender<u32>) {
     }
 }
 
-async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+/// `status`: what is archived, the server's position, the windows; its exit code says
+/// whether all is well. Every outside question is bounded by `--timeout`.
+async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let url = repo_url(cli)?;
     let catalog = open_existing_catalog(cli, &url)?;
     let pg = cli.pg.as_deref().map(str::parse::<ConnInfo>).transpose()?;
+    let limit = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(Usage("--timeout must be a positive number of seconds"))?;
+    let no_answer = || anyhow::anyhow!("no answer within {} s", args.timeout);
     // The database window needs the backups, the stored run the accepted gaps; status
     // still reports the rest without them.
-    let facts = match Repository::open(&url, &S3Options::from_env()?).await {
-        Ok(repo) => match (repo.backups().await, repo.gaps().await) {
-            (Ok(backups), Ok(gaps)) => Ok((backups, gaps)),
-            (Err(e), _) | (_, Err(e)) => Err(anyhow::Error::from(e)),
-        },
-        Err(e) => Err(e.into()),
-    };
+    let facts = tokio::time::timeout(limit, async {
+        let repo = Repository::open(&url, &S3Options::from_env()?).await?;
+        anyhow::Ok((repo.backups().await?, repo.gaps().await?))
+    })
+    .await
+    .unwrap_or_else(|_| Err(no_answer()));
+    let repository_ok = facts.is_ok();
     let (oldest_backup_end, gaps) = match facts {
         Ok((backups, gaps)) => (backups.first().map(|b| b.stop_time), gaps),
         Err(e) => {
@@ -182,20 +192,32 @@ async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             (None, Vec::new())
         }
     };
-    let report = tidemark_archiver::status::status(
-        &url.to_string(),
-        &catalog,
-        oldest_backup_end,
-        &gaps,
-        pg.as_ref(),
-    )
-    .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let url_text = url.to_string();
+    let report =
+        |pg| tidemark_archiver::status::status(&url_text, &catalog, oldest_backup_end, &gaps, pg);
+    let report = match tokio::time::timeout(limit, report(pg.as_ref())).await {
+        Ok(report) => report?,
+        Err(_) => {
+            let mut report = report(None).await?;
+            report.server_error = Some(no_answer().to_string());
+            report
+        }
+    };
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{report}");
+        out!("{report}");
     }
-    Ok(())
+    let code = if report.server_error.is_some() {
+        crate::failure::POSTGRES
+    } else if !repository_ok {
+        crate::failure::STORAGE
+    } else if report.lag_seconds.is_some_and(|lag| lag > args.max_lag) {
+        crate::failure::UNHEALTHY
+    } else {
+        0
+    };
+    Ok(ExitCode::from(code))
 }
 
 async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
@@ -219,7 +241,11 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
     };
     let info = tidemark_archiver::backup::backup(&pg, repo, config).await?;
-    println!(
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    outln!(
         "backup {} complete: {} to {} on timeline {}{}, {:.1} MB stored ({:.1} MB of files), {} chunks",
         info.id,
         info.start_lsn,
@@ -231,7 +257,7 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> anyhow::Result<()> {
         info.chunks().count()
     );
     if !info.skipped_files.is_empty() {
-        println!(
+        outln!(
             "left out by the server (a restore lacks them): {}",
             info.skipped_files.join(", ")
         );
@@ -244,15 +270,20 @@ async fn list_backups(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let backups = repo.backups().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&backups)?);
+        outln!("{}", serde_json::to_string_pretty(&backups)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<19} {:<4} {:<17} {:<17} {:>10}  {:<20}  LABEL",
-        "ID", "TLI", "START", "STOP", "STORED MB", "FINISHED"
+        "ID",
+        "TLI",
+        "START",
+        "STOP",
+        "STORED MB",
+        "FINISHED"
     );
     for b in &backups {
-        println!(
+        outln!(
             "{:<19} {:<4} {:<17} {:<17} {:>10.1}  {:<20}  {}",
             b.id.to_string(),
             b.timeline,
@@ -279,14 +310,26 @@ pub(crate) async fn open_identified(
     Ok((url, repo, identity, seg))
 }
 
-async fn reindex(cli: &Cli) -> anyhow::Result<()> {
+async fn reindex(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let (url, repo, identity, seg) = open_identified(cli).await?;
     let path = catalog_path(cli, &url);
     let mut catalog = Catalog::open(&path)?;
     catalog.bind(&url.to_string(), identity.system_identifier)?;
     let summary = tidemark_store::reindex::reindex_wal(&repo, &catalog, seg).await?;
     let passes = tidemark_store::reindex::reindex_objects(&repo, &mut catalog).await?;
-    println!(
+    if json {
+        let value = serde_json::json!({
+            "repository": url.to_string(),
+            "catalog": path.display().to_string(),
+            "segments": summary.segments,
+            "partial_segments": summary.partials,
+            "object_passes": passes,
+            "skipped_keys": summary.skipped,
+        });
+        outln!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    outln!(
         "indexed {} segments, {} partial segments and {passes} object-tracking passes from {url} into {}",
         summary.segments,
         summary.partials,
@@ -333,15 +376,19 @@ fn list_wal(cli: &Cli, json: bool) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<4} {:<17} {:<17} {:>10} {:>10}  KEY",
-        "TLI", "START", "END", "RAW", "STORED"
+        "TLI",
+        "START",
+        "END",
+        "RAW",
+        "STORED"
     );
     for s in &segments {
-        println!(
+        outln!(
             "{:<4} {:<17} {:<17} {:>10} {:>10}  {}",
             s.name.timeline.0,
             s.start_lsn.to_string(),

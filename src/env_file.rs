@@ -42,25 +42,10 @@ fn carried(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The path given with `--env-file PATH` or `--env-file=PATH` on this command line.
-fn given() -> Option<PathBuf> {
-    let mut args = std::env::args_os().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == OPTION {
-            return args.next().map(PathBuf::from);
-        }
-        let text = arg.to_string_lossy();
-        if let Some(path) = text.strip_prefix("--env-file=") {
-            return Some(PathBuf::from(path));
-        }
-    }
-    None
-}
-
 /// Load the file named by `--env-file` into the environment, if one is named. Call
 /// before any thread starts.
 pub fn load_from_args() -> Result<(), EnvFileError> {
-    let Some(path) = given() else {
+    let Some(path) = crate::cli::early_value(OPTION, None).map(PathBuf::from) else {
         return Ok(());
     };
     for (name, value) in read(&path)? {

@@ -5,6 +5,7 @@ use tidemark_store::catalog::Catalog;
 
 use crate::cli::{Cli, ExpireArgs};
 use crate::commands::{catalog_path, open_identified};
+use crate::output::outln;
 
 pub async fn expire(cli: &Cli, args: &ExpireArgs) -> anyhow::Result<()> {
     let (url, repo, identity, seg) = open_identified(cli).await?;
@@ -26,7 +27,7 @@ pub async fn expire(cli: &Cli, args: &ExpireArgs) -> anyhow::Result<()> {
     };
     let report = tidemark_archiver::expire::expire(&repo, catalog.as_mut(), seg, options).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, catalog.is_none());
     }
@@ -37,9 +38,9 @@ fn print_report(r: &ExpireReport, no_catalog: bool) {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string();
     let verb = if r.dry_run { "would remove" } else { "removed" };
-    println!("retention window begins {}", time(r.cutoff));
+    outln!("retention window begins {}", time(r.cutoff));
     let removed_bytes: u64 = r.backups_removed.iter().map(|b| b.bytes).sum();
-    println!(
+    outln!(
         "{verb} {} backups ({:.1} MB){}",
         r.backups_removed.len(),
         mb(removed_bytes),
@@ -48,7 +49,7 @@ fn print_report(r: &ExpireReport, no_catalog: bool) {
             .map(|b| format!("\n  {} (ended {})", b.id, time(b.stop_time)))
             .collect::<String>()
     );
-    println!(
+    outln!(
         "kept {} backups: {}",
         r.backups_kept.len(),
         r.backups_kept
@@ -57,19 +58,19 @@ fn print_report(r: &ExpireReport, no_catalog: bool) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
+    outln!(
         "{verb} {} WAL objects ({:.1} MB)",
         r.wal_removed,
         mb(r.wal_bytes_removed)
     );
     match r.database_window_from {
-        Some(t) => println!("database restorable from {}", time(t)),
-        None => println!("database: no complete backup, so nothing is expired"),
+        Some(t) => outln!("database restorable from {}", time(t)),
+        None => outln!("database: no complete backup, so nothing is expired"),
     }
     for b in &r.buckets {
         match &b.skipped {
-            Some(why) => println!("bucket {}: left as it is: {why}", b.bucket),
-            None => println!(
+            Some(why) => outln!("bucket {}: left as it is: {why}", b.bucket),
+            None => outln!(
                 "bucket {}: {verb} {} versions and {} copies ({:.1} MB), folding {} pass records into one{}",
                 b.bucket,
                 b.versions_dropped,
@@ -83,6 +84,6 @@ fn print_report(r: &ExpireReport, no_catalog: bool) {
         }
     }
     if no_catalog && !r.dry_run {
-        println!("no catalog on this machine was updated; run `tidemark reindex` where one is");
+        outln!("no catalog on this machine was updated; run `tidemark reindex` where one is");
     }
 }

@@ -9,7 +9,8 @@
 //! initialised, split-brain WAL, a bucket without versioning, an object target outside
 //! the tracked window, a non-empty destination, a lease another process holds, storage
 //! that ignores conditional puts, a delta restore over a running server); 6 local files
-//! (catalog, spool) failed.
+//! (catalog, spool) failed; 7 `status`: archiving lags the server by more than `--max-lag`
+//! (`status` also exits 3 when the server, 4 when the repository does not answer).
 //! `wal-fetch` has its own contract with PostgreSQL: 0 restored, 1 absent, 200 failed
 //! (1 in standby mode).
 
@@ -38,6 +39,8 @@ pub const POSTGRES: u8 = 3;
 pub const STORAGE: u8 = 4;
 pub const REFUSED: u8 = 5;
 pub const LOCAL: u8 = 6;
+/// `status`: archiving lags the server by more than the bound.
+pub const UNHEALTHY: u8 = 7;
 /// `wal-fetch`: the file is not in the repository (PostgreSQL: "not available").
 pub const FETCH_ABSENT: u8 = 1;
 /// `wal-fetch` failed for another reason in archive recovery: above 125 and not 143, so

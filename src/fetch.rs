@@ -141,6 +141,12 @@ fn spawn_prefetch(cli: &Cli, file: &str, count: u32, cache: &Cache) {
         return;
     };
     let mut cmd = std::process::Command::new(exe);
+    if let Some(config) = &cli.config_in_use {
+        cmd.arg("--config").arg(&config.path);
+        if let Some(name) = &config.cluster {
+            cmd.arg("--cluster").arg(name);
+        }
+    }
     if let Some(repo) = &cli.repo {
         cmd.arg("--repo").arg(repo);
     }

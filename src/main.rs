@@ -3,17 +3,18 @@
 
 mod cli;
 mod commands;
+mod config;
 mod env_file;
 mod expire;
 mod failure;
 mod fetch;
 mod objects;
+mod output;
 mod paths;
 mod restore;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-
-use clap::Parser;
 
 fn main() -> ExitCode {
     // Before parsing (its TIDEMARK_* values act as environment) and before any thread.
@@ -21,11 +22,14 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return failure::usage_status();
     }
-    let cli = match cli::Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
-        Err(e) => return failure::usage_exit(e),
+        Err(code) => return code,
     };
-    init_logging(&cli.log);
+    if let Err(e) = init_logging(&cli.log, cli.log_format) {
+        eprintln!("error: {e}");
+        return failure::usage_status();
+    }
     if matches!(cli.command, cli::Command::WalFetch(_)) {
         fetch::exit_on_panic();
     }
@@ -49,15 +53,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // No colour codes where stderr is not a terminal (a server log, a file).
+/// The command line, with the config file's values as defaults (`config.rs`); the exit
+/// code of a usage error otherwise. Call before any thread starts.
+fn parse() -> Result<cli::Cli, ExitCode> {
+    use clap::{CommandFactory, FromArgMatches};
+    let path = cli::early_value("--config", Some("TIDEMARK_CONFIG")).map(PathBuf::from);
+    let cluster = cli::early_value("--cluster", Some("TIDEMARK_CLUSTER"))
+        .map(|name| name.to_string_lossy().into_owned());
+    let (command, in_use) = config::apply(cli::Cli::command(), path, cluster).map_err(|e| {
+        eprintln!("error: {e}");
+        failure::usage_status()
+    })?;
+    let mut cli = command
+        .try_get_matches()
+        .and_then(|m| cli::Cli::from_arg_matches(&m))
+        .map_err(failure::usage_exit)?;
+    cli.config_in_use = in_use;
+    Ok(cli)
+}
+
+/// Logs on stderr: text, with colour only on a terminal and without `NO_COLOR`, or JSON
+/// lines. An invalid filter is a usage error.
+fn init_logging(filter: &str, format: cli::LogFormat) -> Result<(), String> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| {
+        format!("--log {filter:?} is not a log filter ({e}); HINT: use a level (error, warn, info, debug, trace) or target=level pairs, e.g. info,tidemark_archiver=debug")
+    })?;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        cli::LogFormat::Json => builder.json().init(),
+        cli::LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init()
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,7 @@ use crate::cli::{
 };
 use crate::commands::{catalog_path, conninfo, open_existing_catalog, repo_url};
 use crate::failure::Usage;
+use crate::output::outln;
 use crate::paths;
 
 /// Tracking settings for `bucket`.
@@ -84,8 +85,20 @@ pub async fn track(cli: &Cli, args: &TrackArgs) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(crate::commands::forward_signals(tx));
     tidemark_archiver::objects_track::track(&repo, &catalog, &pg, &s3, &options, rx).await?;
-    if args.once {
-        println!("recorded one tracking pass of bucket {}", args.bucket);
+    if args.once && args.json {
+        let catalog = Catalog::open(&catalog)?;
+        let tracked = catalog.tracked_buckets()?;
+        let b = tracked.iter().find(|b| b.bucket == args.bucket);
+        let value = serde_json::json!({
+            "bucket": args.bucket,
+            "mode": b.map(|b| b.mode.as_str()),
+            "versions": b.map(|b| b.versions),
+            "first_pass": b.map(|b| b.first_pass.to_rfc3339()),
+            "last_pass": b.map(|b| b.last_pass.to_rfc3339()),
+        });
+        outln!("{}", serde_json::to_string_pretty(&value)?);
+    } else if args.once {
+        outln!("recorded one tracking pass of bucket {}", args.bucket);
     }
     Ok(())
 }
@@ -217,7 +230,7 @@ pub async fn verify_refs(
 }
 
 pub fn print_report(report: &ObjectRestoreReport) {
-    println!(
+    outln!(
         "bucket {} restored into {}: {} objects restored ({:.1} MB), {} removed, {} unchanged",
         report.bucket,
         report.destination,
@@ -227,19 +240,19 @@ pub fn print_report(report: &ObjectRestoreReport) {
         report.unchanged
     );
     if report.already_restored > 0 {
-        println!(
+        outln!(
             "resumed: {} object(s) already restored by an earlier run were checked and kept",
             report.already_restored
         );
     }
-    println!(
+    outln!(
         "instant: database {} = bucket {} (object store clock, ±{} ms)",
         report.database_instant.format("%Y-%m-%d %H:%M:%S%.6f+00"),
         report.bucket_instant.format("%Y-%m-%d %H:%M:%S%.3f+00"),
         report.clock_uncertainty_ms
     );
     if !report.uncertain_keys.is_empty() {
-        println!(
+        outln!(
             "warning: {} key(s) changed within the clock uncertainty of the instant, so their state is uncertain: {}",
             report.uncertain_keys.len(),
             report.uncertain_keys.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
@@ -250,7 +263,7 @@ pub fn print_report(report: &ObjectRestoreReport) {
 
 fn print_late_listed(report: &ObjectRestoreReport) {
     if !report.late_listed_keys.is_empty() {
-        println!(
+        outln!(
             "warning: {} key(s) have a version stamped before the instant that tracking first listed after it (a multipart upload is stamped when it starts and visible once complete), so it was left out: {}",
             report.late_listed_keys.len(),
             report.late_listed_keys.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
@@ -259,15 +272,15 @@ fn print_late_listed(report: &ObjectRestoreReport) {
 }
 
 pub fn print_verification(checked: usize, missing: &[String]) {
-    println!(
+    outln!(
         "verify-refs: {checked} key(s) referenced, {} missing from the restored bucket",
         missing.len()
     );
     for key in missing.iter().take(100) {
-        println!("missing: {key}");
+        outln!("missing: {key}");
     }
     if missing.len() > 100 {
-        println!("… and {} more", missing.len() - 100);
+        outln!("… and {} more", missing.len() - 100);
     }
 }
 
@@ -299,7 +312,7 @@ pub async fn restore(cli: &Cli, args: &ObjectsRestoreArgs) -> anyhow::Result<()>
         if let Some((checked, missing)) = &verified {
             value["verify_refs"] = serde_json::json!({ "checked": checked, "missing": missing.len(), "missing_keys": missing });
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_report(&report);
         if let Some((checked, missing)) = &verified {

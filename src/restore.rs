@@ -24,6 +24,7 @@ use tidemark_store::url::RepoUrl;
 use crate::cli::{Action, Cli, RestoreArgs, TargetOpts};
 use crate::commands::repo_url;
 use crate::failure::Usage;
+use crate::output::outln;
 
 /// `restore` and `plan` ride out a flaky network: every repository read is retried.
 const READS: RetryPolicy = RetryPolicy::reads(READ_BUDGET);
@@ -133,7 +134,57 @@ fn command_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''").replace('%', "%%"))
 }
 
+/// `--config PATH [--cluster NAME] `: the config file this restore used, for wal-fetch.
+fn config_options(config: &crate::config::InUse) -> String {
+    let mut out = format!(
+        "--config {} ",
+        command_word(&config.path.display().to_string())
+    );
+    if let Some(name) = &config.cluster {
+        out.push_str(&format!("--cluster {} ", command_word(name)));
+    }
+    out
+}
+
+/// What `restore` reports: text lines as it goes, or with `--json` one object at the end.
+struct Summary {
+    json: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Summary {
+    fn say(&self, line: std::fmt::Arguments) {
+        if self.json.is_none() {
+            outln!("{line}");
+        }
+    }
+
+    fn set(&mut self, key: &str, value: serde_json::Value) {
+        if let Some(map) = &mut self.json {
+            map.insert(key.to_string(), value);
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if let Some(map) = self.json {
+            outln!("{}", serde_json::to_string_pretty(&map)?);
+        }
+        Ok(())
+    }
+}
+
 pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
+    let mut summary = Summary {
+        json: args.json.then(serde_json::Map::new),
+    };
+    restore_reporting(cli, args, &mut summary).await?;
+    summary.finish()
+}
+
+async fn restore_reporting(
+    cli: &Cli,
+    args: &RestoreArgs,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
     let url = repo_url(cli)?;
     let Destination { pgdata, standby } = destination(args)?;
     let request = request(&args.target, args.backup.as_deref())?;
@@ -162,9 +213,12 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         None => None,
     };
     let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
-    // An S3 repository's settings reach wal-fetch through a file beside the data
-    // directory, never through the command line.
-    let settings = crate::env_file::current();
+    // An S3 repository's settings reach wal-fetch through the config file in use, and
+    // those only in the environment through a file beside the data directory; never
+    // through the command line.
+    let config = cli.config_in_use.as_ref();
+    let mut settings = crate::env_file::current();
+    settings.retain(|(name, _)| config.is_none_or(|c| !c.exported.contains(&name.as_str())));
     let env_file = match &url {
         RepoUrl::S3 { .. } if !settings.is_empty() => Some(sibling(&pgdata, ".tidemark.env")),
         _ => None,
@@ -181,8 +235,9 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         pgdata,
         request,
         restore_command: format!(
-            "{} {env_option}--repo {} wal-fetch %f %p",
+            "{} {}{env_option}--repo {} wal-fetch %f %p",
             command_word(&exe.display().to_string()),
+            config.map(config_options).unwrap_or_default(),
             command_word(&url.to_string())
         ),
         recovery_end_command: format!("{} wal-fetch-end", command_word(&exe.display().to_string())),
@@ -197,6 +252,7 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     let repo = Repository::open_for_reads(&url, &S3Options::from_env()?, READS).await?;
     let started = std::time::Instant::now();
     let plan = plan_restore(&repo, &options).await?;
+    let seg = segment_size(&repo).await?;
     // The backup's own major runs it, found before anything is written.
     let bindir = match args.start {
         true => Some(find_bindir(plan.backup.pg_major, args.pg_bin.as_deref())?),
@@ -237,24 +293,48 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         }
     };
     if let Some(path) = &env_file {
-        println!(
+        summary.say(format_args!(
             "storage settings for restore_command written to {}",
             path.display()
-        );
+        ));
     }
     let prepared = started.elapsed();
-    print_plan(&report.plan);
+    match summary.json {
+        Some(_) => summary.set("plan", plan_json(&report.plan, seg)),
+        None => print_plan(&report.plan),
+    }
+    summary.set(
+        "restored",
+        serde_json::json!({
+            "pgdata": options.pgdata.display().to_string(),
+            "chunks": report.chunks,
+            "bytes": report.bytes,
+            "fetched_bytes": report.fetched_bytes,
+            "fetch_seconds": report.fetch_time.as_secs_f64(),
+            "env_file": env_file.as_ref().map(|p| p.display().to_string()),
+            "restore_command": options.restore_command,
+            "standby": options.standby.is_some(),
+            "tablespaces": report.tablespaces.iter().map(|(oid, dir)| serde_json::json!({"oid": oid, "dir": dir.display().to_string()})).collect::<Vec<_>>(),
+            "absolute_links": report.absolute_links.iter().map(|l| serde_json::json!({"link": l.link.display().to_string(), "target": l.target.display().to_string()})).collect::<Vec<_>>(),
+            "delta": report.delta.as_ref().map(|d| serde_json::json!({
+                "kept_files": d.kept_files, "kept_bytes": d.kept_bytes,
+                "written_files": d.written_files, "written_bytes": d.written_bytes,
+                "stale_files": d.stale_files, "extra_files": d.extra_files,
+                "removed_dirs": d.removed_dirs, "chunks_in_place": d.chunks_in_place,
+            })),
+        }),
+    );
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    println!(
+    summary.say(format_args!(
         "restored {} chunks ({:.1} MB; {:.1} MB fetched) into {} in {:.1} s",
         report.chunks,
         mb(report.bytes),
         mb(report.fetched_bytes),
         options.pgdata.display(),
         report.fetch_time.as_secs_f64()
-    );
+    ));
     if let Some(d) = &report.delta {
-        println!(
+        summary.say(format_args!(
             "delta: kept {} unchanged files ({:.1} MB; {} chunks held only those and were not fetched), wrote {} files ({} bytes), removed {} stale and {} extra files and {} directories",
             d.kept_files,
             mb(d.kept_bytes),
@@ -264,10 +344,10 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
             d.stale_files,
             d.extra_files,
             d.removed_dirs
-        );
+        ));
     }
     if let Some(standby) = &options.standby {
-        println!(
+        summary.say(format_args!(
             "restored as a standby (standby.signal): {}",
             match (&standby.primary_conninfo, &standby.primary_slot_name) {
                 (Some(_), Some(slot)) =>
@@ -275,17 +355,20 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
                 (Some(_), None) => "streams from primary_conninfo".to_string(),
                 (None, _) => "archive-only, replays the repository's WAL".to_string(),
             }
-        );
+        ));
     }
     for (oid, dir) in &report.tablespaces {
-        println!("tablespace {oid} restored into {}", dir.display());
+        summary.say(format_args!(
+            "tablespace {oid} restored into {}",
+            dir.display()
+        ));
     }
     for link in &report.absolute_links {
-        println!(
+        summary.say(format_args!(
             "warning: {} restored as a link to {}, which must exist on this host",
             link.link.display(),
             link.target.display()
-        );
+        ));
     }
     let Some(bindir) = bindir else {
         if let (Some(objects), Some(instant)) = (objects, time_target) {
@@ -293,12 +376,15 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
             // the database reaches the same instant when PostgreSQL is started.
             let repo = Repository::open(&url, &S3Options::from_env()?).await?;
             let (objects_report, _) = objects.run(&repo, instant).await?;
-            crate::objects::print_report(&objects_report);
+            match summary.json {
+                Some(_) => summary.set("objects", serde_json::to_value(&objects_report)?),
+                None => crate::objects::print_report(&objects_report),
+            }
         }
-        println!(
+        summary.say(format_args!(
             "recovery settings written; start PostgreSQL on {} to recover",
             options.pgdata.display()
-        );
+        ));
         return Ok(());
     };
     let major = report.plan.backup.pg_major;
@@ -325,26 +411,40 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || start_and_wait(&pgdata, major, &start, goal))
             .await
             .context("the --start task failed")??;
-    println!(
+    summary.say(format_args!(
         "PostgreSQL {major} on port {port} (pid {}): {}",
         restored.pid, restored.state
-    );
+    ));
     if let Some(stop) = &restored.stop {
-        println!("restored point: {stop}");
+        summary.say(format_args!("restored point: {stop}"));
     }
     if let Some(t) = &restored.last_transaction {
-        println!("last transaction replayed: {t}");
+        summary.say(format_args!("last transaction replayed: {t}"));
     }
     if let Some(tli) = &restored.new_timeline {
-        println!("continues on timeline {tli}");
+        summary.say(format_args!("continues on timeline {tli}"));
     }
-    println!(
+    summary.set(
+        "started",
+        serde_json::json!({
+            "major": major,
+            "port": port,
+            "pid": restored.pid,
+            "state": restored.state,
+            "stop": restored.stop,
+            "last_transaction": restored.last_transaction,
+            "new_timeline": restored.new_timeline,
+            "recovery_seconds": recovering.elapsed().as_secs_f64(),
+            "log": restored.log.display().to_string(),
+        }),
+    );
+    summary.say(format_args!(
         "timings: plan and fetch {:.1} s (of which fetch and unpack {:.1} s), recovery {:.1} s; server log {}",
         prepared.as_secs_f64(),
         report.fetch_time.as_secs_f64(),
         recovering.elapsed().as_secs_f64(),
         restored.log.display()
-    );
+    ));
     let Some(objects) = objects else {
         return Ok(());
     };
@@ -354,12 +454,21 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> anyhow::Result<()> {
     };
     let repo = Repository::open(&url, &S3Options::from_env()?).await?;
     let (objects_report, writer) = objects.run(&repo, instant).await?;
-    crate::objects::print_report(&objects_report);
+    let mut objects_value = serde_json::to_value(&objects_report)?;
+    if summary.json.is_none() {
+        crate::objects::print_report(&objects_report);
+    }
     if let Some(sql) = &args.verify_refs {
         let pg = restored_conninfo(cli, port)?;
         let (checked, missing) = crate::objects::verify_refs(&pg, sql, &writer).await?;
-        crate::objects::print_verification(checked, &missing);
+        match summary.json {
+            Some(_) => {
+                objects_value["verify_refs"] = serde_json::json!({ "checked": checked, "missing": missing.len(), "missing_keys": missing });
+            }
+            None => crate::objects::print_verification(checked, &missing),
+        }
     }
+    summary.set("objects", objects_value);
     Ok(())
 }
 
@@ -404,36 +513,40 @@ pub async fn plan(
     let seg = segment_size(&repo).await?;
     let plan = tidemark_restorer::plan::plan(&repo, seg, &request).await?;
     if json {
-        let value = serde_json::json!({
-            "backup": plan.backup.id.to_string(),
-            "backup_start_lsn": plan.backup.start_lsn.to_string(),
-            "backup_stop_lsn": plan.backup.stop_lsn.to_string(),
-            "target": plan.target.to_string(),
-            "target_inclusive": plan.inclusive,
-            "timeline": plan.timeline.0,
-            "note": plan.note,
-            "wal_first": plan.wal_first.file_name(seg),
-            "wal_last": plan.wal_last.file_name(seg),
-            "archive_end": plan.archive_end.to_string(),
-            "skipped_files": plan.backup.skipped_files,
-        });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&plan_json(&plan, seg))?);
     } else {
         print_plan(&plan);
     }
     Ok(())
 }
 
+/// `plan --json`, and the `plan` of `restore --json`.
+fn plan_json(plan: &Plan, seg: tidemark_protocol::WalSegmentSize) -> serde_json::Value {
+    serde_json::json!({
+        "backup": plan.backup.id.to_string(),
+        "backup_start_lsn": plan.backup.start_lsn.to_string(),
+        "backup_stop_lsn": plan.backup.stop_lsn.to_string(),
+        "target": plan.target.to_string(),
+        "target_inclusive": plan.inclusive,
+        "timeline": plan.timeline.0,
+        "note": plan.note,
+        "wal_first": plan.wal_first.file_name(seg),
+        "wal_last": plan.wal_last.file_name(seg),
+        "archive_end": plan.archive_end.to_string(),
+        "skipped_files": plan.backup.skipped_files,
+    })
+}
+
 fn print_plan(plan: &Plan) {
     if let Some(note) = &plan.note {
-        println!("{note}");
+        outln!("{note}");
     }
     for path in &plan.backup.skipped_files {
-        println!(
+        outln!(
             "warning: the backup lacks {path:?}: the server left it out (PostgreSQL copies no symlink outside pg_tblspc); HINT: put the file back by hand after the restore"
         );
     }
-    println!(
+    outln!(
         "backup {} (WAL {} .. {}, finished {}), recovering to {}",
         plan.backup.id,
         plan.backup.start_lsn,
@@ -441,8 +554,11 @@ fn print_plan(plan: &Plan) {
         plan.backup.stop_time.format("%Y-%m-%d %H:%M:%S+00"),
         plan.target
     );
-    println!(
+    outln!(
         "WAL needed: timeline {} segments {:X} .. {:X}; archive ends at {}",
-        plan.wal_first.timeline, plan.wal_first.segno, plan.wal_last.segno, plan.archive_end
+        plan.wal_first.timeline,
+        plan.wal_first.segno,
+        plan.wal_last.segno,
+        plan.archive_end
     );
 }

@@ -392,8 +392,15 @@ fn bad_object_requests_are_refused_and_write_nothing() {
     let out = restore_at("yesterday");
     refused(&out, 2, "yesterday");
     std::thread::sleep(Duration::from_millis(1100));
-    let out = cmd(&["objects", "track", "--bucket", &versioned, "--once"]);
+    let out = cmd(&[
+        "objects", "track", "--bucket", &versioned, "--once", "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let tracked: serde_json::Value = serde_json::from_slice(&out.stdout).expect("track --json");
+    assert_eq!(tracked["bucket"], versioned.as_str(), "{tracked:#}");
+    assert_eq!(tracked["mode"], "versions", "{tracked:#}");
+    assert!(tracked["versions"].as_u64().unwrap() >= 1, "{tracked:#}");
+    assert!(tracked["last_pass"].as_str().unwrap() > tracked["first_pass"].as_str().unwrap());
     let out = cmd(&["objects", "restore", "--target-time", &later]);
     refused(&out, 2, "--objects-to");
     // A destination that is not empty: nothing is written to it.

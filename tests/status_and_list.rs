@@ -62,6 +62,9 @@ fn status_reports_lag_and_list_shows_every_archived_segment() {
     let report = json(run(archiver.command(&["status", "--json"])));
     assert!(report["lag_bytes"].as_u64().unwrap() > 0, "{report:#}");
     assert!(report["lag_seconds"].as_f64().unwrap() >= 1.0, "{report:#}");
+    // Lag over the bound is unhealthy: the report, and exit status 7.
+    let out = run(archiver.command(&["status", "--max-lag", "0.5"]));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let text = run(archiver.command(&["status"]));
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(
@@ -84,4 +87,46 @@ fn status_reports_lag_and_list_shows_every_archived_segment() {
             rec.key
         );
     }
+}
+
+#[test]
+fn status_never_hangs_on_an_unresponsive_repository_and_fails_when_the_server_is_down() {
+    // A repository endpoint that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let work = tidemark_fixtures::test_dir("status");
+    let catalog = work.path().join("catalog.db");
+    tidemark_store::catalog::Catalog::open(&catalog).unwrap();
+    let closed = tidemark_fixtures::free_port();
+    let status = |repo: &str, pg: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        cmd.env("AWS_ENDPOINT_URL_S3", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env_remove("TIDEMARK_REPO")
+            .env_remove("TIDEMARK_PG")
+            .args(["--repo", repo, "--catalog"])
+            .arg(&catalog);
+        if let Some(pg) = pg {
+            cmd.args(["--pg", pg]);
+        }
+        cmd.args(["status", "--timeout", "2"]);
+        let started = std::time::Instant::now();
+        let out = run(cmd);
+        (out, started.elapsed())
+    };
+    let (out, took) = status(
+        "s3://silent/repo",
+        Some(&format!("host=127.0.0.1 port={closed} user=postgres")),
+    );
+    assert!(took < Duration::from_secs(20), "status took {took:?}");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("server:         unreachable"), "{text}");
+
+    // Without --pg, only the repository is asked: silent, exit 4.
+    let (out, took) = status("s3://silent/repo", None);
+    assert!(took < Duration::from_secs(20), "status took {took:?}");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    drop(silent);
 }

@@ -174,6 +174,8 @@ pub struct Archiver {
     repo_env: Vec<(String, String)>,
     conninfo: String,
     extra: Vec<String>,
+    /// `--config PATH --cluster NAME` instead of `--repo`, `--pg` and `--catalog`.
+    config: Option<(PathBuf, String)>,
     child: Option<Child>,
     runs: u32,
 }
@@ -188,6 +190,24 @@ impl Archiver {
             repo_env: repo.env(),
             conninfo: cluster.conninfo(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            config: None,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    /// An archiver driven only by the config file `config` and its `[cluster.NAME]`:
+    /// commands get `--config` and `--cluster` and no storage or tidemark variables.
+    /// `repo_url` and `catalog` are what the file says, for the helpers that read them.
+    pub fn configured(config: &Path, name: &str, repo_url: &str, catalog: PathBuf) -> Archiver {
+        Archiver {
+            work: tidemark_fixtures::test_dir("archiver"),
+            catalog,
+            repo_url: repo_url.to_string(),
+            repo_env: Vec::new(),
+            conninfo: String::new(),
+            extra: Vec::new(),
+            config: Some((config.to_path_buf(), name.to_string())),
             child: None,
             runs: 0,
         }
@@ -195,6 +215,19 @@ impl Archiver {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        if let Some((path, name)) = &self.config {
+            for (var, _) in std::env::vars() {
+                if var.starts_with("AWS_") || var.starts_with("TIDEMARK_") {
+                    cmd.env_remove(var);
+                }
+            }
+            cmd.arg("--config")
+                .arg(path)
+                .arg("--cluster")
+                .arg(name)
+                .args(args);
+            return cmd;
+        }
         cmd.env_remove("TIDEMARK_REPO")
             .env_remove("TIDEMARK_PG")
             .envs(self.repo_env.clone())
