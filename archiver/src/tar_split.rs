@@ -197,11 +197,11 @@ mod tests {
         std::fs::read(tar).unwrap()
     }
 
+    /// An entry as the splitter reports it: its path (if plain) and kind.
+    type Entry = (Option<String>, EntryKind);
+
     /// Cut at every allowed point: one chunk per entry, and the entries reported.
-    fn run_with_entries(
-        stream: &[u8],
-        piece: usize,
-    ) -> (Vec<Vec<u8>>, Vec<(Option<String>, EntryKind)>) {
+    fn run_with_entries(stream: &[u8], piece: usize) -> (Vec<Vec<u8>>, Vec<Entry>) {
         let mut s = TarSplitter::new();
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         let mut entries = Vec::new();
