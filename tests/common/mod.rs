@@ -378,17 +378,23 @@ impl Archiver {
         });
     }
 
-    /// Wait until the complete segment holding `lsn - 1` is archived.
+    /// Wait until the complete segments are archived without a hole from the first one
+    /// through the one holding `lsn - 1`. Uploads finish in any order: the newest one
+    /// being stored says nothing about the ones before it.
     pub fn wait_complete_through(&mut self, lsn: Lsn, seg: WalSegmentSize, timeout: Duration) {
         let want = Lsn(lsn.0 - 1).segment_number(seg);
         let deadline = Instant::now() + timeout;
         loop {
             self.assert_running();
-            if self
+            let complete: std::collections::BTreeSet<u64> = self
                 .segments()
                 .iter()
-                .any(|s| !s.partial && s.name.segno == want)
-            {
+                .filter(|s| !s.partial)
+                .map(|s| s.name.segno)
+                .collect();
+            if complete.first().is_some_and(|&first| {
+                first <= want && (first..=want).all(|n| complete.contains(&n))
+            }) {
                 return;
             }
             if Instant::now() > deadline {
