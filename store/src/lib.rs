@@ -17,6 +17,7 @@ pub mod reindex;
 pub mod repository;
 pub mod retry;
 mod serde_text;
+mod staged;
 pub mod storage;
 mod sync_bridge;
 pub mod url;

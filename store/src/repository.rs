@@ -24,6 +24,7 @@ use crate::identity::{RepoIdentity, FORMAT_VERSION};
 use crate::layout::{self, IDENTITY_KEY};
 use crate::meta;
 use crate::retry::RetryPolicy;
+use crate::staged::{self, Staged};
 use crate::storage::{
     Body, FsStorage, Metadata, ObjectHead, ObjectInfo, PutOutcome, S3Options, S3Storage, Storage,
     StorageError,
@@ -359,9 +360,11 @@ impl Repository {
         // A partial stored earlier (by us, or by the primary this one was cloned from)
         // must be this segment's prefix: else it is another server's WAL.
         let file = std::fs::File::open(spool_file).map_err(|source| local(spool_file, source))?;
-        self.agrees_with_stored_partial(name, seg, &file, spool_file, actual)
+        let staged = Staged::read(&file, spool_file, actual).await?;
+        self.agrees_with_stored_partial(name, seg, &staged, actual)
             .await?;
-        let (sealed, compressed) = compress_next_to(spool_file, None, level, &key).await?;
+        let (sealed, compressed) = staged.compress(level, &key).await?;
+        drop(staged);
         let metadata = wal_metadata(
             extra_meta,
             meta::KIND_WAL,
@@ -372,7 +375,7 @@ impl Repository {
         );
         let outcome = self
             .storage
-            .put_if_absent(&key, Body::File(compressed.to_path_buf()), &metadata)
+            .put_if_absent(&key, compressed.body(), &metadata)
             .await
             .map_err(RepoError::storage(&key))?;
         self.judge_put(key, sealed, outcome)
@@ -404,8 +407,9 @@ impl Repository {
             return Ok(None);
         }
         let key = layout::wal_partial_key(name, seg);
+        let staged = Staged::read(data, data_path, len).await?;
         match self
-            .agrees_with_stored_partial(name, seg, data, data_path, len)
+            .agrees_with_stored_partial(name, seg, &staged, len)
             .await?
         {
             Some(stored_len) if stored_len > len => {
@@ -418,11 +422,8 @@ impl Repository {
             Some(stored_len) if stored_len == len => return Ok(None),
             _ => {}
         }
-        let data = data
-            .try_clone()
-            .map_err(|source| local(data_path, source))?;
-        let (sealed, compressed) =
-            compress_next_to(data_path, Some((data, len)), level, &key).await?;
+        let (sealed, compressed) = staged.compress(level, &key).await?;
+        drop(staged);
         let metadata = wal_metadata(
             extra_meta,
             meta::KIND_WAL_PARTIAL,
@@ -432,7 +433,7 @@ impl Repository {
             &sealed,
         );
         self.storage
-            .put(&key, Body::File(compressed.to_path_buf()), &metadata)
+            .put(&key, compressed.body(), &metadata)
             .await
             .map_err(RepoError::storage(&key))?;
         Ok(Some(ArchivedObject {
@@ -443,15 +444,14 @@ impl Repository {
     }
 
     /// The length of the stored partial of segment `name`, if there is one, once it is
-    /// known to agree with the first `len` bytes of `data` (the file at `path`): its bytes
-    /// are their prefix. `SplitBrain` when they differ. A stored partial longer than
-    /// `len` cannot be compared here; its length is returned as is.
+    /// known to agree with the first `len` bytes staged in `data`: its bytes are their
+    /// prefix. `SplitBrain` when they differ. A stored partial longer than `len` cannot
+    /// be compared here; its length is returned as is.
     async fn agrees_with_stored_partial(
         &self,
         name: SegmentName,
         seg: WalSegmentSize,
-        data: &std::fs::File,
-        path: &Path,
+        data: &Staged,
         len: u64,
     ) -> Result<Option<u64>, RepoError> {
         let key = layout::wal_partial_key(name, seg);
@@ -464,7 +464,7 @@ impl Repository {
         ) else {
             return Err(RepoError::MissingChecksum { key });
         };
-        if stored_len <= len && prefix_crc32(data, path, stored_len).await? != stored_crc {
+        if stored_len <= len && data.prefix_crc32(stored_len).await? != stored_crc {
             return Err(RepoError::SplitBrain { key });
         }
         Ok(Some(stored_len))
@@ -549,7 +549,7 @@ impl Repository {
         level: i32,
         kind: &str,
     ) -> Result<ArchivedObject, RepoError> {
-        let (sealed, compressed) = compress_next_to(src, None, level, &key).await?;
+        let (sealed, compressed) = staged::compress_next_to(src, None, level, &key).await?;
         let mut metadata = sealed.metadata();
         metadata.insert(meta::KIND.to_string(), kind.to_string());
         let outcome = self
@@ -889,55 +889,6 @@ fn wal_metadata(
     m
 }
 
-/// Compresses `src` — or, when given, the first `len` bytes of the open file `prefix`
-/// whose path is `src` — into a temp file in the same directory (removed when the
-/// returned path is dropped), on a blocking thread.
-async fn compress_next_to(
-    src: &Path,
-    prefix: Option<(std::fs::File, u64)>,
-    level: i32,
-    key: &str,
-) -> Result<(Sealed, tempfile::TempPath), RepoError> {
-    let dir = crashsafe::parent_dir(src).to_path_buf();
-    let (src, key) = (src.to_path_buf(), key.to_string());
-    let task = tokio::task::spawn_blocking(move || {
-        let tmp = tempfile::Builder::new()
-            .prefix(".tidemark-")
-            .suffix(".zst")
-            .tempfile_in(&dir)
-            .map_err(|source| local(&dir, source))?
-            .into_temp_path();
-        let sealed = match prefix {
-            Some((file, len)) => envelope::compress_prefix(&file, &src, len, &tmp, level),
-            None => envelope::compress_file(&src, &tmp, level),
-        }
-        .map_err(|source| RepoError::Envelope { key, source })?;
-        Ok((sealed, tmp))
-    });
-    task.await.map_err(task_failed)?
-}
-
-/// CRC-32 of the first `len` bytes of `data` (the file at `path`), read in pieces.
-async fn prefix_crc32(data: &std::fs::File, path: &Path, len: u64) -> Result<u32, RepoError> {
-    let data = data.try_clone().map_err(|source| local(path, source))?;
-    let path = path.to_path_buf();
-    let task = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0u64;
-        while at < len {
-            let n = (len - at).min(buf.len() as u64) as usize;
-            data.read_exact_at(&mut buf[..n], at)
-                .map_err(|source| local(&path, source))?;
-            hasher.update(&buf[..n]);
-            at += n as u64;
-        }
-        Ok(hasher.finalize())
-    });
-    task.await.map_err(task_failed)?
-}
-
 /// `value` as the JSON document stored at `key`, its seal, and metadata of `kind`.
 fn document(
     key: &str,
@@ -968,14 +919,14 @@ fn open_err(url: &RepoUrl) -> impl FnOnce(StorageError) -> RepoError + '_ {
     }
 }
 
-fn local(path: &Path, source: io::Error) -> RepoError {
+pub(crate) fn local(path: &Path, source: io::Error) -> RepoError {
     RepoError::Local {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn task_failed(e: tokio::task::JoinError) -> RepoError {
+pub(crate) fn task_failed(e: tokio::task::JoinError) -> RepoError {
     RepoError::Task {
         message: e.to_string(),
     }
