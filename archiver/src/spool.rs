@@ -7,6 +7,11 @@
 //! - `<SEGNAME>` — a complete segment, fsync'd and renamed, waiting for upload; removed
 //!   once it is stored in the repository and recorded in the catalog.
 //!
+//! Received bytes are gathered in memory and written in large pieces ([`WRITE_BATCH`],
+//! or sooner when [`Spool::write_out`] is called: the archiver does so before it waits
+//! for more from the server), not one write per message. Anything that reads the file
+//! (a partial snapshot, fsync, finishing a segment) writes out first.
+//!
 //! After a crash, complete files are trusted (they were fsync'd before the rename) and
 //! uploaded first; a `.partial` file is handed back too, so that its valid prefix reaches
 //! the repository even when the server that sent it is gone (it is fsync'd whenever the
@@ -23,6 +28,8 @@ use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::crashsafe;
 
 const PARTIAL_SUFFIX: &str = ".partial";
+/// Received bytes gathered before they are written to the segment's file.
+const WRITE_BATCH: usize = 1 << 20;
 
 /// Spool I/O failure, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +71,30 @@ struct Current {
     name: SegmentName,
     path: PathBuf,
     file: File,
+    /// Bytes in the file, from the segment's start.
     written: u64,
+    /// Received bytes that follow them, not yet written.
+    pending: Vec<u8>,
+}
+
+impl Current {
+    fn received(&self) -> u64 {
+        self.written + self.pending.len() as u64
+    }
+
+    /// Write the pending bytes. On an error they stay pending (and are written again
+    /// whole, at the same offset, by the next call).
+    fn write_out(&mut self) -> Result<(), SpoolError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.pending, self.written)
+            .map_err(at(&self.path))?;
+        self.written += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 /// The spool directory and the segment being received.
@@ -128,7 +158,7 @@ impl Spool {
     /// The LSN the next received byte must have, once streaming began.
     pub fn position(&self) -> Option<Lsn> {
         match (&self.current, self.next) {
-            (Some(c), _) => Some(c.name.start_lsn(self.seg) + c.written),
+            (Some(c), _) => Some(c.name.start_lsn(self.seg) + c.received()),
             (None, Some(next)) => Some(next.start_lsn(self.seg)),
             (None, None) => None,
         }
@@ -170,6 +200,7 @@ impl Spool {
                 path,
                 file,
                 written: 0,
+                pending: Vec::with_capacity(WRITE_BATCH),
             });
             self.next = None;
         }
@@ -192,8 +223,9 @@ impl Spool {
     /// this completes (fsync'd and renamed) onto `done`. `wal_start` must be exactly the
     /// current position: the spool never leaves a gap nor writes a byte twice.
     ///
-    /// On an error (a full disk, say) the position says how much of `data` was taken,
-    /// and calling again with the rest continues where this stopped.
+    /// Bytes are taken into memory and written out by the [`WRITE_BATCH`]. On an error
+    /// (a full disk, say) the position says how much of `data` was taken, and calling
+    /// again with the rest continues where this stopped.
     pub fn append(
         &mut self,
         wal_start: Lsn,
@@ -212,7 +244,7 @@ impl Spool {
             if self
                 .current
                 .as_ref()
-                .is_some_and(|c| c.written == seg_bytes)
+                .is_some_and(|c| c.received() == seg_bytes)
             {
                 self.finish_current(done)?;
             }
@@ -220,22 +252,24 @@ impl Spool {
                 return Ok(());
             }
             let cur = self.receiving()?;
-            let room = (seg_bytes - cur.written) as usize;
-            let (now, rest) = data.split_at(room.min(data.len()));
-            cur.file
-                .write_all_at(now, cur.written)
-                .map_err(at(&cur.path))?;
-            cur.written += now.len() as u64;
+            let room = (seg_bytes - cur.received()) as usize;
+            let batch_room = WRITE_BATCH.saturating_sub(cur.pending.len()).max(1);
+            let (now, rest) = data.split_at(room.min(batch_room).min(data.len()));
+            cur.pending.extend_from_slice(now);
             data = rest;
+            if cur.pending.len() >= WRITE_BATCH {
+                cur.write_out()?;
+            }
         }
     }
 
     /// fsync and rename the full current segment onto `done`; the next one is created
     /// when its first byte arrives.
     fn finish_current(&mut self, done: &mut Vec<SpooledSegment>) -> Result<(), SpoolError> {
-        let Some(cur) = self.current.as_ref() else {
+        let Some(cur) = self.current.as_mut() else {
             return Ok(());
         };
+        cur.write_out()?;
         cur.file.sync_all().map_err(at(&cur.path))?;
         let path = self.dir.join(cur.name.file_name(self.seg));
         fs::rename(&cur.path, &path).map_err(at(&path))?;
@@ -248,8 +282,18 @@ impl Spool {
             .map_err(at(&self.dir))
     }
 
+    /// Write what was received of the current segment to its file (the archiver calls
+    /// this before waiting for the server).
+    pub fn write_out(&mut self) -> Result<(), SpoolError> {
+        match &mut self.current {
+            Some(cur) => cur.write_out(),
+            None => Ok(()),
+        }
+    }
+
     /// The received prefix of the current segment, when it holds any bytes.
-    pub fn snapshot(&self) -> Result<Option<PartialSnapshot>, SpoolError> {
+    pub fn snapshot(&mut self) -> Result<Option<PartialSnapshot>, SpoolError> {
+        self.write_out()?;
         let Some(cur) = self.current.as_ref().filter(|c| c.written > 0) else {
             return Ok(None);
         };
@@ -263,9 +307,12 @@ impl Spool {
 
     /// fsync what was received of the current segment, so that it survives a crash of
     /// the host as well as of the process.
-    pub fn sync(&self) -> Result<(), SpoolError> {
-        match &self.current {
-            Some(cur) => cur.file.sync_data().map_err(at(&cur.path)),
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        match &mut self.current {
+            Some(cur) => {
+                cur.write_out()?;
+                cur.file.sync_data().map_err(at(&cur.path))
+            }
             None => Ok(()),
         }
     }
@@ -391,6 +438,37 @@ mod tests {
         assert_eq!(spool.position(), Some(start + data.len() as u64));
         let snap = spool.snapshot().unwrap().unwrap();
         assert_eq!((snap.name.segno, snap.len), (4, 1000));
+    }
+
+    #[test]
+    fn small_appends_reach_the_file_in_one_write_when_written_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = WalSegmentSize::new(16 << 20).unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), seg).unwrap();
+        spool.begin(TimelineId(1), Lsn(16 << 20)).unwrap();
+        let mut done = Vec::new();
+        for i in 0..100u64 {
+            spool
+                .append(Lsn((16 << 20) + i * 10), &[i as u8; 10], &mut done)
+                .unwrap();
+        }
+        let file = dir.path().join("000000010000000000000001.partial");
+        // Taken (the position moved) but gathered in memory.
+        assert_eq!(spool.position(), Some(Lsn((16 << 20) + 1000)));
+        assert_eq!(fs::read(&file).unwrap().len(), 0);
+        spool.write_out().unwrap();
+        let written = fs::read(&file).unwrap();
+        assert_eq!(written.len(), 1000);
+        assert!(written
+            .chunks(10)
+            .enumerate()
+            .all(|(i, c)| c == [i as u8; 10]));
+        // A batch's worth is written without being asked.
+        spool
+            .append(Lsn((16 << 20) + 1000), &vec![7u8; WRITE_BATCH], &mut done)
+            .unwrap();
+        assert_eq!(fs::read(&file).unwrap().len(), 1000 + WRITE_BATCH);
+        assert!(done.is_empty());
     }
 
     #[test]

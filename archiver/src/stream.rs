@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::{
     ReplicationClient, ReplicationError, ReplicationStream, StartOutcome, StreamMessage,
@@ -183,6 +184,21 @@ async fn stream_holding_lease(
         tracing::debug!(error = %e, "stream stopped on an error");
     }
     outcome
+}
+
+/// Messages taken from the socket's buffer in a row before the spool is written out and
+/// timers, uploads and signals get their turn.
+const BATCH_MESSAGES: usize = 64;
+
+/// How long the spool's disk has been full, and when that was last said.
+#[derive(Default)]
+struct FullDisk {
+    since: Option<Instant>,
+    logged: Option<Instant>,
+}
+
+fn is_full(e: &SpoolError) -> bool {
+    e.source.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// Whether start-up storing of an earlier run's leftovers finished.
@@ -699,84 +715,114 @@ impl Archiver {
             self.config.status_interval,
         );
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batched = 0;
         loop {
-            tokio::select! {
-                msg = stream.next_message() => match msg.map_err(|e| wal_error(e, start))? {
-                    StreamMessage::XLogData { wal_start, data, .. } => {
-                        // Decode first: a segment's summary is final once all of it is fed.
-                        self.events.feed(&data);
-                        self.receive(wal_start, &data).await?;
-                        if self.config.synchronous {
-                            // A commit may be waiting for exactly this acknowledgement.
-                            self.spool.sync()?;
-                            self.send_status(&mut stream, false).await?;
+            // Messages already read from the socket are taken without waiting, so that a
+            // burst reaches the spool in large writes. Before waiting for more, what was
+            // received is written out: a crash of this process then loses only what the
+            // server still has and sends again.
+            let ready = match batched < BATCH_MESSAGES {
+                true => stream.next_message().now_or_never(),
+                false => None,
+            };
+            let msg = match ready {
+                Some(msg) => {
+                    batched += 1;
+                    msg
+                }
+                None => {
+                    batched = 0;
+                    self.write_spool().await?;
+                    tokio::select! {
+                        msg = stream.next_message() => msg,
+                        Some(done) = self.uploads.next() => {
+                            if self.finished(done?)? {
+                                self.send_status(&mut stream, false).await?;
+                            }
+                            continue;
+                        }
+                        _ = partial_tick.tick() => {
+                            let received = self.position()?;
+                            if received > self.last_partial {
+                                self.start_partial()?;
+                            } else if !self.partial_running && self.stored_end() >= received {
+                                // Idle and all stored: ask for a keepalive, whose end-of-WAL
+                                // and clock renew the archive-complete marker (`mark_complete`).
+                                self.send_status(&mut stream, true).await?;
+                            }
+                            continue;
+                        }
+                        _ = status_tick.tick() => {
+                            if self.last_status != Some((self.position()?, self.flush_position())) {
+                                self.send_status(&mut stream, false).await?;
+                            }
+                            continue;
+                        }
+                        _ = self.shutdown.changed() => {
+                            self.drain(true).await?;
+                            // Best effort: the slot learns of the last uploads now rather
+                            // than at the next start; nothing depends on it.
+                            if let Err(e) = self.send_status(&mut stream, false).await {
+                                tracing::debug!(error = %e, "final status update not sent");
+                            }
+                            return Ok(End::Shutdown);
                         }
                     }
-                    StreamMessage::Keepalive { reply_requested, server_wal_end, server_time } => {
-                        // A server shutting down asks, and waits for every byte it sent to
-                        // be reported flushed: store the tail, then say so.
-                        if reply_requested && !self.store_tail().await? {
-                            tracing::warn!(
-                                timeout = ?self.config.tail_timeout,
-                                position = %self.position()?,
-                                stored = %self.stored_end(),
-                                "the received tail could not be stored in time for the reply the server asked for; disconnecting so that the server is not held up (the tail stays in the spool and is stored as soon as the repository allows)"
-                            );
-                            return Ok(End::Reconnect);
-                        }
-                        self.mark_complete(server_wal_end, server_time)?;
-                        if reply_requested {
-                            self.send_status(&mut stream, false).await?;
-                        }
-                    }
-                    StreamMessage::EndOfTimeline { next_timeline, switch_lsn } => {
-                        return Ok(End::TimelineSwitch {
-                            client: stream.into_client()?,
-                            next: next_timeline,
-                            switch: switch_lsn,
-                        });
-                    }
-                },
-                Some(done) = self.uploads.next() => {
-                    if self.finished(done?)? {
+                }
+            };
+            match msg.map_err(|e| wal_error(e, start))? {
+                StreamMessage::XLogData {
+                    wal_start, data, ..
+                } => {
+                    // Decode first: a segment's summary is final once all of it is fed.
+                    self.events.feed(&data);
+                    self.receive(wal_start, &data).await?;
+                    if self.config.synchronous {
+                        // A commit may be waiting for exactly this acknowledgement.
+                        self.spool.sync()?;
                         self.send_status(&mut stream, false).await?;
                     }
                 }
-                _ = partial_tick.tick() => {
-                    let received = self.position()?;
-                    if received > self.last_partial {
-                        self.start_partial()?;
-                    } else if !self.partial_running && self.stored_end() >= received {
-                        // Idle and all stored: ask for a keepalive, whose end-of-WAL and
-                        // clock renew the archive-complete marker (`mark_complete`).
-                        self.send_status(&mut stream, true).await?;
+                StreamMessage::Keepalive {
+                    reply_requested,
+                    server_wal_end,
+                    server_time,
+                } => {
+                    // A server shutting down asks, and waits for every byte it sent to be
+                    // reported flushed: store the tail, then say so.
+                    if reply_requested && !self.store_tail().await? {
+                        tracing::warn!(
+                            timeout = ?self.config.tail_timeout,
+                            position = %self.position()?,
+                            stored = %self.stored_end(),
+                            "the received tail could not be stored in time for the reply the server asked for; disconnecting so that the server is not held up (the tail stays in the spool and is stored as soon as the repository allows)"
+                        );
+                        return Ok(End::Reconnect);
                     }
-                }
-                _ = status_tick.tick() => {
-                    if self.last_status != Some((self.position()?, self.flush_position())) {
+                    self.mark_complete(server_wal_end, server_time)?;
+                    if reply_requested {
                         self.send_status(&mut stream, false).await?;
                     }
                 }
-                _ = self.shutdown.changed() => {
-                    self.drain(true).await?;
-                    // Best effort: the slot learns of the last uploads now rather than at
-                    // the next start; nothing depends on it.
-                    if let Err(e) = self.send_status(&mut stream, false).await {
-                        tracing::debug!(error = %e, "final status update not sent");
-                    }
-                    return Ok(End::Shutdown);
+                StreamMessage::EndOfTimeline {
+                    next_timeline,
+                    switch_lsn,
+                } => {
+                    return Ok(End::TimelineSwitch {
+                        client: stream.into_client()?,
+                        next: next_timeline,
+                        switch: switch_lsn,
+                    });
                 }
             }
         }
     }
 
     /// Append received WAL to the spool and queue the segments it completes. A full disk
-    /// is waited out, recording uploads meanwhile (each frees a segment's space), for
-    /// [`PATIENCE`]; then it stops the archiver (exit 6) with the WAL still on the server.
+    /// is waited out (`wait_for_space`).
     async fn receive(&mut self, wal_start: Lsn, data: &[u8]) -> Result<(), ArchiverError> {
         let mut done = Vec::new();
-        let mut full_since: Option<Instant> = None;
-        let mut logged: Option<Instant> = None;
+        let mut full = FullDisk::default();
         let mut at = wal_start;
         loop {
             let taken = at.bytes_since(wal_start) as usize;
@@ -787,27 +833,51 @@ impl Archiver {
             }
             match appended {
                 Ok(()) => return Ok(()),
-                Err(AppendError::Spool(e))
-                    if e.source.kind() == std::io::ErrorKind::StorageFull =>
-                {
-                    let since = *full_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= PATIENCE {
-                        return Err(e.into());
-                    }
-                    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                        tracing::warn!(error = %e, full_for = ?since.elapsed(), "the spool's disk is full; waiting for uploads to free space (the server keeps the WAL meanwhile)");
-                        logged = Some(Instant::now());
-                    }
-                    let wake = Instant::now() + Duration::from_secs(1);
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(wake) => break,
-                            Some(finished) = self.uploads.next() => { self.finished(finished?)?; }
-                        }
-                    }
+                Err(AppendError::Spool(e)) if is_full(&e) => {
+                    self.wait_for_space(&mut full, e).await?;
                     at = self.position()?;
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Write what was received to the spool's file; a full disk is waited out.
+    async fn write_spool(&mut self) -> Result<(), ArchiverError> {
+        let mut full = FullDisk::default();
+        loop {
+            match self.spool.write_out() {
+                Ok(()) => return Ok(()),
+                Err(e) if is_full(&e) => self.wait_for_space(&mut full, e).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The spool's disk is full (`e`): wait a second, recording uploads meanwhile (each
+    /// frees a segment's space). Once it has been full for [`PATIENCE`], `e` stops the
+    /// archiver (exit 6) with the WAL still on the server.
+    async fn wait_for_space(
+        &mut self,
+        full: &mut FullDisk,
+        e: SpoolError,
+    ) -> Result<(), ArchiverError> {
+        let since = *full.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= PATIENCE {
+            return Err(e.into());
+        }
+        if full
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            tracing::warn!(error = %e, full_for = ?since.elapsed(), "the spool's disk is full; waiting for uploads to free space (the server keeps the WAL meanwhile)");
+            full.logged = Some(Instant::now());
+        }
+        let wake = Instant::now() + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => return Ok(()),
+                Some(finished) = self.uploads.next() => { self.finished(finished?)?; }
             }
         }
     }
