@@ -153,6 +153,8 @@ fn main() -> Result<()> {
     let baseline_stored = dir_size(&out);
 
     // tidemark stream until the last backlog segment is in the catalog.
+    // Every backlog segment, not only the last: uploads finish in any order.
+    let first_segno = start.segment_number(seg);
     let last_segno = Lsn(end.0 - 1).segment_number(seg);
     let cpu0 = children_cpu();
     let t0 = Instant::now();
@@ -165,7 +167,14 @@ fn main() -> Result<()> {
     loop {
         let done = Catalog::open(&catalog)
             .and_then(|c| c.segments())
-            .map(|s| s.iter().any(|r| !r.partial && r.name.segno == last_segno))
+            .map(|s| {
+                let complete: std::collections::BTreeSet<u64> = s
+                    .iter()
+                    .filter(|r| !r.partial)
+                    .map(|r| r.name.segno)
+                    .collect();
+                (first_segno..=last_segno).all(|n| complete.contains(&n))
+            })
             .unwrap_or(false);
         if done {
             break;
