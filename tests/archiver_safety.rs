@@ -372,7 +372,7 @@ fn resumes_at_the_repositorys_end_after_losing_the_catalog(major: u32, new_slot:
     archiver.start();
     cluster.pgbench(&["-T", "1", "-c", "1"]).expect("pgbench");
     let through = switch_wal(&cluster);
-    archiver.wait_complete_through(through, seg, Duration::from_secs(120));
+    archiver.wait_contiguous_through(through, seg, Duration::from_secs(120));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
     // Contiguous from the first segment, each equal to the server's own file.
     let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, through);
@@ -514,7 +514,6 @@ fn accept_gap_keeps_the_wal_the_server_still_has() {
     let first_kept =
         tidemark_protocol::SegmentName::containing(tidemark_protocol::TimelineId(1), to, seg);
     assert_eq!(first_kept.file_name(seg), oldest_kept, "gap {gap}");
-    // (Not `wait_complete_through`: the archive has a hole by design here.)
     let holding = |lsn: Lsn| {
         tidemark_protocol::SegmentName::containing(tidemark_protocol::TimelineId(1), lsn, seg)
     };

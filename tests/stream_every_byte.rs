@@ -30,7 +30,7 @@ fn every_byte(major: u32, segsize_mb: u32, repo: Repo, scale: u32) {
     cluster.pgbench_init(scale).expect("pgbench -i");
     cluster.pgbench(&["-T", "2", "-c", "2"]).expect("pgbench");
     let through = switch_wal(&cluster);
-    archiver.wait_complete_through(through, seg, Duration::from_secs(180));
+    archiver.wait_contiguous_through(through, seg, Duration::from_secs(180));
     assert_eq!(
         archiver.terminate(),
         0,

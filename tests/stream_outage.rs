@@ -66,7 +66,7 @@ fn an_s3_outage_delays_archiving_but_loses_nothing() {
 
     // S3 is back: everything arrives, byte for byte.
     proxy.restore();
-    archiver.wait_complete_through(during, seg, Duration::from_secs(120));
+    archiver.wait_contiguous_through(during, seg, Duration::from_secs(120));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
     let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, during);
     assert!(compared >= 5, "only {compared} segments");
@@ -156,7 +156,7 @@ fn a_full_spool_disk_is_waited_out_and_loses_nothing() {
 
     // Uploads resume and free the disk: every byte arrives.
     proxy.restore();
-    archiver.wait_complete_through(during, seg, Duration::from_secs(120));
+    archiver.wait_contiguous_through(during, seg, Duration::from_secs(120));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
     let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, during);
     assert!(compared >= 8, "only {compared} segments");
@@ -192,7 +192,7 @@ fn access_denied_while_credentials_rotate_does_not_stop_the_archiver() {
     assert!(warnings <= 12, "{warnings} warnings in 20 s:\n{log}");
 
     proxy.restore();
-    archiver.wait_complete_through(during, seg, Duration::from_secs(120));
+    archiver.wait_contiguous_through(during, seg, Duration::from_secs(120));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
     let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, during);
     assert!(compared >= 5, "only {compared} segments");
@@ -277,7 +277,7 @@ fn sigterm_is_honoured_while_an_earlier_runs_segments_are_still_being_stored() {
     // Space again: everything arrives, byte for byte.
     std::fs::remove_file(&filler).unwrap();
     archiver.start();
-    archiver.wait_complete_through(through, seg, Duration::from_secs(120));
+    archiver.wait_contiguous_through(through, seg, Duration::from_secs(120));
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
     let compared = assert_segments_match_pg_wal(&archiver, &repo, &cluster, seg, through);
     assert!(compared >= 10, "only {compared} segments");

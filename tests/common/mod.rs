@@ -378,11 +378,31 @@ impl Archiver {
         });
     }
 
-    /// Wait until the complete segments are archived without a hole from the first one
-    /// through the one holding `lsn - 1`. Uploads finish in any order: the newest one
-    /// being stored says nothing about the ones before it.
+    /// Wait until the complete segment holding `lsn - 1` is archived (segments before it
+    /// may still be uploading: they finish in any order).
     pub fn wait_complete_through(&mut self, lsn: Lsn, seg: WalSegmentSize, timeout: Duration) {
         let want = Lsn(lsn.0 - 1).segment_number(seg);
+        self.wait_complete(want, timeout, |complete| complete.contains(&want));
+    }
+
+    /// Wait until the complete segments are archived without a hole from the first one
+    /// through the one holding `lsn - 1`: the newest one being stored says nothing about
+    /// the ones before it. Not for archives with a hole by design (a gap, pg_resetwal).
+    pub fn wait_contiguous_through(&mut self, lsn: Lsn, seg: WalSegmentSize, timeout: Duration) {
+        let want = Lsn(lsn.0 - 1).segment_number(seg);
+        self.wait_complete(want, timeout, |complete| {
+            complete.first().is_some_and(|&first| {
+                first <= want && (first..=want).all(|n| complete.contains(&n))
+            })
+        });
+    }
+
+    fn wait_complete(
+        &mut self,
+        want: u64,
+        timeout: Duration,
+        done: impl Fn(&std::collections::BTreeSet<u64>) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             self.assert_running();
@@ -392,9 +412,7 @@ impl Archiver {
                 .filter(|s| !s.partial)
                 .map(|s| s.name.segno)
                 .collect();
-            if complete.first().is_some_and(|&first| {
-                first <= want && (first..=want).all(|n| complete.contains(&n))
-            }) {
+            if done(&complete) {
                 return;
             }
             if Instant::now() > deadline {
