@@ -95,6 +95,9 @@ pub enum Command {
     /// Show how far archiving has got and the lag behind the server; exits non-zero when
     /// unhealthy (3 server unreachable, 4 repository unreachable, 7 lag over --max-lag)
     Status(StatusArgs),
+    /// Check end to end that archiving works now: repository, server, settings, slot,
+    /// archiving, backups, restorability; exits 0 ok, 1 warning, 2 failure (as Nagios)
+    Check(CheckArgs),
     /// Restore a base backup and prepare recovery to a target (one at most; none = latest)
     Restore(Box<RestoreArgs>),
     /// Show what `restore` would do, without doing it
@@ -165,6 +168,33 @@ pub struct StatusArgs {
     /// Archiving lag (seconds behind the server) above which status is unhealthy
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     pub max_lag: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON
+    #[arg(long, conflicts_with = "nagios")]
+    pub json: bool,
+    /// Print one line for a Nagios-style monitor (the exit status is the same)
+    #[arg(long)]
+    pub nagios: bool,
+    /// Seconds to wait for the repository and for the server before failing them
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// The replication slot `stream` uses
+    #[arg(long, default_value = "tidemark")]
+    pub slot: String,
+    /// Age of the newest archived WAL, while the server has more, above which archiving
+    /// has stalled (a failure)
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub max_archive_age: f64,
+    /// WAL the slot may hold on the server before it is a warning, in MiB
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub max_slot_lag_mb: u64,
+    /// Age of the newest base backup above which it is a warning: a number and a unit
+    /// (s, m, h, d, w)
+    #[arg(long, default_value = "8d", value_name = "DURATION", value_parser = parse_retention)]
+    pub max_backup_age: chrono::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => init(&cli).await,
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status(args) => return status(&cli, args).await,
+        Command::Check(args) => return crate::check::check(&cli, args).await,
         Command::Reindex { json } => reindex(&cli, *json).await,
         Command::Expire(args) => crate::expire::expire(&cli, args).await,
         Command::Objects {
@@ -171,10 +172,7 @@ async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let url = repo_url(cli)?;
     let catalog = open_existing_catalog(cli, &url)?;
     let pg = cli.pg.as_deref().map(str::parse::<ConnInfo>).transpose()?;
-    let limit = Duration::try_from_secs_f64(args.timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or(Usage("--timeout must be a positive number of seconds"))?;
+    let limit = timeout_arg(args.timeout)?;
     let no_answer = || anyhow::anyhow!("no answer within {} s", args.timeout);
     // The database window needs the backups, the stored run the accepted gaps; status
     // still reports the rest without them.
@@ -339,6 +337,14 @@ async fn reindex(cli: &Cli, json: bool) -> anyhow::Result<()> {
         tracing::warn!(count = summary.skipped.len(), first = %summary.skipped[0], "objects under wal/ that are not tidemark WAL were skipped");
     }
     Ok(())
+}
+
+/// `--timeout SECONDS` of `status` and `check`.
+pub(crate) fn timeout_arg(seconds: f64) -> Result<Duration, Usage> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(Usage("--timeout must be a positive number of seconds"))
 }
 
 pub(crate) fn open_existing_catalog(cli: &Cli, url: &RepoUrl) -> anyhow::Result<Catalog> {

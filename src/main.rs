@@ -1,6 +1,7 @@
 //! The `tidemark` binary: parses the command line, resolves it, and calls the library
 //! crates. Errors become one line on stderr and a documented exit code (`failure.rs`).
 
+mod check;
 mod cli;
 mod commands;
 mod config;

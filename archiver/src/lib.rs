@@ -9,6 +9,7 @@
 mod acks;
 pub mod backup;
 pub mod backup_source;
+pub mod check;
 pub mod cluster;
 pub mod error;
 mod events;

@@ -12,6 +12,7 @@ pub mod os_user;
 pub mod pgtime;
 pub mod replication;
 pub mod segment;
+pub mod setting;
 pub mod sync_standby;
 pub mod timeline;
 pub mod wal;

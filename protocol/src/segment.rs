@@ -34,19 +34,7 @@ impl WalSegmentSize {
 
     /// Parse `SHOW wal_segment_size` output: `16MB`, `1GB`, `1024kB`, or plain bytes.
     pub fn parse_setting(s: &str) -> Result<Self, SegmentError> {
-        let s = s.trim();
-        let (digits, unit) = s
-            .find(|c: char| !c.is_ascii_digit())
-            .map_or((s, ""), |i| s.split_at(i));
-        let n: u64 = digits.parse().map_err(|_| SegmentError::InvalidSize(0))?;
-        let mult = match unit.trim() {
-            "" | "B" => 1,
-            "kB" => 1 << 10,
-            "MB" => 1 << 20,
-            "GB" => 1 << 30,
-            _ => return Err(SegmentError::InvalidSize(n)),
-        };
-        Self::new(n.checked_mul(mult).ok_or(SegmentError::InvalidSize(n))?)
+        Self::new(crate::setting::size_bytes(s).ok_or(SegmentError::InvalidSize(0))?)
     }
 
     pub fn bytes(self) -> u64 {
