@@ -562,6 +562,26 @@ fn a_cloned_primary_archiving_into_the_same_repository_cannot_replace_the_real_p
     );
     assert_eq!(code, 5, "{}", second.log());
     assert!(second.log().contains("split brain"), "{}", second.log());
+    // Not one of the clone's later segments landed beside the refused one (its first
+    // segment, where it meets the stored partial, is judged before any later is stored).
+    let seg = tidemark_protocol::WalSegmentSize::new(1 << 20).unwrap();
+    let real_end = tidemark_protocol::SegmentName::containing(
+        tidemark_protocol::TimelineId(1),
+        committed,
+        seg,
+    );
+    let beyond: Vec<String> = repo
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("wal/") && k.ends_with(".zst"))
+        .filter(|k| {
+            let file = k.rsplit('/').next().unwrap_or("");
+            file.get(..24)
+                .and_then(|n| tidemark_protocol::SegmentName::parse(n, seg).ok())
+                .is_some_and(|n| n > real_end)
+        })
+        .collect();
+    assert!(beyond.is_empty(), "the clone's WAL was stored: {beyond:?}");
 
     // The repository still restores the real primary's rows, and none of the clone's.
     assert_eq!(rows_restored_to_latest(&real, one_mb()), "1,2,3,4");

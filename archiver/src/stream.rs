@@ -957,6 +957,7 @@ impl Archiver {
     /// Start receiving `timeline` at `start` (a segment boundary).
     fn begin(&mut self, timeline: TimelineId, start: Lsn) -> Result<(), ArchiverError> {
         self.spool.begin(timeline, start)?;
+        self.uploads.new_run();
         self.events = EventTracker::new(timeline, start, self.seg);
         self.timeline = timeline;
         self.last_partial = Lsn::INVALID;

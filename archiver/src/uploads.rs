@@ -45,6 +45,24 @@ pub struct Uploads {
     level: i32,
     permits: Arc<Semaphore>,
     jobs: JoinSet<Result<Done, ArchiverError>>,
+    gate: Gate,
+}
+
+/// The first complete segment of a run is stored before anything after it: it is where
+/// the server's WAL meets what the repository holds (a stored partial of it, or segments
+/// a lagging catalog re-sends), so a split brain is refused there before a later segment
+/// of the other server's WAL could land beside it.
+enum Gate {
+    /// The next complete segment is the run's first.
+    Next,
+    /// The run's first segment is being stored; what comes after it waits.
+    Waiting(SegmentName, Vec<Held>),
+    Open,
+}
+
+enum Held {
+    Segment(SpooledSegment, Metadata),
+    Partial(PartialSnapshot, Metadata),
 }
 
 impl Uploads {
@@ -55,16 +73,42 @@ impl Uploads {
             level,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             jobs: JoinSet::new(),
+            gate: Gate::Next,
+        }
+    }
+
+    /// A run begins (at start-up, or streaming from a new point): its first complete
+    /// segment is stored alone first. A first segment still being stored keeps gating.
+    pub fn new_run(&mut self) {
+        if matches!(self.gate, Gate::Open) {
+            self.gate = Gate::Next;
+        }
+    }
+
+    /// Jobs waiting for the run's first segment, as [`Uploads::pending`] counts them.
+    fn held(&self) -> usize {
+        match &self.gate {
+            Gate::Waiting(_, held) => held.len(),
+            _ => 0,
         }
     }
 
     /// Jobs not yet collected with [`Uploads::next`].
     pub fn pending(&self) -> usize {
-        self.jobs.len()
+        self.jobs.len() + self.held()
     }
 
     /// Compress and store a complete segment, with `meta` (its WAL summary) added.
     pub fn segment(&mut self, segment: SpooledSegment, meta: Metadata) {
+        match &mut self.gate {
+            Gate::Next => self.gate = Gate::Waiting(segment.name, Vec::new()),
+            Gate::Waiting(_, held) => return held.push(Held::Segment(segment, meta)),
+            Gate::Open => {}
+        }
+        self.spawn_segment(segment, meta);
+    }
+
+    fn spawn_segment(&mut self, segment: SpooledSegment, meta: Metadata) {
         let (repo, seg, level, permits) = self.parts();
         self.jobs.spawn(async move {
             let _permit = permits.acquire_owned().await;
@@ -82,6 +126,15 @@ impl Uploads {
 
     /// Compress and store the received prefix of the current segment, with `meta`.
     pub fn partial(&mut self, snapshot: PartialSnapshot, meta: Metadata) {
+        if let Gate::Waiting(first, held) = &mut self.gate {
+            if snapshot.name > *first {
+                return held.push(Held::Partial(snapshot, meta));
+            }
+        }
+        self.spawn_partial(snapshot, meta);
+    }
+
+    fn spawn_partial(&mut self, snapshot: PartialSnapshot, meta: Metadata) {
         let (repo, seg, level, permits) = self.parts();
         self.jobs.spawn(async move {
             let _permit = permits.acquire_owned().await;
@@ -136,12 +189,27 @@ impl Uploads {
     /// Abandon every job (their files stay in the spool for the next start).
     pub fn abort_all(&mut self) {
         self.jobs.abort_all();
+        self.gate = Gate::Next;
     }
 
-    /// The next finished job; `None` when there are none running. Cancel-safe.
+    /// The next finished job; `None` when there are none running. Cancel-safe. Once the
+    /// run's first segment is stored, what waited for it starts.
     pub async fn next(&mut self) -> Option<Result<Done, ArchiverError>> {
         let joined = self.jobs.join_next().await?;
-        Some(joined.unwrap_or_else(|e| Err(ArchiverError::Task(e.to_string()))))
+        let done = joined.unwrap_or_else(|e| Err(ArchiverError::Task(e.to_string())));
+        if let (Ok(Done::Segment { segment, .. }), Gate::Waiting(first, _)) = (&done, &self.gate) {
+            if segment.name == *first {
+                if let Gate::Waiting(_, held) = std::mem::replace(&mut self.gate, Gate::Open) {
+                    for job in held {
+                        match job {
+                            Held::Segment(segment, meta) => self.spawn_segment(segment, meta),
+                            Held::Partial(snapshot, meta) => self.spawn_partial(snapshot, meta),
+                        }
+                    }
+                }
+            }
+        }
+        Some(done)
     }
 
     fn parts(&self) -> (Arc<Repository>, WalSegmentSize, i32, Arc<Semaphore>) {
