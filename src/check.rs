@@ -95,8 +95,8 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
 
     if let Some(stored) = &stored {
         found.push(newest_backup(&stored.backups, args.max_backup_age));
-        if !stored.backups.is_empty() {
-            found.push(restorable(stored).await);
+        if let Some(oldest) = stored.backups.iter().min_by_key(|b| b.stop_time) {
+            found.push(restorable(stored, oldest).await);
         }
     }
     report(&found, args)
@@ -189,13 +189,10 @@ fn newest_backup(backups: &[BackupInfo], max_age: chrono::Duration) -> Finding {
     }
 }
 
-/// The planner proves what a restore would need: WAL from the oldest backup to the
+/// The planner proves what a restore would need: WAL from the `oldest` backup to the
 /// newest archived WAL, on the latest timeline.
-async fn restorable(stored: &Stored) -> Finding {
+async fn restorable(stored: &Stored, oldest: &BackupInfo) -> Finding {
     const CHECK: &str = "restorable";
-    let Some(oldest) = stored.backups.iter().min_by_key(|b| b.stop_time) else {
-        return Finding::fail(CHECK, "no base backup", "run `tidemark backup`");
-    };
     let request = PlanRequest {
         target: RecoveryTarget::Latest,
         timeline: TimelineTarget::Latest,

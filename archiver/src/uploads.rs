@@ -197,19 +197,25 @@ impl Uploads {
     pub async fn next(&mut self) -> Option<Result<Done, ArchiverError>> {
         let joined = self.jobs.join_next().await?;
         let done = joined.unwrap_or_else(|e| Err(ArchiverError::Task(e.to_string())));
-        if let (Ok(Done::Segment { segment, .. }), Gate::Waiting(first, _)) = (&done, &self.gate) {
-            if segment.name == *first {
-                if let Gate::Waiting(_, held) = std::mem::replace(&mut self.gate, Gate::Open) {
-                    for job in held {
-                        match job {
-                            Held::Segment(segment, meta) => self.spawn_segment(segment, meta),
-                            Held::Partial(snapshot, meta) => self.spawn_partial(snapshot, meta),
-                        }
-                    }
+        if let Ok(Done::Segment { segment, .. }) = &done {
+            self.open_gate_after(segment.name);
+        }
+        Some(done)
+    }
+
+    /// `stored` is stored: if it was the run's first segment, start what waited for it.
+    fn open_gate_after(&mut self, stored: SegmentName) {
+        if !matches!(&self.gate, Gate::Waiting(first, _) if *first == stored) {
+            return;
+        }
+        if let Gate::Waiting(_, held) = std::mem::replace(&mut self.gate, Gate::Open) {
+            for job in held {
+                match job {
+                    Held::Segment(segment, meta) => self.spawn_segment(segment, meta),
+                    Held::Partial(snapshot, meta) => self.spawn_partial(snapshot, meta),
                 }
             }
         }
-        Some(done)
     }
 
     fn parts(&self) -> (Arc<Repository>, WalSegmentSize, i32, Arc<Semaphore>) {
