@@ -98,6 +98,9 @@ pub enum Command {
     /// Check end to end that archiving works now: repository, server, settings, slot,
     /// archiving, backups, restorability; exits 0 ok, 1 warning, 2 failure (as Nagios)
     Check(CheckArgs),
+    /// Read back everything stored (WAL, history files, backups against their manifests)
+    /// and prove each backup restorable; exits 0 when sound, 8 when anything is damaged
+    Verify(VerifyArgs),
     /// Restore a base backup and prepare recovery to a target (one at most; none = latest)
     Restore(Box<RestoreArgs>),
     /// Show what `restore` would do, without doing it
@@ -195,6 +198,26 @@ pub struct CheckArgs {
     /// (s, m, h, d, w)
     #[arg(long, default_value = "8d", value_name = "DURATION", value_parser = parse_retention)]
     pub max_backup_age: chrono::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only this backup, and the WAL from its start on
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Only backups started and objects written at or after this time (as --target-time)
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Objects read at once
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_since(raw: &str) -> Result<chrono::DateTime<chrono::FixedOffset>, String> {
+    tidemark_restorer::target::parse_time(raw).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream(&cli, args).await,
         Command::Status(args) => return status(&cli, args).await,
         Command::Check(args) => return crate::check::check(&cli, args).await,
+        Command::Verify(args) => return crate::verify::verify(&cli, args).await,
         Command::Reindex { json } => reindex(&cli, *json).await,
         Command::Expire(args) => crate::expire::expire(&cli, args).await,
         Command::Objects {

@@ -10,7 +10,8 @@
 //! the tracked window, a non-empty destination, a lease another process holds, storage
 //! that ignores conditional puts, a delta restore over a running server); 6 local files
 //! (catalog, spool) failed; 7 `status`: archiving lags the server by more than `--max-lag`
-//! (`status` also exits 3 when the server, 4 when the repository does not answer).
+//! (`status` also exits 3 when the server, 4 when the repository does not answer);
+//! 8 `verify`: something stored is damaged.
 //! `wal-fetch` has its own contract with PostgreSQL: 0 restored, 1 absent, 200 failed
 //! (1 in standby mode).
 
@@ -25,6 +26,7 @@ use tidemark_restorer::restore::RestoreError;
 use tidemark_restorer::start::StartError;
 use tidemark_restorer::target::TargetError;
 use tidemark_restorer::unpack::UnpackError;
+use tidemark_restorer::verify::VerifyError;
 use tidemark_store::backup::BadBackupId;
 use tidemark_store::catalog::CatalogError;
 use tidemark_store::lease::LeaseError;
@@ -41,6 +43,8 @@ pub const REFUSED: u8 = 5;
 pub const LOCAL: u8 = 6;
 /// `status`: archiving lags the server by more than the bound.
 pub const UNHEALTHY: u8 = 7;
+/// `verify`: something stored is damaged (the report says what).
+pub const DAMAGED: u8 = 8;
 /// `wal-fetch`: the file is not in the repository (PostgreSQL: "not available").
 pub const FETCH_ABSENT: u8 = 1;
 /// `wal-fetch` failed for another reason in archive recovery: above 125 and not 143, so
@@ -177,6 +181,12 @@ fn code(err: &anyhow::Error) -> u8 {
             return match e {
                 PlanError::Repository(e) => repo_code(e),
                 _ => REFUSED,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<VerifyError>() {
+            return match e {
+                VerifyError::Repo(e) => repo_code(e),
+                VerifyError::NotARepository | VerifyError::UnknownBackup(_) => REFUSED,
             };
         }
         if let Some(e) = cause.downcast_ref::<ReindexError>() {

@@ -13,6 +13,7 @@ mod objects;
 mod output;
 mod paths;
 mod restore;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -45,9 +45,7 @@ fn unpack(repo: &Repo, archive: &serde_json::Value, dir: &Path, scratch: &Path) 
 fn a_backup_in_chunks_verifies_and_recovers_every_row() {
     let cluster = Cluster::start(one_mb()).expect("cluster");
     let seg = WalSegmentSize::new(1 << 20).unwrap();
-    let ts_dir = cluster.data_dir().parent().unwrap().join("ts");
-    fs::create_dir(&ts_dir).unwrap();
-    sh(Command::new("chown").arg("postgres:postgres").arg(&ts_dir));
+    let ts_dir = tablespace_dir(&cluster);
     let repo = Repo::s3("backup");
     let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
     archiver.init();

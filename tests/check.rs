@@ -10,17 +10,7 @@ use common::*;
 use tidemark_fixtures::Cluster;
 
 fn check(archiver: &Archiver, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let mut all = vec!["check", "--json"];
-    all.extend_from_slice(args);
-    let out = run(archiver.command(&all));
-    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(&out)
-        )
-    });
-    (out.status.code(), doc)
+    run_json(archiver, &[&["check", "--json"], args].concat())
 }
 
 /// The level of the finding named `name`.

@@ -23,9 +23,10 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use tidemark_protocol::crc32c::Crc32c;
 use tidemark_store::backup::ChunkContents;
+
+use crate::manifest;
 
 /// Why a delta restore cannot go ahead.
 #[derive(Debug, thiserror::Error)]
@@ -113,26 +114,6 @@ pub fn check_same_cluster(pgdata: &Path, expected: u64, backup: &str) -> Result<
     Ok(())
 }
 
-/// The part of `backup_manifest` a delta needs.
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    #[serde(rename = "Files")]
-    files: Vec<ManifestFile>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ManifestFile {
-    /// Absent for a name that is not UTF-8 (`Encoded-Path`): such a file is rewritten.
-    #[serde(rename = "Path")]
-    path: Option<String>,
-    #[serde(rename = "Size")]
-    size: u64,
-    #[serde(rename = "Checksum-Algorithm")]
-    algorithm: Option<String>,
-    #[serde(rename = "Checksum")]
-    checksum: Option<String>,
-}
-
 /// What the directory held before unpacking.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Survey {
@@ -167,20 +148,6 @@ fn self_checksummed(path: &str) -> bool {
         || path.rsplit('/').next() == Some("pg_filenode.map")
 }
 
-/// A manifest's CRC-32C: PostgreSQL writes the checksum's bytes as they lie in memory
-/// (`pg_checksum_final` copies the `uint32`), hex-encoded — little-endian on every
-/// platform tidemark runs on.
-fn manifest_crc32c(hex: &str) -> Option<u32> {
-    if hex.len() != 8 || !hex.is_ascii() {
-        return None;
-    }
-    let mut bytes = [0u8; 4];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(u32::from_le_bytes(bytes))
-}
-
 /// The CRC-32C of the file at `path`.
 fn crc32c_of(path: &Path) -> io::Result<u32> {
     let mut file = File::open(path)?;
@@ -203,17 +170,16 @@ pub fn survey(
     pgdata: &Path,
     tablespaces: &[(String, PathBuf)],
 ) -> Result<Survey, DeltaError> {
-    let parsed: Manifest =
-        serde_json::from_slice(manifest).map_err(|source| DeltaError::BadManifest {
-            backup: backup.to_string(),
-            source,
-        })?;
+    let parsed = manifest::parse(manifest).map_err(|source| DeltaError::BadManifest {
+        backup: backup.to_string(),
+        source,
+    })?;
     let wanted: HashMap<PathBuf, (u64, Option<u32>)> = parsed
         .files
         .iter()
         .filter_map(|f| {
             let crc = match (&f.algorithm, &f.checksum) {
-                (Some(a), Some(c)) if a.eq_ignore_ascii_case("CRC32C") => manifest_crc32c(c),
+                (Some(a), Some(c)) if a.eq_ignore_ascii_case("CRC32C") => manifest::crc32c(c),
                 _ => None,
             };
             let path = f.path.as_deref()?;
@@ -403,14 +369,6 @@ mod tests {
         let removed = prune_dirs(&[data.clone(), ts.clone()], &seen).unwrap();
         assert_eq!(removed, 2);
         assert!(data.join("base/1").is_dir() && !data.join("base/99").exists());
-    }
-
-    #[test]
-    fn manifest_checksums_are_the_crcs_bytes_in_memory_order() {
-        // The CRC-32C check value ("123456789": 0xE3069283) as a manifest writes it.
-        assert_eq!(manifest_crc32c("839206e3"), Some(0xE306_9283));
-        assert_eq!(manifest_crc32c("8392"), None);
-        assert_eq!(manifest_crc32c("zz9206e3"), None);
     }
 
     /// A block like pg_control: a message, its CRC-32C (little-endian), zero padding.

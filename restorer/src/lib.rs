@@ -9,6 +9,7 @@ pub mod archived;
 pub mod delta;
 pub mod journal;
 pub mod lineage;
+pub mod manifest;
 pub mod objects;
 pub mod plan;
 pub mod prefetch;
@@ -18,6 +19,7 @@ pub mod restore;
 pub mod start;
 pub mod target;
 pub mod unpack;
+pub mod verify;
 pub mod wal_fetch;
 pub mod xids;
 

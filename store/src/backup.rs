@@ -167,20 +167,23 @@ impl ChunkContents {
     /// Count one entry: `path` as the header names it (`None` when it is not UTF-8).
     /// A path is kept in its plain form (`a/b`, no `./`, no trailing `/`).
     pub fn add(&mut self, path: Option<&str>, kind: EntryKind) {
-        let plain = path.and_then(|p| {
-            let parts: Vec<&str> = p
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .collect();
-            let plain = !parts.is_empty() && !parts.contains(&"..") && !p.starts_with('/');
-            plain.then(|| parts.join("/"))
-        });
-        match (plain, kind) {
+        match (path.and_then(plain_path), kind) {
             (Some(p), EntryKind::File) => self.files.push(p),
             (Some(p), EntryKind::Dir) => self.dirs.push(p),
             _ => self.others += 1,
         }
     }
+}
+
+/// A tar entry's path in its plain form (`a/b`: no `./`, no doubled or trailing `/`), or
+/// `None` when it is empty, absolute or climbs out with `..`.
+pub fn plain_path(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let plain = !parts.is_empty() && !parts.contains(&"..") && !path.starts_with('/');
+    plain.then(|| parts.join("/"))
 }
 
 /// One tar archive of the backup: the base tablespace or another one.

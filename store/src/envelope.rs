@@ -189,20 +189,10 @@ pub fn decompress_verified(
     expected_crc: u32,
     expected_size: Option<u64>,
 ) -> Result<u64, EnvelopeError> {
-    let reader_failed = Rc::new(Cell::new(false));
-    let tracked = Tracked {
-        inner: reader,
-        failed: reader_failed.clone(),
-    };
-    let decoder = zstd::stream::read::Decoder::new(tracked)
-        .map_err(|source| EnvelopeError::Compress { source })?;
-    pump(decoder, writer, expected_crc, expected_size, |source| {
-        if reader_failed.get() {
-            EnvelopeError::Read { source }
-        } else {
-            EnvelopeError::Corrupt { source }
-        }
-    })
+    copy_out(
+        Verified::compressed(reader, expected_crc, expected_size)?,
+        writer,
+    )
 }
 
 /// Copies an uncompressed stored object (history files) with the same size and CRC-32
@@ -213,36 +203,18 @@ pub fn copy_verified(
     expected_crc: u32,
     expected_size: Option<u64>,
 ) -> Result<u64, EnvelopeError> {
-    pump(reader, writer, expected_crc, expected_size, |source| {
-        EnvelopeError::Read { source }
-    })
+    copy_out(Verified::plain(reader, expected_crc, expected_size), writer)
 }
 
-fn pump(
-    mut src: impl Read,
-    mut writer: impl Write,
-    expected_crc: u32,
-    expected_size: Option<u64>,
-    read_error: impl Fn(io::Error) -> EnvelopeError,
-) -> Result<u64, EnvelopeError> {
-    let mut hasher = crc32fast::Hasher::new();
+fn copy_out(mut src: Verified<'_>, mut writer: impl Write) -> Result<u64, EnvelopeError> {
     let mut buf = vec![0; CHUNK];
-    let mut total: u64 = 0;
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_error(e)),
+            Err(_) => return src.finish(),
         };
-        total += n as u64;
-        if let Some(expected) = expected_size.filter(|&e| total > e) {
-            return Err(EnvelopeError::SizeMismatch {
-                expected,
-                actual: total,
-            });
-        }
-        hasher.update(&buf[..n]);
         writer
             .write_all(&buf[..n])
             .map_err(|source| EnvelopeError::Write { source })?;
@@ -250,20 +222,124 @@ fn pump(
     writer
         .flush()
         .map_err(|source| EnvelopeError::Write { source })?;
-    if let Some(expected) = expected_size.filter(|&e| total != e) {
-        return Err(EnvelopeError::SizeMismatch {
-            expected,
-            actual: total,
-        });
+    src.finish()
+}
+
+/// The uncompressed bytes of a stored object as a reader, checked as they pass: zstd's
+/// own checksum, and never more bytes than the size expected; [`Verified::finish`] reads
+/// what its user left and checks the size and the CRC-32. A read that fails keeps the
+/// reason (transfer, corruption, size), which `finish` returns.
+pub struct Verified<'a> {
+    src: Box<dyn Read + 'a>,
+    /// Set when the stored bytes' reader failed (`None` for plain objects, whose every
+    /// read error is the reader's).
+    reader_failed: Option<Rc<Cell<bool>>>,
+    hasher: crc32fast::Hasher,
+    total: u64,
+    expected_crc: u32,
+    expected_size: Option<u64>,
+    failure: Option<EnvelopeError>,
+}
+
+impl<'a> Verified<'a> {
+    /// A zstd object's decoded bytes.
+    pub fn compressed(
+        reader: impl Read + 'a,
+        expected_crc: u32,
+        expected_size: Option<u64>,
+    ) -> Result<Verified<'a>, EnvelopeError> {
+        let failed = Rc::new(Cell::new(false));
+        let tracked = Tracked {
+            inner: reader,
+            failed: failed.clone(),
+        };
+        let decoder = zstd::stream::read::Decoder::new(tracked)
+            .map_err(|source| EnvelopeError::Compress { source })?;
+        let mut v = Verified::plain(decoder, expected_crc, expected_size);
+        v.reader_failed = Some(failed);
+        Ok(v)
     }
-    let actual = hasher.finalize();
-    if actual != expected_crc {
-        return Err(EnvelopeError::ChecksumMismatch {
-            expected: expected_crc,
-            actual,
-        });
+
+    /// An uncompressed object's bytes.
+    pub fn plain(reader: impl Read + 'a, expected_crc: u32, expected_size: Option<u64>) -> Self {
+        Verified {
+            src: Box::new(reader),
+            reader_failed: None,
+            hasher: crc32fast::Hasher::new(),
+            total: 0,
+            expected_crc,
+            expected_size,
+            failure: None,
+        }
     }
-    Ok(total)
+
+    /// Reads the rest, then checks size and CRC-32; the uncompressed size when they match.
+    pub fn finish(mut self) -> Result<u64, EnvelopeError> {
+        let mut buf = vec![0; CHUNK];
+        while self.failure.is_none() {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.failure
+                        .get_or_insert(EnvelopeError::Read { source: e });
+                }
+            }
+        }
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        if let Some(expected) = self.expected_size.filter(|&e| self.total != e) {
+            return Err(EnvelopeError::SizeMismatch {
+                expected,
+                actual: self.total,
+            });
+        }
+        let actual = self.hasher.finalize();
+        if actual != self.expected_crc {
+            return Err(EnvelopeError::ChecksumMismatch {
+                expected: self.expected_crc,
+                actual,
+            });
+        }
+        Ok(self.total)
+    }
+}
+
+impl Read for Verified<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failure.is_some() {
+            return Err(io::Error::other("the stored object could not be read"));
+        }
+        match self.src.read(buf) {
+            Ok(n) => {
+                self.total += n as u64;
+                if let Some(expected) = self.expected_size.filter(|&e| self.total > e) {
+                    self.failure = Some(EnvelopeError::SizeMismatch {
+                        expected,
+                        actual: self.total,
+                    });
+                    return Err(io::Error::other(
+                        "the stored object is larger than recorded",
+                    ));
+                }
+                self.hasher.update(&buf[..n]);
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let transfer = self.reader_failed.as_ref().is_none_or(|f| f.get());
+                let kind = e.kind();
+                let message = e.to_string();
+                self.failure = Some(match transfer {
+                    true => EnvelopeError::Read { source: e },
+                    false => EnvelopeError::Corrupt { source: e },
+                });
+                Err(io::Error::new(kind, message))
+            }
+        }
+    }
 }
 
 fn new_encoder<W: Write>(

@@ -26,8 +26,8 @@ use crate::meta;
 use crate::retry::RetryPolicy;
 use crate::staged::{self, Staged};
 use crate::storage::{
-    Body, FsStorage, Metadata, ObjectHead, ObjectInfo, PutOutcome, S3Options, S3Storage, Storage,
-    StorageError,
+    Body, FsStorage, GetObject, Metadata, ObjectHead, ObjectInfo, PutOutcome, S3Options, S3Storage,
+    Storage, StorageError,
 };
 use crate::sync_bridge::BlockingReader;
 use crate::url::RepoUrl;
@@ -769,21 +769,7 @@ impl Repository {
     }
 
     async fn fetch_verified_once(&self, key: &str, dst: &Path) -> Result<Sealed, RepoError> {
-        let get = self
-            .storage
-            .get(key)
-            .await
-            .map_err(RepoError::storage(key))?;
-        let missing = || RepoError::MissingChecksum {
-            key: key.to_string(),
-        };
-        let crc32 = meta::crc32(&get.head.metadata).ok_or_else(missing)?;
-        let raw_size = meta::raw_size(&get.head.metadata).ok_or_else(missing)?;
-        let sealed = Sealed {
-            crc32,
-            raw_size,
-            stored_size: get.head.info.size,
-        };
+        let (get, sealed) = self.get_sealed(key).await?;
         let compressed = key.ends_with(".zst");
         let handle = tokio::runtime::Handle::current();
         let (key_owned, dst_owned) = (key.to_string(), dst.to_path_buf());
@@ -792,10 +778,11 @@ impl Repository {
             let mut failure = None;
             let written = crashsafe::write_durably(&dst_owned, Publish::Replace, |file| {
                 let out = BufWriter::new(file);
+                let (crc32, raw_size) = (sealed.crc32, Some(sealed.raw_size));
                 let verified = if compressed {
-                    envelope::decompress_verified(reader, out, crc32, Some(raw_size))
+                    envelope::decompress_verified(reader, out, crc32, raw_size)
                 } else {
-                    envelope::copy_verified(reader, out, crc32, Some(raw_size))
+                    envelope::copy_verified(reader, out, crc32, raw_size)
                 };
                 verified.map_err(|e| {
                     failure = Some(e);
@@ -813,6 +800,73 @@ impl Repository {
         });
         task.await.map_err(task_failed)??;
         Ok(sealed)
+    }
+
+    /// Reads `key` through `consume`, which sees its uncompressed bytes (decompressed for
+    /// `.zst` objects) as they arrive, on a blocking thread. Once it returns, what it left
+    /// is read and size and CRC-32 are checked against the object's metadata: its result
+    /// counts only then. Retried as a whole, like `fetch_verified`, when reading fails.
+    pub async fn read_verified<T, F>(&self, key: &str, consume: F) -> Result<(Sealed, T), RepoError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut dyn io::Read) -> T + Clone + Send + 'static,
+    {
+        self.reading(&format!("read {key}"), || {
+            self.read_verified_once(key, consume.clone())
+        })
+        .await
+    }
+
+    async fn read_verified_once<T, F>(
+        &self,
+        key: &str,
+        consume: F,
+    ) -> Result<(Sealed, T), RepoError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn io::Read) -> T + Send + 'static,
+    {
+        let (get, sealed) = self.get_sealed(key).await?;
+        let compressed = key.ends_with(".zst");
+        let handle = tokio::runtime::Handle::current();
+        let key_owned = key.to_string();
+        let task = tokio::task::spawn_blocking(move || {
+            let reader = BlockingReader::new(handle, get.body, sealed.stored_size);
+            let (crc32, raw_size) = (sealed.crc32, Some(sealed.raw_size));
+            let envelope_err = |source| RepoError::Envelope {
+                key: key_owned.clone(),
+                source,
+            };
+            let mut verified = match compressed {
+                true => {
+                    envelope::Verified::compressed(reader, crc32, raw_size).map_err(envelope_err)?
+                }
+                false => envelope::Verified::plain(reader, crc32, raw_size),
+            };
+            let consumed = consume(&mut verified);
+            verified.finish().map_err(envelope_err)?;
+            Ok(consumed)
+        });
+        let consumed = task.await.map_err(task_failed)??;
+        Ok((sealed, consumed))
+    }
+
+    /// An object being read, and the seal its metadata records.
+    async fn get_sealed(&self, key: &str) -> Result<(GetObject, Sealed), RepoError> {
+        let get = self
+            .storage
+            .get(key)
+            .await
+            .map_err(RepoError::storage(key))?;
+        let missing = || RepoError::MissingChecksum {
+            key: key.to_string(),
+        };
+        let sealed = Sealed {
+            crc32: meta::crc32(&get.head.metadata).ok_or_else(missing)?,
+            raw_size: meta::raw_size(&get.head.metadata).ok_or_else(missing)?,
+            stored_size: get.head.info.size,
+        };
+        Ok((get, sealed))
     }
 
     fn judge_put(

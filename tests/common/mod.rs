@@ -166,6 +166,20 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Run a command that prints JSON (`check --json`, `verify --json`): its exit code and
+/// the document.
+pub fn run_json(archiver: &Archiver, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = run(archiver.command(args));
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    });
+    (out.status.code(), doc)
+}
+
 /// One archiver (`tidemark stream`) for one cluster and repository.
 pub struct Archiver {
     pub work: TempDir,
@@ -644,6 +658,20 @@ pub fn file_url(path: &Path) -> String {
         }
     }
     url
+}
+
+/// An empty directory beside the cluster's data directory, owned by postgres (for a
+/// tablespace).
+pub fn tablespace_dir(cluster: &Cluster) -> PathBuf {
+    let dir = cluster.data_dir().parent().expect("parent").join("ts");
+    fs::create_dir(&dir).expect("create tablespace directory");
+    let ok = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(&dir)
+        .status()
+        .expect("chown");
+    assert!(ok.success());
+    dir
 }
 
 /// Let the postgres user read a `file://` repository written by root.
