@@ -210,6 +210,25 @@ fn each_kind_of_stored_damage_is_reported_by_key_with_what_a_restore_loses() {
         "{doc:#}"
     );
 
+    // A segment deleted: verify names the missing segment, and restores stop before it.
+    let victim_meta = root.join(format!("{}.meta.json", victim.key));
+    let (code, doc) = damaged(&archiver, &[&victim_path], || {
+        fs::remove_file(&victim_path).unwrap();
+        fs::remove_file(&victim_meta).unwrap();
+    });
+    assert_eq!(code, Some(8), "{doc:#}");
+    let found = problems(&doc);
+    assert_eq!(found.len(), 1, "{doc:#}");
+    assert_eq!(found[0].0, victim.key, "{doc:#}");
+    assert!(found[0].1.contains("missing"), "{doc:#}");
+    assert!(found[0].2.contains(&id), "{doc:#}");
+    assert_eq!(doc["backups"][0]["sound"], true, "{doc:#}");
+    assert_eq!(
+        doc["backups"][0]["restorable_to"],
+        victim_start.as_str(),
+        "{doc:#}"
+    );
+
     // A flipped byte in a backup chunk: that backup cannot be restored.
     let chunk = repo
         .keys()

@@ -396,7 +396,15 @@ pub async fn verify(
                 });
             }
         }
-        reach(repo, seg, b, &damaged_wal, &mut verdicts[i], &mut report).await?;
+        reach(
+            repo,
+            seg,
+            (b, &backups),
+            &damaged_wal,
+            &mut verdicts[i],
+            &mut report,
+        )
+        .await?;
     }
     report.backups = verdicts;
     Ok(report)
@@ -457,11 +465,12 @@ fn loses(job: &Job, key: &str, backups: &[BackupInfo], seg: WalSegmentSize) -> S
 }
 
 /// How far a restore from `b` reaches: the planner's proof to the newest WAL, cut at the
-/// first damaged segment it would replay.
+/// first damaged or missing segment it would replay (a missing one is reported once, by
+/// the key it should have, with every backup whose restores stop before it).
 async fn reach(
     repo: &Repository,
     seg: WalSegmentSize,
-    b: &BackupInfo,
+    (b, backups): (&BackupInfo, &[BackupInfo]),
     damaged: &[(SegmentName, String)],
     verdict: &mut BackupVerdict,
     report: &mut Report,
@@ -474,42 +483,69 @@ async fn reach(
         backup: Some(b.id.clone()),
         occurrence: Occurrence::default(),
     };
-    let planned = match plan(repo, seg, &request).await {
-        Ok(p) => p,
+    let (last, end, missing) = match plan(repo, seg, &request).await {
+        Ok(p) => (p.wal_last, Some(p.archive_end), None),
         Err(PlanError::Repository(e)) if e.is_transient() => return Err(e.into()),
         Err(e @ PlanError::NotDescendant { .. }) => {
             verdict.note = Some(format!("not on the newest timeline's line: {e}"));
             return Ok(());
         }
-        Err(e) => {
-            verdict.sound = false;
-            verdict.note = Some(e.to_string());
-            report.problems.push(Problem {
-                key: layout::backup_dir(&b.id),
-                problem: e.to_string(),
-                loses: format!("backup {} cannot be restored to the newest WAL", b.id),
-            });
-            return Ok(());
-        }
+        Err(e) => match gap_at(&e, seg) {
+            Some(name) => {
+                let key = layout::wal_segment_key(name, seg);
+                if !report.problems.iter().any(|p| p.key == key) {
+                    let job = Job::Wal(WalKey {
+                        name,
+                        partial: false,
+                    });
+                    report.problems.push(Problem {
+                        loses: loses(&job, &key, backups, seg),
+                        key: key.clone(),
+                        problem: "missing: the archived WAL has a gap here".into(),
+                    });
+                }
+                (name, None, Some((name, key)))
+            }
+            None => {
+                verdict.sound = false;
+                verdict.note = Some(e.to_string());
+                report.problems.push(Problem {
+                    key: layout::backup_dir(&b.id),
+                    problem: e.to_string(),
+                    loses: format!("backup {} cannot be restored to the newest WAL", b.id),
+                });
+                return Ok(());
+            }
+        },
     };
     let first = SegmentName::containing(TimelineId(b.timeline), b.start_lsn, seg);
     let consistent = SegmentName::containing(TimelineId(b.timeline), b.stop_lsn, seg);
     let hit = damaged
         .iter()
-        .filter(|(name, _)| name.segno >= first.segno && name.segno <= planned.wal_last.segno)
-        .min_by_key(|(name, _)| name.segno);
+        .filter(|(name, _)| name.segno >= first.segno && name.segno <= last.segno)
+        .map(|(name, key)| (*name, key.clone(), "damaged"))
+        .chain(missing.map(|(name, key)| (name, key, "missing")))
+        .min_by_key(|(name, _, _)| name.segno);
     match hit {
-        Some((name, key)) if name.segno <= consistent.segno => {
+        Some((name, key, what)) if name.segno <= consistent.segno => {
             verdict.sound = false;
             verdict.note = Some(format!(
-                "{key}, which it needs to become consistent, is damaged"
+                "{key}, which it needs to become consistent, is {what}"
             ));
         }
-        Some((name, key)) => {
+        Some((name, key, what)) => {
             verdict.restorable_to = Some(name.start_lsn(seg).to_string());
-            verdict.note = Some(format!("replay stops before the damaged {key}"));
+            verdict.note = Some(format!("replay stops before the {what} {key}"));
         }
-        None => verdict.restorable_to = Some(planned.archive_end.to_string()),
+        None => verdict.restorable_to = end.map(|e| e.to_string()),
     }
     Ok(())
+}
+
+/// The segment missing where the planner found the archived WAL broken.
+fn gap_at(e: &PlanError, seg: WalSegmentSize) -> Option<SegmentName> {
+    match e {
+        PlanError::Gap { missing, .. } => SegmentName::parse(missing, seg).ok(),
+        _ => None,
+    }
 }
