@@ -601,6 +601,10 @@ pub struct StreamArgs {
     /// position; then take a new base backup. Set it once, deliberately
     #[arg(long)]
     pub accept_gap: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9187: positions, lag, RPO, uploads, spool, backups, restorable windows
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Spool directory for received WAL [default: beside the catalog]
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use tidemark_archiver::metrics;
 use tidemark_archiver::stream::StreamConfig;
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::WalSegmentSize;
@@ -124,15 +125,37 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
     )
     .map_err(|_| Usage("--complete-marker-interval must be a number of seconds"))?;
 
+    let metrics = config.metrics.clone();
     let tracking: Vec<_> = args
         .track_bucket
         .iter()
-        .map(|b| crate::objects::track_options(&catalog_path, b, &args.tracking, false))
+        .map(|b| {
+            let mut options =
+                crate::objects::track_options(&catalog_path, b, &args.tracking, false)?;
+            options.metrics = metrics.clone();
+            Ok(options)
+        })
         .collect::<anyhow::Result<_>>()?;
     let s3 = S3Options::from_env()?;
+    // Bound before anything else starts: a taken address is refused at once (exit 2).
+    let listener = match args.metrics_listen {
+        Some(addr) => Some(metrics::http::bind(addr).await?),
+        None => None,
+    };
 
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(forward_signals(tx));
+    // The endpoint and its repository readings run beside streaming; they never fail it.
+    let endpoint = async {
+        if let Some(listener) = listener {
+            tracing::info!(address = ?args.metrics_listen, "serving metrics at /metrics");
+            tokio::join!(
+                metrics::http::serve(listener, metrics.clone(), rx.clone()),
+                metrics::watch::watch(&repo, &catalog_path, &metrics, rx.clone()),
+            );
+        }
+        Ok::<(), tidemark_archiver::ArchiverError>(())
+    };
     // Bucket tracking runs beside streaming and stops with it. A tracker fails only when
     // it cannot start (missing bucket, no versioning), and that stops the whole command.
     let trackers = tracking.iter().map(|options| {
@@ -140,7 +163,7 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
     });
     let streaming =
         tidemark_archiver::stream::stream(&pg, repo.clone(), &catalog_path, config, rx.clone());
-    tokio::try_join!(streaming, futures::future::try_join_all(trackers))?;
+    tokio::try_join!(streaming, futures::future::try_join_all(trackers), endpoint)?;
     tracing::info!("stopped; in-flight uploads finished");
     Ok(())
 }

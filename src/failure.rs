@@ -113,7 +113,7 @@ fn code(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<ArchiverError>() {
             return match e {
                 ArchiverError::Postgres(_) => POSTGRES,
-                ArchiverError::NotAStandby => USAGE,
+                ArchiverError::NotAStandby | ArchiverError::MetricsListen { .. } => USAGE,
                 ArchiverError::Repository(e) => repo_code(e),
                 ArchiverError::Catalog(e) => catalog_code(e),
                 ArchiverError::Lease(LeaseError::Repository(e)) => repo_code(e),

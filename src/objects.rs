@@ -49,6 +49,7 @@ pub fn track_options(
         compression_level: 3,
         work_dir: paths::beside_catalog(catalog, "objects"),
         lease_ttl: lease_ttl()?,
+        metrics: Default::default(),
     })
 }
 

@@ -112,6 +112,12 @@ pub enum ArchiverError {
         application_name: String,
     },
     /// A background task died (a bug).
+    #[error("cannot listen on {addr} for metrics: {source}; HINT: choose another --metrics-listen address (is another archiver using this one?)")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
     #[error("internal task failed: {0}")]
     Task(String),
 }

@@ -15,6 +15,7 @@ pub mod error;
 mod events;
 pub mod expire;
 pub mod init;
+pub mod metrics;
 pub mod objects_track;
 mod single_writer;
 pub mod spool;

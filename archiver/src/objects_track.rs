@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::error::ArchiverError;
+use crate::metrics::Metrics;
 
 /// Objects copied at once in copy mode.
 const COPY_CONCURRENCY: usize = 8;
@@ -56,6 +57,8 @@ pub struct TrackOptions {
     /// while a pass runs): how long a crashed tracker keeps `expire` and other trackers
     /// waiting.
     pub lease_ttl: Duration,
+    /// Where each pass is reported (served by `stream --metrics-listen`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// What one pass recorded.
@@ -77,13 +80,19 @@ pub async fn track(
 ) -> Result<(), ArchiverError> {
     let mut tracker = Tracker::open(repo, catalog_path, pg, s3, options).await?;
     loop {
+        let began = std::time::Instant::now();
         match tracker.pass().await {
-            Ok(done) => info!(
-                bucket = %options.bucket,
-                new_versions = done.new_versions,
-                clock_offset_ms = (done.clock.min_offset_ms + done.clock.max_offset_ms) / 2,
-                "tracking pass recorded"
-            ),
+            Ok(done) => {
+                options
+                    .metrics
+                    .pass_done(&options.bucket, began.elapsed(), done.clock.at);
+                info!(
+                    bucket = %options.bucket,
+                    new_versions = done.new_versions,
+                    clock_offset_ms = (done.clock.min_offset_ms + done.clock.max_offset_ms) / 2,
+                    "tracking pass recorded"
+                )
+            }
             Err(e) if options.once => return Err(e),
             Err(e) => {
                 warn!(bucket = %options.bucket, error = %e, "tracking pass failed; retrying at the next interval")

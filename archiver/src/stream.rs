@@ -33,6 +33,7 @@ use crate::acks::AckTracker;
 use crate::cluster::Cluster;
 use crate::error::ArchiverError;
 use crate::events::{valid_prefix_len, EventTracker};
+use crate::metrics::Metrics;
 use crate::single_writer;
 use crate::spool::{AppendError, LeftoverPartial, Leftovers, Spool, SpoolError};
 use crate::uploads::{Done, Uploads, PATIENCE};
@@ -71,6 +72,8 @@ pub struct StreamConfig {
     /// in the repository and start a new run at the server's current segment (instead of
     /// stopping with `WalRemoved`). For the operator to set once, deliberately.
     pub accept_gap: bool,
+    /// Where streaming reports what it does (served by `--metrics-listen`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl StreamConfig {
@@ -87,6 +90,7 @@ impl StreamConfig {
             tail_timeout: Duration::from_secs(5),
             synchronous: false,
             accept_gap: false,
+            metrics: Arc::default(),
         }
     }
 }
@@ -139,6 +143,7 @@ async fn stream_holding_lease(
     // What an earlier run received is stored first, before the server is asked for
     // anything: that server may be gone, and then the spool holds the only copy.
     let (spool, leftovers) = Spool::open(&config.spool_dir, seg)?;
+    config.metrics.spool_dir(&config.spool_dir);
     let catalog = Catalog::open(catalog)?;
     catalog.bind(&repo.url.to_string(), identity.system_identifier)?;
     let repo = Arc::new(repo);
@@ -148,6 +153,7 @@ async fn stream_holding_lease(
             seg,
             config.compression_level,
             config.upload_concurrency,
+            config.metrics.clone(),
         ),
         repo,
         catalog,
@@ -508,7 +514,9 @@ impl Archiver {
                     None => break,
                 },
             };
-            match self.stream_timeline(current, timeline).await {
+            let ended = self.stream_timeline(current, timeline).await;
+            self.config.metrics.connected(false);
+            match ended {
                 Ok(End::Shutdown) => return Ok(()),
                 Ok(End::TimelineSwitch {
                     client: c,
@@ -690,6 +698,7 @@ impl Archiver {
                 // primary reserved WAL only from its last checkpoint; reporting where the
                 // repository ends moves it back to keep all WAL the repository lacks.
                 self.send_status(&mut s, false).await?;
+                self.config.metrics.connected(true);
                 s
             }
             StartOutcome::TimelineEnded {
@@ -772,11 +781,16 @@ impl Archiver {
             };
             match msg.map_err(|e| wal_error(e, start))? {
                 StreamMessage::XLogData {
-                    wal_start, data, ..
+                    wal_start,
+                    server_wal_end,
+                    data,
+                    ..
                 } => {
                     // Decode first: a segment's summary is final once all of it is fed.
                     self.events.feed(&data);
                     self.receive(wal_start, &data).await?;
+                    self.config.metrics.server_position(server_wal_end);
+                    self.config.metrics.received(self.position()?);
                     if self.config.synchronous {
                         // A commit may be waiting for exactly this acknowledgement.
                         self.spool.sync()?;
@@ -788,6 +802,7 @@ impl Archiver {
                     server_wal_end,
                     server_time,
                 } => {
+                    self.config.metrics.server_position(server_wal_end);
                     // A server shutting down asks, and waits for every byte it sent to be
                     // reported flushed: store the tail, then say so.
                     if reply_requested && !self.store_tail().await? {
@@ -931,6 +946,7 @@ impl Archiver {
             .send_status(written, flushed, Lsn::INVALID, reply_requested)
             .await?;
         self.last_status = Some((written, flushed));
+        self.config.metrics.flushed(flushed);
         Ok(())
     }
 
@@ -962,6 +978,7 @@ impl Archiver {
         self.timeline = timeline;
         self.last_partial = Lsn::INVALID;
         self.partial_stored = None;
+        self.config.metrics.run_begins(self.stored_end());
         Ok(())
     }
 
@@ -1018,6 +1035,12 @@ impl Archiver {
 
     /// Record a finished job. Returns true when the acknowledged position moved.
     fn finished(&mut self, done: Done) -> Result<bool, ArchiverError> {
+        let moved = self.record_job(done)?;
+        self.config.metrics.stored(self.stored_end());
+        Ok(moved)
+    }
+
+    fn record_job(&mut self, done: Done) -> Result<bool, ArchiverError> {
         match done {
             Done::Segment {
                 segment,

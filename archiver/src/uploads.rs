@@ -4,6 +4,7 @@
 //! is returned to the stream loop, which stops.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tidemark_protocol::{Lsn, SegmentName, TimelineId, WalSegmentSize};
@@ -14,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::error::ArchiverError;
+use crate::metrics::{Metrics, Upload};
 use crate::spool::{PartialSnapshot, SpooledSegment};
 
 /// A finished background job.
@@ -46,6 +48,7 @@ pub struct Uploads {
     permits: Arc<Semaphore>,
     jobs: JoinSet<Result<Done, ArchiverError>>,
     gate: Gate,
+    metrics: Arc<Metrics>,
 }
 
 /// The first complete segment of a run is stored before anything after it: it is where
@@ -66,7 +69,13 @@ enum Held {
 }
 
 impl Uploads {
-    pub fn new(repo: Arc<Repository>, seg: WalSegmentSize, level: i32, concurrency: usize) -> Self {
+    pub fn new(
+        repo: Arc<Repository>,
+        seg: WalSegmentSize,
+        level: i32,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Uploads {
             repo,
             seg,
@@ -74,6 +83,7 @@ impl Uploads {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             jobs: JoinSet::new(),
             gate: Gate::Next,
+            metrics,
         }
     }
 
@@ -109,13 +119,19 @@ impl Uploads {
     }
 
     fn spawn_segment(&mut self, segment: SpooledSegment, meta: Metadata) {
-        let (repo, seg, level, permits) = self.parts();
+        let (repo, seg, level, permits, metrics) = self.parts();
         self.jobs.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let object = with_retry("upload segment", || {
-                repo.archive_segment(segment.name, seg, &segment.path, level, meta.clone())
+            let began = Instant::now();
+            let (r, m, path, meta_ref) = (&repo, &metrics, &segment.path, &meta);
+            let object = with_retry("upload segment", || async move {
+                let stored = r
+                    .archive_segment(segment.name, seg, path, level, meta_ref.clone())
+                    .await;
+                stored.inspect_err(|e| m.write_failed(e))
             })
             .await?;
+            metrics.uploaded(Upload::Segment, object.sealed.stored_size, began.elapsed());
             Ok(Done::Segment {
                 segment,
                 object,
@@ -135,22 +151,30 @@ impl Uploads {
     }
 
     fn spawn_partial(&mut self, snapshot: PartialSnapshot, meta: Metadata) {
-        let (repo, seg, level, permits) = self.parts();
+        let (repo, seg, level, permits, metrics) = self.parts();
         self.jobs.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let end_lsn = snapshot.name.start_lsn(seg) + snapshot.len;
-            let object = with_retry("upload partial segment", || {
-                repo.archive_partial(
-                    snapshot.name,
-                    seg,
-                    &snapshot.file,
-                    &snapshot.path,
-                    snapshot.len,
-                    level,
-                    meta.clone(),
-                )
+            let began = Instant::now();
+            let (r, m, snap, meta_ref) = (&repo, &metrics, &snapshot, &meta);
+            let object = with_retry("upload partial segment", || async move {
+                let stored = r
+                    .archive_partial(
+                        snap.name,
+                        seg,
+                        &snap.file,
+                        &snap.path,
+                        snap.len,
+                        level,
+                        meta_ref.clone(),
+                    )
+                    .await;
+                stored.inspect_err(|e| m.write_failed(e))
             })
             .await?;
+            if let Some(o) = &object {
+                metrics.uploaded(Upload::Partial, o.sealed.stored_size, began.elapsed());
+            }
             Ok(Done::Partial {
                 name: snapshot.name,
                 end_lsn,
@@ -175,7 +199,7 @@ impl Uploads {
 
     /// Remove a partial object that a newer one supersedes.
     pub fn remove_partial(&mut self, name: SegmentName) {
-        let (repo, seg, _, permits) = self.parts();
+        let (repo, seg, _, permits, _) = self.parts();
         self.jobs.spawn(async move {
             let _permit = permits.acquire_owned().await;
             with_retry("remove superseded partial segment", || {
@@ -218,12 +242,21 @@ impl Uploads {
         }
     }
 
-    fn parts(&self) -> (Arc<Repository>, WalSegmentSize, i32, Arc<Semaphore>) {
+    fn parts(
+        &self,
+    ) -> (
+        Arc<Repository>,
+        WalSegmentSize,
+        i32,
+        Arc<Semaphore>,
+        Arc<Metrics>,
+    ) {
         (
             self.repo.clone(),
             self.seg,
             self.level,
             self.permits.clone(),
+            self.metrics.clone(),
         )
     }
 }
