@@ -309,3 +309,49 @@ fn a_taken_metrics_address_is_refused_before_streaming_starts() {
         .collect();
     assert!(wal.is_empty(), "archived {wal:?}");
 }
+
+#[test]
+fn bucket_tracking_beside_streaming_reports_each_pass_and_the_bucket_window() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let bucket = s3.create_bucket("app", true).unwrap();
+    let repo = Repo::s3("metrics-tracking");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut archiver = Archiver::new(
+        &cluster,
+        &repo,
+        &[
+            "--track-bucket",
+            &bucket,
+            "--track-interval",
+            "1",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    archiver.init();
+    archiver.start();
+    s3.put_object(&bucket, "a.txt", b"one").unwrap();
+    let window =
+        format!("tidemark_restorable_window_seconds{{store=\"bucket\",bucket=\"{bucket}\"}}");
+    let (text, samples) = wait_for(
+        "two seconds of bucket history",
+        Duration::from_secs(60),
+        || {
+            let (text, samples) = scrape(port);
+            (*samples.get(&window)? >= 2.0).then_some((text, samples))
+        },
+    );
+    let age = value(
+        &samples,
+        &format!("tidemark_bucket_pass_age_seconds{{bucket=\"{bucket}\"}}"),
+    );
+    assert!(age < 10.0, "{text}");
+    let took = value(
+        &samples,
+        &format!("tidemark_bucket_pass_duration_seconds{{bucket=\"{bucket}\"}}"),
+    );
+    assert!(took > 0.0 && took < 30.0, "{text}");
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+}

@@ -57,12 +57,20 @@ struct Labels {
 /// One tracked bucket, as the catalog and the tracker know it.
 #[derive(Debug, Clone, Default)]
 struct Bucket {
-    /// Seconds from its first to its newest pass.
-    window: Option<f64>,
+    /// PostgreSQL's time at its first pass: where its restorable window begins.
+    first_pass: Option<DateTime<Utc>>,
     /// PostgreSQL's time at its newest pass.
     last_pass: Option<DateTime<Utc>>,
     /// How long its newest pass in this process took.
     pass_seconds: Option<f64>,
+}
+
+impl Bucket {
+    /// Passes were recorded from `first` to `last`.
+    fn saw_pass(&mut self, first: DateTime<Utc>, last: DateTime<Utc>) {
+        self.first_pass = Some(self.first_pass.map_or(first, |t| t.min(first)));
+        self.last_pass = Some(self.last_pass.map_or(last, |t| t.max(last)));
+    }
 }
 
 /// What the gauges are computed from.
@@ -272,7 +280,7 @@ impl Metrics {
         let mut s = self.state();
         let b = s.buckets.entry(bucket.to_string()).or_default();
         b.pass_seconds = Some(took.as_secs_f64());
-        b.last_pass = Some(b.last_pass.map_or(at, |t| t.max(at)));
+        b.saw_pass(at, at);
     }
 
     /// What the repository and the catalog say (see [`watch`]).
@@ -281,10 +289,8 @@ impl Metrics {
         s.newest_backup = facts.newest_backup;
         s.oldest_backup = facts.oldest_backup;
         s.archived_at = s.archived_at.max(facts.archived_at);
-        for (name, window, last_pass) in facts.buckets {
-            let b = s.buckets.entry(name).or_default();
-            b.window = Some(window);
-            b.last_pass = Some(b.last_pass.map_or(last_pass, |t| t.max(last_pass)));
+        for (name, first, last) in facts.buckets {
+            s.buckets.entry(name).or_default().saw_pass(first, last);
         }
     }
 
@@ -362,8 +368,8 @@ impl Collector for Gauges {
             .into_iter()
             .collect();
         windows.extend(s.buckets.iter().filter_map(|(name, b)| {
-            b.window
-                .map(|w| (label(&[("store", "bucket"), ("bucket", name)]), w))
+            let window = seconds_between(b.first_pass?, b.last_pass?);
+            Some((label(&[("store", "bucket"), ("bucket", name)]), window))
         }));
         let families: [(&str, &str, Vec<Sample>); 3] = [
             ("tidemark_restorable_window", "How far back each store can be restored: the database from its oldest backup's end to the newest archived WAL, a tracked bucket from its first to its newest tracking pass", windows),

@@ -25,8 +25,8 @@ pub(super) struct Facts {
     pub oldest_backup: Option<DateTime<Utc>>,
     /// When the catalog's newest WAL was stored.
     pub archived_at: Option<DateTime<Utc>>,
-    /// Each tracked bucket: its window in seconds and its newest pass.
-    pub buckets: Vec<(String, f64, DateTime<Utc>)>,
+    /// Each tracked bucket: its first and its newest pass.
+    pub buckets: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
 }
 
 /// Refresh `metrics` from `repo` and the catalog at `catalog_path` until `shutdown` fires.
@@ -65,10 +65,7 @@ async fn read(repo: &Repository, catalog_path: &Path) -> Result<Facts, ArchiverE
         buckets: report
             .buckets
             .into_iter()
-            .map(|b| {
-                let window = super::seconds_between(b.window.from, b.window.to);
-                (b.bucket, window, b.window.to)
-            })
+            .map(|b| (b.bucket, b.window.from, b.window.to))
             .collect(),
     })
 }
