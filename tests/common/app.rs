@@ -8,7 +8,7 @@ use std::time::Duration;
 use tidemark_fixtures::{Cluster, S3};
 use tidemark_store::catalog::Catalog;
 
-use super::{run, stderr, wait_for, Archiver, Repo};
+use super::{run, stderr, succeeded, wait_for, Archiver, Repo};
 
 pub type Files = BTreeMap<String, String>;
 
@@ -106,28 +106,21 @@ pub fn bucket_files(s3: &S3, bucket: &str) -> Files {
 }
 
 pub fn psql_port(cluster: &Cluster, port: &str, sql: &str) -> String {
-    let out = std::process::Command::new(cluster.bin().tool("psql"))
-        .args([
-            "-XAtq",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            port,
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let mut psql = std::process::Command::new(cluster.bin().tool("psql"));
+    psql.args([
+        "-XAtq",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-p",
+        port,
+        "-d",
+        "postgres",
+        "-c",
+        sql,
+    ]);
+    succeeded(psql)
 }
 
 /// A cluster restored with `--start`, stopped when dropped.

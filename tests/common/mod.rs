@@ -166,6 +166,17 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Run `cmd`, which must succeed (its stderr says why not); its stdout, trimmed.
+pub fn succeeded(mut cmd: Command) -> String {
+    let out = cmd.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Run a command that prints JSON (`check --json`, `verify --json`): its exit code and
 /// the document.
 pub fn run_json(archiver: &Archiver, args: &[&str]) -> (Option<i32>, serde_json::Value) {
