@@ -1,6 +1,7 @@
 //! `tidemark check`: is archiving working, end to end, right now? The repository (its
 //! identity, a probe object put twice and deleted), the server and archiving (from
-//! `archiver::check`), the newest backup's age, and the restore planner's proof that WAL
+//! `archiver::check`; with `--switch`, a segment switched now reaching the repository), each
+//! tracked bucket's freshness, the newest backup's age, and the restore planner's proof that WAL
 //! runs unbroken from the oldest backup to the newest archived WAL. Exit 0 / 1 / 2 by the
 //! worst finding (ok / warn / fail), as Nagios reads them.
 
@@ -41,8 +42,20 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
         ))?
         .parse::<ConnInfo>()?;
     let limit = timeout_arg(args.timeout)?;
-    let max_archive_age = Duration::try_from_secs_f64(args.max_archive_age)
-        .map_err(|_| Usage("--max-archive-age must be a number of seconds"))?;
+    let seconds =
+        |v: f64, what: &'static str| Duration::try_from_secs_f64(v).map_err(|_| Usage(what));
+    let max_archive_age = seconds(
+        args.max_archive_age,
+        "--max-archive-age must be a number of seconds",
+    )?;
+    let max_track_age = seconds(
+        args.max_track_age,
+        "--max-track-age must be a number of seconds",
+    )?;
+    let switch_timeout = seconds(
+        args.switch_timeout,
+        "--switch-timeout must be a number of seconds",
+    )?;
     let mut found = Vec::new();
 
     let stored = match tokio::time::timeout(limit, repository(&url, &mut found)).await {
@@ -74,24 +87,41 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> anyhow::Result<ExitCode> {
             "check --pg and the network",
         )],
         flush_lsn: None,
+        timeline: None,
     });
     found.extend(server.findings);
+    if args.switch {
+        found.push(match (&stored, server.timeline) {
+            (Some(stored), Some(timeline)) => match segment_size(&stored.repo).await {
+                Ok(seg) => findings::switch(&pg, &stored.repo, timeline, seg, switch_timeout).await,
+                Err(e) => Finding::fail("switch", format!("{e:#}"), "see the repository finding"),
+            },
+            _ => Finding::fail(
+                "switch",
+                "not switched: the repository or the server could not be read",
+                "see the findings above",
+            ),
+        });
+    }
 
     let gaps = stored.as_ref().map_or(&[][..], |s| &s.gaps[..]);
-    found.push(match open_existing_catalog(cli, &url) {
-        Ok(catalog) => findings::archiving(
-            &catalog,
-            gaps,
-            server.flush_lsn,
-            max_archive_age,
-            Utc::now(),
-        )?,
-        Err(e) => Finding::fail(
+    match open_existing_catalog(cli, &url) {
+        Ok(catalog) => {
+            found.push(findings::archiving(
+                &catalog,
+                gaps,
+                server.flush_lsn,
+                max_archive_age,
+                Utc::now(),
+            )?);
+            found.extend(findings::tracking(&catalog, max_track_age, Utc::now())?);
+        }
+        Err(e) => found.push(Finding::fail(
             "archiving",
             format!("{e:#}"),
             "run check where `tidemark stream` runs, with its --catalog",
-        ),
-    });
+        )),
+    }
 
     if let Some(stored) = &stored {
         found.push(newest_backup(&stored.backups, args.max_backup_age));

@@ -211,6 +211,17 @@ pub struct CheckArgs {
     /// (s, m, h, d, w)
     #[arg(long, default_value = "8d", value_name = "DURATION", value_parser = parse_retention)]
     pub max_backup_age: chrono::Duration,
+    /// Age of a tracked bucket's newest tracking pass above which tracking has stalled (a
+    /// failure)
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    pub max_track_age: f64,
+    /// Also have the server switch to a new WAL segment (pg_switch_wal(), which needs a
+    /// superuser or a grant) and wait for the finished one to reach the repository
+    #[arg(long)]
+    pub switch: bool,
+    /// How long --switch waits for the segment
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub switch_timeout: f64,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::app::{tracked_archiver, wait_for_tracking};
 use common::*;
 use tidemark_fixtures::Cluster;
 
@@ -67,6 +68,22 @@ fn check_passes_on_a_working_setup_and_fails_once_the_archiver_has_stopped() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    assert!(detail(&doc, "slot").contains("in use"), "{doc:#}");
+
+    // A segment switched now reaches the repository.
+    let (code, doc) = check(&archiver, &["--switch"]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(level(&doc, "switch"), "ok", "{doc:#}");
+    let switched = detail(&doc, "switch");
+    let name = switched.split_whitespace().nth(1).expect("segment name");
+    assert!(
+        repo.keys()
+            .iter()
+            .any(|k| k.contains(name) && !k.contains("partial")),
+        "{switched}: {:?}",
+        repo.keys()
+    );
+
     // The archiver stops; the server goes on writing.
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
     cluster.psql("INSERT INTO t VALUES (1002)").unwrap();
@@ -76,6 +93,15 @@ fn check_passes_on_a_working_setup_and_fails_once_the_archiver_has_stopped() {
     assert_eq!(doc["result"], "fail");
     assert_eq!(level(&doc, "archiving"), "fail", "{doc:#}");
     assert_eq!(level(&doc, "repository"), "ok", "{doc:#}");
+    assert_eq!(level(&doc, "slot"), "warn", "{doc:#}");
+    assert!(detail(&doc, "slot").contains("not in use"), "{doc:#}");
+    let (code, doc) = check(&archiver, &["--switch", "--switch-timeout", "2"]);
+    assert_eq!(code, Some(2), "{doc:#}");
+    assert_eq!(level(&doc, "switch"), "fail", "{doc:#}");
+    assert!(
+        detail(&doc, "switch").contains("did not reach the repository"),
+        "{doc:#}"
+    );
     let out = run(archiver.command(&["check", "--nagios", "--max-archive-age", "2"]));
     assert_eq!(out.status.code(), Some(2));
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -97,6 +123,60 @@ fn check_passes_on_a_working_setup_and_fails_once_the_archiver_has_stopped() {
     assert_eq!(code, Some(1), "{doc:#}");
     assert_eq!(level(&doc, "backup"), "warn", "{doc:#}");
     assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+}
+
+fn detail(doc: &serde_json::Value, name: &str) -> String {
+    doc["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {doc:#}"))["detail"]
+        .as_str()
+        .expect("detail")
+        .to_string()
+}
+
+#[test]
+fn check_reads_the_slot_of_postgresql_14_which_cannot_over_replication() {
+    let opts = tidemark_fixtures::ClusterOptions {
+        major: 14,
+        ..one_mb()
+    };
+    let cluster = Cluster::start(opts).expect("PostgreSQL 14 cluster");
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.psql("CREATE TABLE t(i int)").unwrap();
+    archiver.wait_stored(current_lsn(&cluster), Duration::from_secs(30));
+    let (_, doc) = check(&archiver, &[]);
+    assert_eq!(level(&doc, "slot"), "ok", "{doc:#}");
+    assert!(
+        detail(&doc, "slot").contains("in use, restart_lsn"),
+        "{doc:#}"
+    );
+    let (_, doc) = check(&archiver, &["--slot", "nosuch"]);
+    assert_eq!(level(&doc, "slot"), "fail", "{doc:#}");
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+}
+
+#[test]
+fn check_fails_on_bucket_tracking_that_has_stopped() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::s3("check-tracking");
+    let (mut archiver, bucket) = tracked_archiver(&cluster, &s3, &repo);
+    wait_for_tracking(&archiver, &bucket, 1);
+    let (_, doc) = check(&archiver, &[]);
+    assert_eq!(level(&doc, "tracking"), "ok", "{doc:#}");
+    assert!(detail(&doc, "tracking").contains(&bucket), "{doc:#}");
+
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, doc) = check(&archiver, &["--max-track-age", "2"]);
+    assert_eq!(code, Some(2), "{doc:#}");
+    assert_eq!(level(&doc, "tracking"), "fail", "{doc:#}");
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! `tidemark check`'s findings on the write side: the server `stream` would archive (its
-//! cluster, the settings archiving needs, the slot) and whether archiving keeps up. Each
+//! cluster, the settings archiving needs, the slot — `slot`), whether archiving keeps up,
+//! whether a segment switched now reaches the repository (`switch`), and whether each
+//! tracked bucket's history is fresh. Each
 //! finding is one line, ok / warn / fail, with a hint saying what to do; the binary adds
 //! the repository's and the restore planner's, prints them and exits by the worst.
 
@@ -9,12 +11,17 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tidemark_protocol::conninfo::ConnInfo;
 use tidemark_protocol::replication::{ReplicationClient, ReplicationError};
-use tidemark_protocol::{setting, Lsn};
+use tidemark_protocol::{setting, Lsn, TimelineId};
 use tidemark_store::catalog::Catalog;
 use tidemark_store::gap::WalGap;
 
 use crate::error::ArchiverError;
 use crate::stream::follow::stream_target;
+
+mod slot;
+mod switch;
+
+pub use switch::switch;
 
 /// How bad a finding is; the worst sets `check`'s exit status (0, 1, 2, as Nagios reads
 /// them).
@@ -66,10 +73,12 @@ impl Finding {
 /// Below this, `max_slot_wal_keep_size` lets the server drop WAL after a short outage.
 const SMALL_SLOT_KEEP: u64 = 1 << 30;
 
-/// What `server` learnt, besides its findings: where the server's WAL ends.
+/// What `server` learnt, besides its findings: where the server's WAL ends, on which
+/// timeline.
 pub struct ServerFindings {
     pub findings: Vec<Finding>,
     pub flush_lsn: Option<Lsn>,
+    pub timeline: Option<TimelineId>,
 }
 
 /// Reach the server `stream` would archive (the primary of a host list) and check it
@@ -84,6 +93,7 @@ pub async fn server(
     let mut out = ServerFindings {
         findings: Vec::new(),
         flush_lsn: None,
+        timeline: None,
     };
     let connected = match ReplicationClient::connect(&stream_target(conninfo)).await {
         Ok(mut client) => client.identify_system().await.map(|s| (client, s)),
@@ -122,9 +132,10 @@ pub async fn server(
         )),
     }
     out.flush_lsn = Some(system.xlogpos);
+    out.timeline = Some(system.timeline);
     out.findings.push(settings(&mut client).await);
-    out.findings
-        .push(slot_finding(&mut client, slot, system.xlogpos, max_slot_lag).await);
+    let slot = slot::finding(conninfo, &mut client, slot, system.xlogpos, max_slot_lag).await;
+    out.findings.push(slot);
     out
 }
 
@@ -174,54 +185,6 @@ async fn settings(client: &mut ReplicationClient) -> Finding {
     Finding::ok(CHECK, shown)
 }
 
-/// The slot exists and does not hold more than `max_lag` bytes of WAL on the server.
-async fn slot_finding(
-    client: &mut ReplicationClient,
-    slot: &str,
-    server_end: Lsn,
-    max_lag: u64,
-) -> Finding {
-    const CHECK: &str = "slot";
-    match client.read_replication_slot(slot).await {
-        Ok(None) => Finding::fail(
-            CHECK,
-            format!("slot {slot} does not exist on the server"),
-            "start `tidemark stream` (it creates the slot); until then the server keeps no WAL for the archive",
-        ),
-        Ok(Some(info)) => match info.restart_lsn {
-            Some(restart) if server_end.bytes_since(restart) > max_lag => Finding::warn(
-                CHECK,
-                format!(
-                    "slot {slot} holds {} MiB of WAL on the server (restart_lsn {restart})",
-                    server_end.bytes_since(restart) >> 20
-                ),
-                "archiving lags: is `tidemark stream` running and the repository reachable? `tidemark status` shows the lag",
-            ),
-            Some(restart) => Finding::ok(
-                CHECK,
-                format!(
-                    "slot {slot}: restart_lsn {restart}, {} MiB behind the server",
-                    server_end.bytes_since(restart) >> 20
-                ),
-            ),
-            None => Finding::warn(
-                CHECK,
-                format!("slot {slot} reserves no WAL"),
-                "start `tidemark stream`: it reserves WAL from where the repository ends",
-            ),
-        },
-        Err(ReplicationError::Unsupported { .. }) => Finding::ok(
-            CHECK,
-            format!("slot {slot} not read: READ_REPLICATION_SLOT needs PostgreSQL 15"),
-        ),
-        Err(e) => Finding::fail(
-            CHECK,
-            format!("cannot read slot {slot}: {e}"),
-            "see the server's log",
-        ),
-    }
-}
-
 /// Whether archiving keeps up: the stored run (after the newest accepted gap) is younger
 /// than `max_age` whenever the server has WAL beyond it (`server_end`; unknown when the
 /// server could not be asked).
@@ -268,4 +231,35 @@ pub fn archiving(
         ),
         None => Finding::ok(CHECK, stored),
     })
+}
+
+/// Whether each tracked bucket's newest pass (PostgreSQL's clock) is younger than
+/// `max_age`: one finding per bucket, none when no bucket is tracked.
+pub fn tracking(
+    catalog: &Catalog,
+    max_age: Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Finding>, ArchiverError> {
+    const CHECK: &str = "tracking";
+    Ok(catalog
+        .tracked_buckets()?
+        .into_iter()
+        .map(|b| {
+            let age = (now - b.last_pass).to_std().unwrap_or_default();
+            let detail = format!(
+                "bucket {}: newest pass {}s ago, {} versions recorded",
+                b.bucket,
+                age.as_secs(),
+                b.versions
+            );
+            match age > max_age {
+                true => Finding::fail(
+                    CHECK,
+                    detail,
+                    "is bucket tracking running (`stream --track-bucket` or `objects track`)? see its log; until it runs, restores of the bucket stop at that pass",
+                ),
+                false => Finding::ok(CHECK, detail),
+            }
+        })
+        .collect())
 }
