@@ -90,6 +90,13 @@ pub enum ConfigError {
         key: String,
         expected: &'static str,
     },
+    #[error("`{key}` in {} line {line}: {reason}; HINT: the value is what the option takes on the command line (see docs/cli.md)", path.display())]
+    Rejected {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
     #[error("{} has no [cluster.{name}] (it has: {known}); HINT: check --cluster or TIDEMARK_CLUSTER", path.display())]
     NoSuchCluster {
         path: PathBuf,
@@ -348,8 +355,9 @@ impl Reader<'_> {
             return self.command(sub, path, table, &join(section, name), layer);
         }
         match option(self.cli, name, true) {
-            Some(id) => {
-                let values = self.values(key, value)?;
+            Some(arg) => {
+                let id = arg.get_id().to_string();
+                let values = self.checked(arg, key, value)?;
                 if id == "pg" && values.iter().any(|v| holds_password(v)) {
                     self.secrets.push(match in_cluster {
                         true => format!("pg of [{section}]"),
@@ -381,9 +389,11 @@ impl Reader<'_> {
                 self.command(sub, deeper, t, &join(section, name), layer)?;
                 continue;
             }
-            let id = option(cmd, name, false).ok_or_else(|| self.unknown(key, section))?;
-            let values = self.values(key, value)?;
-            layer.options.insert((path.clone(), id), values);
+            let arg = option(cmd, name, false).ok_or_else(|| self.unknown(key, section))?;
+            let values = self.checked(arg, key, value)?;
+            layer
+                .options
+                .insert((path.clone(), arg.get_id().to_string()), values);
         }
         Ok(())
     }
@@ -413,6 +423,58 @@ impl Reader<'_> {
                 .collect(),
             v => Ok(vec![scalar(v).ok_or_else(bad)?]),
         }
+    }
+
+    /// The values of option `arg`, each accepted by the option's own parser (so a
+    /// value the command line would refuse is refused here, with the file's line).
+    fn checked(
+        &self,
+        arg: &clap::Arg,
+        key: &Spanned<toml::de::DeString>,
+        value: &Spanned<DeValue>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let values = self.values(key, value)?;
+        // The option's own parser, on an option of its own (the original's relations to
+        // other options do not matter for one value).
+        let probe = Command::new("tidemark").no_binary_name(true).arg(
+            clap::Arg::new("value")
+                .long("value")
+                .action(clap::ArgAction::Set)
+                .allow_hyphen_values(true)
+                .value_parser(arg.get_value_parser().clone()),
+        );
+        for v in &values {
+            let refused = match arg.get_action().takes_values() {
+                true => probe
+                    .clone()
+                    .try_get_matches_from(["--value", v.as_str()])
+                    .err()
+                    .map(|e| match std::error::Error::source(&e) {
+                        Some(why) => format!("invalid value '{v}': {why}"),
+                        None => format!("invalid value '{v}'"),
+                    }),
+                // A flag: set or not.
+                false => (!matches!(v.as_str(), "true" | "false"))
+                    .then(|| format!("invalid value '{v}': it is true or false")),
+            };
+            if let Some(reason) = refused {
+                let possible: Vec<String> = arg
+                    .get_possible_values()
+                    .iter()
+                    .map(|p| p.get_name().to_string())
+                    .collect();
+                return Err(ConfigError::Rejected {
+                    path: self.path.to_path_buf(),
+                    line: self.line(key.span()),
+                    key: key.get_ref().to_string(),
+                    reason: match possible.is_empty() {
+                        true => reason,
+                        false => format!("{reason} (one of: {})", possible.join(", ")),
+                    },
+                });
+            }
+        }
+        Ok(values)
     }
 
     fn line(&self, span: Range<usize>) -> usize {
@@ -459,13 +521,12 @@ fn subcommand<'c>(cmd: &'c Command, key: &str) -> Option<&'c Command> {
 
 /// The id of `cmd`'s option whose long name is `key` (with `_` for `-`): global options
 /// when `global`, the command's own otherwise. Hidden and positional ones are not settable.
-fn option(cmd: &Command, key: &str, global: bool) -> Option<String> {
+fn option<'c>(cmd: &'c Command, key: &str, global: bool) -> Option<&'c clap::Arg> {
     let long = key.replace('_', "-");
     cmd.get_arguments()
         .filter(|a| a.is_global_set() == global && !a.is_hide_set())
         .filter(|a| !NOT_IN_FILE.contains(&a.get_id().as_str()))
         .find(|a| a.get_long() == Some(long.as_str()))
-        .map(|a| a.get_id().to_string())
 }
 
 fn scalar(value: &DeValue) -> Option<String> {
@@ -592,6 +653,27 @@ mod tests {
         );
         let err = parse("[stream]\nslot = [[1]]\n", None, &["init"]).unwrap_err();
         assert!(err.contains("`slot`") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_value_the_option_refuses_is_named_with_its_line() {
+        let err = parse(
+            "[cluster.main]\nrepo = \"file:///r\"\n\n[cluster.main.stream]\ncompression_level = 50\n",
+            None,
+            &["stream"],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`compression_level`") && err.contains("line 5") && err.contains("50"),
+            "{err}"
+        );
+        let err = parse("[stream]\npartial_interval = \"soon\"\n", None, &["stream"]).unwrap_err();
+        assert!(
+            err.contains("`partial_interval`") && err.contains("line 2"),
+            "{err}"
+        );
+        let err = parse("[check]\nswitch = \"maybe\"\n", None, &["check"]).unwrap_err();
+        assert!(err.contains("`switch`") && err.contains("line 2"), "{err}");
     }
 
     #[test]
