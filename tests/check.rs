@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::app::{tracked_archiver, wait_for_tracking};
 use common::*;
-use tidemark_fixtures::Cluster;
+use tidemark_fixtures::{Cluster, Fault, FaultRule, OutageProxy};
 
 fn check(archiver: &Archiver, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     run_json(archiver, &[&["check", "--json"], args].concat())
@@ -177,6 +177,36 @@ fn check_fails_on_bucket_tracking_that_has_stopped() {
     let (code, doc) = check(&archiver, &["--max-track-age", "2"]);
     assert_eq!(code, Some(2), "{doc:#}");
     assert_eq!(level(&doc, "tracking"), "fail", "{doc:#}");
+}
+
+#[test]
+fn check_fails_when_the_repository_refuses_writes() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let proxy = OutageProxy::start_http(s3.endpoint.trim_start_matches("http://")).expect("proxy");
+    let repo = Repo::s3_via("check-readonly", proxy.endpoint());
+    let mut archiver = Archiver::new(&cluster, &repo, &["--partial-interval", "1"]);
+    archiver.init();
+    archiver.start();
+    cluster.psql("CREATE TABLE t(i int)").unwrap();
+    archiver.wait_stored(current_lsn(&cluster), Duration::from_secs(30));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    // Reads still work; every write is refused, as by a read-only bucket policy.
+    proxy.fail(FaultRule {
+        method: "PUT",
+        path_contains: String::new(),
+        nth: 1,
+        times: usize::MAX / 2,
+        fault: Fault::Status(403),
+    });
+    let (code, doc) = check(&archiver, &[]);
+    assert_eq!(code, Some(2), "{doc:#}");
+    assert_eq!(level(&doc, "repository"), "fail", "{doc:#}");
+    assert!(
+        detail(&doc, "repository").contains("a probe write failed"),
+        "{doc:#}"
+    );
+    assert!(proxy.faults_fired() >= 1);
 }
 
 #[test]
