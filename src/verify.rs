@@ -12,7 +12,7 @@ use tidemark_store::retry::{RetryPolicy, READ_BUDGET};
 use tidemark_store::storage::S3Options;
 
 use crate::cli::{Cli, VerifyArgs};
-use crate::commands::repo_url;
+use crate::commands::{open_existing_catalog, repo_url};
 use crate::failure::DAMAGED;
 use crate::output::outln;
 
@@ -20,10 +20,19 @@ pub async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let url = repo_url(cli)?;
     let policy = RetryPolicy::reads(READ_BUDGET);
     let repo = Repository::open_for_reads(&url, &S3Options::from_env()?, policy).await?;
+    // The catalog first: every record then names an object stored before the listing.
+    let catalog = match open_existing_catalog(cli, &url) {
+        Ok(catalog) => Some(catalog.segments()?),
+        Err(e) => {
+            tracing::info!(error = %format!("{e:#}"), "no local catalog to compare with the repository");
+            None
+        }
+    };
     let req = VerifyRequest {
         backup: args.backup.as_deref().map(str::parse).transpose()?,
         since: args.since.map(|t| t.with_timezone(&chrono::Utc)),
         jobs: usize::from(args.jobs),
+        catalog,
     };
     let mut bar = Bar::new(std::io::stderr().is_terminal() && !args.json);
     let report = run(&repo, &req, |p| bar.show(p)).await?;
@@ -66,6 +75,10 @@ fn print(r: &Report) {
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default()
         );
+    }
+    match r.catalog_records {
+        Some(n) => outln!("catalog: {n} record(s) compared with the repository"),
+        None => outln!("catalog: none here, not compared"),
     }
     if r.problems.is_empty() {
         outln!("everything read back as stored");

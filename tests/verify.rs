@@ -204,6 +204,13 @@ fn each_kind_of_stored_damage_is_reported_by_key_with_what_a_restore_loses() {
             .any(|(k, p, _)| *k == victim.key && p.contains("WAL")),
         "{doc:#}"
     );
+    // The catalog here remembers what was archived under that name.
+    assert!(
+        found
+            .iter()
+            .any(|(k, p, _)| *k == victim.key && p.contains("the local catalog records crc32")),
+        "{doc:#}"
+    );
     assert_eq!(
         doc["backups"][0]["restorable_to"],
         victim_start.as_str(),
@@ -272,7 +279,17 @@ fn each_kind_of_stored_damage_is_reported_by_key_with_what_a_restore_loses() {
         "{doc:#}"
     );
 
-    // Everything put back: sound again.
+    // Everything put back: sound again, every complete segment the catalog records held.
     let (code, doc) = verify(&archiver, &[]);
     assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(
+        doc["catalog_records"].as_u64(),
+        Some(complete.len() as u64),
+        "{doc:#}"
+    );
+    // Without a catalog here, the repository alone is verified.
+    delete_catalog(&archiver);
+    let (code, doc) = verify(&archiver, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert!(doc["catalog_records"].is_null(), "{doc:#}");
 }

@@ -10,7 +10,7 @@
 mod backup;
 mod wal;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tidemark_protocol::{parse_history, Lsn, SegmentName, TimelineId, WalSegmentSize};
 use tidemark_store::backup::{BackupId, BackupInfo};
+use tidemark_store::catalog::SegmentRecord;
 use tidemark_store::layout::{self, WalKey};
 use tidemark_store::repository::{RepoError, Repository};
 
@@ -35,6 +36,10 @@ pub struct VerifyRequest {
     pub since: Option<DateTime<Utc>>,
     /// Objects read at once.
     pub jobs: usize,
+    /// The local catalog's segment records, read before the repository is listed (so
+    /// each names an object stored by then), to compare with what is stored; `None`
+    /// when there is no catalog here.
+    pub catalog: Option<Vec<SegmentRecord>>,
 }
 
 /// One thing found wrong.
@@ -76,6 +81,9 @@ pub struct Report {
     /// Uncompressed WAL bytes read.
     pub wal_bytes: u64,
     pub backups: Vec<BackupVerdict>,
+    /// Catalog records of complete segments compared with the repository; `None`: no
+    /// local catalog.
+    pub catalog_records: Option<usize>,
     pub problems: Vec<Problem>,
 }
 
@@ -183,11 +191,13 @@ pub async fn verify(
     }
 
     let mut jobs: Vec<(String, Job)> = Vec::new();
+    let mut listed_wal = HashSet::new();
     let first_segno = backups
         .iter()
         .map(|b| b.start_lsn.segment_number(seg))
         .min();
     for info in repo.list(layout::WAL_PREFIX).await? {
+        listed_wal.insert(info.key.clone());
         let recent = match (req.since, info.last_modified) {
             (Some(since), Some(t)) => t >= since,
             _ => true,
@@ -291,6 +301,16 @@ pub async fn verify(
             note: None,
         })
         .collect();
+    // Complete segments only: a partial object is rewritten as streaming goes on, so the
+    // catalog's record of it may be older than the object read.
+    let recorded: HashMap<&str, &SegmentRecord> = req
+        .catalog
+        .iter()
+        .flatten()
+        .filter(|r| !r.partial)
+        .map(|r| (r.key.as_str(), r))
+        .collect();
+    report.catalog_records = req.catalog.as_ref().map(|_| recorded.len());
     let mut done = 0;
     let mut bytes = 0;
     while let Some((key, job, read)) = reads.next().await {
@@ -325,6 +345,14 @@ pub async fn verify(
                     false => report.segments += 1,
                 }
                 found.extend(judge_segment(k, &d, sysid, seg, sealed.raw_size));
+                if let Some(r) = recorded.get(key.as_str()) {
+                    if (r.crc32, r.raw_size) != (sealed.crc32, sealed.raw_size) {
+                        found.push(format!(
+                            "the local catalog records crc32 {:08x} and {} bytes, the repository holds crc32 {:08x} and {} bytes (replaced since it was archived here?)",
+                            r.crc32, r.raw_size, sealed.crc32, sealed.raw_size
+                        ));
+                    }
+                }
                 if !found.is_empty() {
                     damaged_wal.push((k.name, key.clone()));
                 }
@@ -378,6 +406,27 @@ pub async fn verify(
         }
     }
 
+    // Complete segments the catalog says were stored, gone from the repository.
+    for r in recorded.values() {
+        if !listed_wal.contains(&r.key) {
+            report.problems.push(Problem {
+                key: r.key.clone(),
+                problem: format!(
+                    "missing: the local catalog records it stored at {}, the repository does not hold it",
+                    r.archived_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                loses: loses(
+                    &Job::Wal(WalKey {
+                        name: r.name,
+                        partial: false,
+                    }),
+                    &r.key,
+                    &backups,
+                    seg,
+                ),
+            });
+        }
+    }
     for (tli, problem) in wal::disagreements(&histories) {
         report.problems.push(Problem {
             key: layout::history_key(tli),
