@@ -76,6 +76,17 @@ fn print(r: &Report) {
                 .unwrap_or_default()
         );
     }
+    for b in &r.buckets {
+        outln!(
+            "bucket {} ({}): {}, {} pass record(s), {} cop{}",
+            b.bucket,
+            b.mode,
+            if b.sound { "sound" } else { "DAMAGED" },
+            b.passes,
+            b.copies,
+            if b.copies == 1 { "y" } else { "ies" }
+        );
+    }
     match r.catalog_records {
         Some(n) => outln!("catalog: {n} record(s) compared with the repository"),
         None => outln!("catalog: none here, not compared"),

@@ -293,3 +293,80 @@ fn each_kind_of_stored_damage_is_reported_by_key_with_what_a_restore_loses() {
     assert_eq!(code, Some(0), "{doc:#}");
     assert!(doc["catalog_records"].is_null(), "{doc:#}");
 }
+
+#[test]
+fn a_tracked_buckets_missing_or_wrong_copy_is_reported_by_key() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let bucket = s3.create_bucket("app", false).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(
+        &cluster,
+        &repo,
+        &[
+            "--track-bucket",
+            &bucket,
+            "--mode",
+            "copy",
+            "--track-interval",
+            "1",
+        ],
+    )
+    .with_env(s3.env());
+    archiver.init();
+    archiver.start();
+    s3.put_object(&bucket, "a.txt", b"first object").unwrap();
+    s3.put_object(&bucket, "b.txt", b"second object").unwrap();
+    common::app::wait_for_tracking(&archiver, &bucket, 1);
+    let copies = wait_for("both copies", Duration::from_secs(60), || {
+        let keys: Vec<String> = repo
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("objects/{bucket}/blobs/")) && k.ends_with(".zst"))
+            .collect();
+        (keys.len() == 2).then_some(keys)
+    });
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+
+    let (code, doc) = verify(&archiver, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["buckets"][0]["bucket"], bucket.as_str(), "{doc:#}");
+    assert_eq!(doc["buckets"][0]["mode"], "copy", "{doc:#}");
+    assert_eq!(doc["buckets"][0]["copies"], 2, "{doc:#}");
+    assert_eq!(doc["buckets"][0]["sound"], true, "{doc:#}");
+
+    // One copy's bytes under the other's name, sealed consistently: only its SHA-256
+    // shows it.
+    let root = repo.file_root();
+    let (first, second) = (root.join(&copies[0]), root.join(&copies[1]));
+    let (code, doc) = damaged(&archiver, &[&first], || {
+        fs::copy(&second, &first).unwrap();
+        let side = |p: &Path| {
+            p.with_file_name(format!(
+                "{}.meta.json",
+                p.file_name().unwrap().to_string_lossy()
+            ))
+        };
+        fs::copy(side(&second), side(&first)).unwrap();
+    });
+    assert_eq!(code, Some(8), "{doc:#}");
+    let found = problems(&doc);
+    assert_eq!(found.len(), 1, "{doc:#}");
+    assert_eq!(found[0].0, copies[0], "{doc:#}");
+    assert!(found[0].1.contains("SHA-256"), "{doc:#}");
+    assert!(found[0].2.contains(&bucket), "{doc:#}");
+    assert_eq!(doc["buckets"][0]["sound"], false, "{doc:#}");
+
+    // A copy deleted.
+    let (code, doc) = damaged(&archiver, &[&first], || {
+        fs::remove_file(&first).unwrap();
+    });
+    assert_eq!(code, Some(8), "{doc:#}");
+    let found = problems(&doc);
+    assert_eq!(found.len(), 1, "{doc:#}");
+    assert_eq!(found[0].0, copies[0], "{doc:#}");
+    assert!(found[0].1.starts_with("missing"), "{doc:#}");
+
+    let (code, doc) = verify(&archiver, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+}

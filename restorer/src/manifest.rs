@@ -98,7 +98,8 @@ pub fn check_own_checksum(bytes: &[u8], manifest: &Manifest) -> Result<(), Strin
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as manifests write checksums.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

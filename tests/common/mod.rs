@@ -221,6 +221,13 @@ impl Archiver {
         }
     }
 
+    /// Also pass `env` (the S3 settings of an application bucket tracked beside a
+    /// `file://` repository).
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Archiver {
+        self.repo_env.extend(env);
+        self
+    }
+
     /// An archiver driven only by the config file `config` and its `[cluster.NAME]`:
     /// commands get `--config` and `--cluster` and no storage or tidemark variables.
     /// `repo_url` and `catalog` are what the file says, for the helpers that read them.

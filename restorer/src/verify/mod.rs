@@ -4,11 +4,16 @@
 //! WAL to its end); history files parse and agree with each other; every backup chunk
 //! matches `backup.json`, and every file in it PostgreSQL's `backup_manifest` (the work of
 //! `pg_verifybackup`); and the planner proves WAL unbroken from each backup's start
-//! through its consistency point to the newest archived WAL. Objects are read in
+//! through its consistency point to the newest archived WAL; each tracked bucket's pass
+//! records parse and its copies hold the bytes their names say (`objects`); the local
+//! catalog, where there is one, agrees with what is stored. Objects are read in
 //! parallel; damage is reported per object, with what a restore would lose by it.
 
 mod backup;
+mod objects;
 mod wal;
+
+pub use objects::BucketVerdict;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -81,6 +86,8 @@ pub struct Report {
     /// Uncompressed WAL bytes read.
     pub wal_bytes: u64,
     pub backups: Vec<BackupVerdict>,
+    /// Each tracked bucket's history (not with `--backup`).
+    pub buckets: Vec<objects::BucketVerdict>,
     /// Catalog records of complete segments compared with the repository; `None`: no
     /// local catalog.
     pub catalog_records: Option<usize>,
@@ -119,6 +126,12 @@ enum Job {
         crc32: u32,
         raw_size: u64,
     },
+    /// A tracked bucket's copy (its index in the report's buckets), named by its SHA-256.
+    Copy {
+        bucket: usize,
+        name: String,
+        sha: String,
+    },
 }
 
 /// What reading one object gave.
@@ -127,6 +140,7 @@ enum Contents {
     History(Vec<u8>),
     Marker,
     Chunk(backup::ChunkRead),
+    Copy(std::io::Result<String>),
 }
 
 /// Verify the repository (see the module comment); `progress` is called as objects finish.
@@ -235,6 +249,16 @@ pub async fn verify(
         }
     }
 
+    if req.backup.is_none() {
+        let survey = objects::survey(repo).await?;
+        report.problems.extend(survey.problems);
+        for (key, bucket, sha) in survey.copies {
+            let name = survey.verdicts[bucket].bucket.clone();
+            jobs.push((key, Job::Copy { bucket, name, sha }));
+        }
+        report.buckets = survey.verdicts;
+    }
+
     let algorithms: Vec<Arc<HashMap<String, manifest::ManifestFile>>> = manifests
         .iter()
         .map(|m| {
@@ -270,6 +294,10 @@ pub async fn verify(
                 }
                 Job::Marker => {
                     repo.read_verified(&key, |_: &mut dyn Read| Contents::Marker)
+                        .await
+                }
+                Job::Copy { .. } => {
+                    repo.read_verified(&key, |r: &mut dyn Read| Contents::Copy(objects::sha256(r)))
                         .await
                 }
                 Job::Chunk { archive, .. } => {
@@ -323,6 +351,7 @@ pub async fn verify(
                 match &job {
                     Job::Wal(k) => damaged_wal.push((k.name, key.clone())),
                     Job::Chunk { backup, .. } => verdicts[*backup].sound = false,
+                    Job::Copy { bucket, .. } => report.buckets[*bucket].sound = false,
                     _ => {}
                 }
                 report.problems.push(Problem {
@@ -394,6 +423,19 @@ pub async fn verify(
                     v.sound = false;
                 }
                 seen[*backup].extend(chunk.files);
+            }
+            (Job::Copy { bucket, sha, .. }, Contents::Copy(read)) => {
+                let problem = match read {
+                    Ok(found) if found == *sha => None,
+                    Ok(found) => Some(format!(
+                        "it should hold the bytes whose SHA-256 is {sha}, it holds {found}"
+                    )),
+                    Err(e) => Some(format!("cannot be read: {e}")),
+                };
+                if let Some(p) = problem {
+                    report.buckets[*bucket].sound = false;
+                    found.push(p);
+                }
             }
             _ => unreachable!("each job reads its own kind"),
         }
@@ -498,6 +540,7 @@ fn loses(job: &Job, key: &str, backups: &[BackupInfo], seg: WalSegmentSize) -> S
         Job::Chunk { backup, .. } => format!("backup {} cannot be restored", backups[*backup].id),
         Job::History(tli) => format!("restores cannot follow timeline {tli}"),
         Job::Marker => "nothing: the marker only proves the archive complete at an instant".into(),
+        Job::Copy { name, .. } => objects::loses(name),
         Job::Wal(k) => {
             let hit: Vec<String> = backups
                 .iter()

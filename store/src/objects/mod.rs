@@ -202,6 +202,34 @@ pub async fn store_pass(repo: &Repository, record: &PassRecord) -> Result<Vec<St
     Ok(keys)
 }
 
+/// The bucket whose pass record `key` is (`objects/<bucket>/passes/<name>.json`);
+/// `None` for any other key.
+pub fn pass_bucket(key: &str) -> Option<&str> {
+    let (bucket, name) = key.strip_prefix(OBJECTS_PREFIX)?.split_once("/passes/")?;
+    name.ends_with(".json").then_some(bucket)
+}
+
+/// The pass record stored at `key`, which must describe `bucket`.
+pub async fn read_pass(
+    repo: &Repository,
+    key: &str,
+    bucket: &str,
+) -> Result<PassRecord, RepoError> {
+    let bytes = repo.read_document(key).await?;
+    let record: PassRecord =
+        serde_json::from_slice(&bytes).map_err(|e| RepoError::BadDocument {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+    if record.bucket != bucket {
+        return Err(RepoError::BadDocument {
+            key: key.to_string(),
+            reason: format!("it describes bucket {}", record.bucket),
+        });
+    }
+    Ok(record)
+}
+
 /// The pass records of `bucket` (of every bucket when `None`), in key order (oldest first
 /// per bucket). A record that does not parse or names another bucket is an error.
 pub async fn load_passes(
@@ -223,27 +251,10 @@ pub async fn load_stored_passes(
     };
     let mut out = Vec::new();
     for info in repo.list(&prefix).await? {
-        let Some(rest) = info.key.strip_prefix(OBJECTS_PREFIX) else {
+        let Some(bucket) = pass_bucket(&info.key) else {
             continue;
         };
-        let Some((bucket, name)) = rest.split_once("/passes/") else {
-            continue;
-        };
-        if !name.ends_with(".json") {
-            continue;
-        }
-        let bytes = repo.read_document(&info.key).await?;
-        let record: PassRecord =
-            serde_json::from_slice(&bytes).map_err(|e| RepoError::BadDocument {
-                key: info.key.clone(),
-                reason: e.to_string(),
-            })?;
-        if record.bucket != bucket {
-            return Err(RepoError::BadDocument {
-                key: info.key,
-                reason: format!("it describes bucket {}", record.bucket),
-            });
-        }
+        let record = read_pass(repo, &info.key, bucket).await?;
         out.push(StoredPass {
             key: info.key,
             record,
