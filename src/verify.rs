@@ -19,7 +19,8 @@ use crate::output::outln;
 pub async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let url = repo_url(cli)?;
     let policy = RetryPolicy::reads(READ_BUDGET);
-    let repo = Repository::open_for_reads(&url, &S3Options::from_env()?, policy).await?;
+    let s3 = S3Options::from_env()?;
+    let repo = Repository::open_for_reads(&url, &s3, policy).await?;
     // The catalog first: every record then names an object stored before the listing.
     let catalog = match open_existing_catalog(cli, &url) {
         Ok(catalog) => Some(catalog.segments()?),
@@ -33,6 +34,7 @@ pub async fn verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         since: args.since.map(|t| t.with_timezone(&chrono::Utc)),
         jobs: usize::from(args.jobs),
         catalog,
+        app_s3: Some(s3),
     };
     let mut bar = Bar::new(std::io::stderr().is_terminal() && !args.json);
     let report = run(&repo, &req, |p| bar.show(p)).await?;
@@ -78,13 +80,18 @@ fn print(r: &Report) {
     }
     for b in &r.buckets {
         outln!(
-            "bucket {} ({}): {}, {} pass record(s), {} cop{}",
+            "bucket {} ({}): {}, {} pass record(s), {} cop{}, {} version(s) in the bucket{}",
             b.bucket,
             b.mode,
             if b.sound { "sound" } else { "DAMAGED" },
             b.passes,
             b.copies,
-            if b.copies == 1 { "y" } else { "ies" }
+            if b.copies == 1 { "y" } else { "ies" },
+            b.versions,
+            b.note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
         );
     }
     match r.catalog_records {

@@ -370,3 +370,54 @@ fn a_tracked_buckets_missing_or_wrong_copy_is_reported_by_key() {
     let (code, doc) = verify(&archiver, &[]);
     assert_eq!(code, Some(0), "{doc:#}");
 }
+
+#[test]
+fn a_version_the_application_bucket_no_longer_holds_is_reported() {
+    let cluster = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let bucket = s3.create_bucket("app", true).unwrap();
+    let repo = Repo::file();
+    let mut archiver = Archiver::new(
+        &cluster,
+        &repo,
+        &["--track-bucket", &bucket, "--track-interval", "1"],
+    )
+    .with_env(s3.env());
+    archiver.init();
+    archiver.start();
+    s3.put_object(&bucket, "a.txt", b"one").unwrap();
+    s3.put_object(&bucket, "a.txt", b"two").unwrap();
+    s3.put_object(&bucket, "b.txt", b"three").unwrap();
+    common::app::wait_for_tracking(&archiver, &bucket, 1);
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    let (code, doc) = verify(&archiver, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["buckets"][0]["mode"], "versions", "{doc:#}");
+    assert_eq!(doc["buckets"][0]["versions"], 3, "{doc:#}");
+
+    // A lifecycle rule expires the noncurrent version of a.txt: the first recorded.
+    let history = tidemark_store::catalog::Catalog::open(&archiver.catalog)
+        .unwrap()
+        .object_history(&bucket)
+        .unwrap();
+    let noncurrent = history
+        .versions
+        .iter()
+        .filter(|v| v.key == "a.txt")
+        .min_by_key(|v| v.seq)
+        .expect("a.txt recorded")
+        .version_id
+        .clone();
+    s3.delete_version(&bucket, "a.txt", &noncurrent).unwrap();
+    let (code, doc) = verify(&archiver, &[]);
+    assert_eq!(code, Some(8), "{doc:#}");
+    let found = problems(&doc);
+    assert_eq!(found.len(), 1, "{doc:#}");
+    assert_eq!(
+        found[0].0,
+        format!("s3://{bucket}/a.txt?versionId={noncurrent}"),
+        "{doc:#}"
+    );
+    assert!(found[0].1.starts_with("missing"), "{doc:#}");
+    assert_eq!(doc["buckets"][0]["sound"], false, "{doc:#}");
+}

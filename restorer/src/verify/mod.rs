@@ -45,6 +45,9 @@ pub struct VerifyRequest {
     /// each names an object stored by then), to compare with what is stored; `None`
     /// when there is no catalog here.
     pub catalog: Option<Vec<SegmentRecord>>,
+    /// The S3 settings for tracked application buckets (versions mode keeps the bytes
+    /// there); `None`: their versions are not looked for.
+    pub app_s3: Option<tidemark_store::storage::S3Options>,
 }
 
 /// One thing found wrong.
@@ -250,7 +253,7 @@ pub async fn verify(
     }
 
     if req.backup.is_none() {
-        let survey = objects::survey(repo).await?;
+        let survey = objects::survey(repo, req.app_s3.as_ref()).await?;
         report.problems.extend(survey.problems);
         for (key, bucket, sha) in survey.copies {
             let name = survey.verdicts[bucket].bucket.clone();

@@ -1,14 +1,17 @@
 //! The tracked buckets' side of `verify`: every pass record parses and describes its
-//! bucket, and every copy the records refer to (copy mode) is stored and holds the bytes
-//! its name's SHA-256 says. Versions mode keeps the bytes in the application bucket,
-//! which `verify` does not read.
+//! bucket; every copy the records refer to (copy mode) is stored and holds the bytes its
+//! name's SHA-256 says; every version they refer to (versions mode) is still in the
+//! application bucket, with the size recorded — a lifecycle rule that expires
+//! noncurrent versions would otherwise take the bucket's history away unseen.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
 
 use serde::Serialize;
-use tidemark_store::objects::{self, PassRecord, OBJECTS_PREFIX};
+use tidemark_store::bucket::AppBucket;
+use tidemark_store::objects::{self, PassRecord, TrackMode, OBJECTS_PREFIX};
 use tidemark_store::repository::{RepoError, Repository};
+use tidemark_store::storage::S3Options;
 
 use super::Problem;
 
@@ -21,8 +24,13 @@ pub struct BucketVerdict {
     pub passes: usize,
     /// Copies the records refer to (copy mode).
     pub copies: usize,
-    /// Whether every record and copy read back as recorded.
+    /// Versions the records refer to that were looked for in the application bucket.
+    pub versions: usize,
+    /// Whether every record, copy and version read back as recorded.
     pub sound: bool,
+    /// Why the versions were not looked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The buckets' records, read; the copies still to read.
@@ -39,7 +47,10 @@ pub(super) fn loses(bucket: &str) -> String {
 }
 
 /// Read every pass record under `objects/` and list the copies they refer to.
-pub(super) async fn survey(repo: &Repository) -> Result<Survey, RepoError> {
+pub(super) async fn survey(
+    repo: &Repository,
+    app: Option<&S3Options>,
+) -> Result<Survey, RepoError> {
     let listed = repo.list(OBJECTS_PREFIX).await?;
     let keys: HashSet<&str> = listed.iter().map(|i| i.key.as_str()).collect();
     let mut records: BTreeMap<String, Vec<PassRecord>> = BTreeMap::new();
@@ -83,7 +94,7 @@ pub(super) async fn survey(repo: &Repository) -> Result<Survey, RepoError> {
                 });
             }
         }
-        verdicts.push(BucketVerdict {
+        let mut verdict = BucketVerdict {
             bucket: bucket.clone(),
             mode: recs
                 .iter()
@@ -91,14 +102,86 @@ pub(super) async fn survey(repo: &Repository) -> Result<Survey, RepoError> {
                 .map_or("versions", |r| r.mode.as_str()),
             passes: recs.len(),
             copies: referenced.len(),
+            versions: 0,
             sound,
-        });
+            note: None,
+        };
+        let gone = versions_kept(bucket, recs, app, &mut verdict).await?;
+        verdict.sound &= gone.is_empty();
+        problems.extend(gone);
+        verdicts.push(verdict);
     }
     Ok(Survey {
         verdicts,
         copies,
         problems,
     })
+}
+
+/// The versions `records` refer to (versions mode) that the application bucket no longer
+/// holds as recorded. Without access to the bucket, none are looked for and `verdict`
+/// says why.
+async fn versions_kept(
+    bucket: &str,
+    records: &[PassRecord],
+    app: Option<&S3Options>,
+    verdict: &mut BucketVerdict,
+) -> Result<Vec<Problem>, RepoError> {
+    let wanted: BTreeMap<(&str, &str), u64> = records
+        .iter()
+        .filter(|r| r.mode == TrackMode::Versions)
+        .flat_map(|r| &r.versions)
+        .filter(|v| !v.delete_marker && !v.version_id.is_empty())
+        .map(|v| ((v.key.as_str(), v.version_id.as_str()), v.size))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(app) = app else {
+        verdict.note = Some("versions not looked for: no S3 settings for the bucket".into());
+        return Ok(Vec::new());
+    };
+    let listed = async {
+        let client = AppBucket::connect(bucket, app).await?;
+        client.list_versions("").await
+    };
+    let listed = match listed.await {
+        Ok(listed) => listed,
+        Err(e) if e.is_transient() => {
+            return Err(RepoError::Storage {
+                key: format!("s3://{bucket}/"),
+                source: e,
+            })
+        }
+        Err(e) => {
+            verdict.note = Some(format!("versions not looked for: {e}"));
+            return Ok(Vec::new());
+        }
+    };
+    verdict.versions = wanted.len();
+    let held: HashMap<(&str, &str), u64> = listed
+        .entries
+        .iter()
+        .filter(|v| !v.delete_marker)
+        .map(|v| ((v.key.as_str(), v.version_id.as_str()), v.size))
+        .collect();
+    Ok(wanted
+        .iter()
+        .filter_map(|((key, version), size)| {
+            let problem = match held.get(&(*key, *version)) {
+                None => "missing: the bucket no longer holds this version (a lifecycle rule expiring noncurrent versions, or a deletion)".to_string(),
+                Some(found) if found != size => {
+                    format!("the history records {size} bytes, the bucket holds {found}")
+                }
+                Some(_) => return None,
+            };
+            Some(Problem {
+                key: format!("s3://{bucket}/{key}?versionId={version}"),
+                problem,
+                loses: loses(bucket),
+            })
+        })
+        .collect())
 }
 
 /// The SHA-256 (hex) of everything `r` yields.
