@@ -147,6 +147,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         prefetch_dir: Option<PathBuf>,
     },
+    /// Mark and list instants across a `[group.NAME]` of the config file: several
+    /// clusters (and their buckets) brought back to one instant
+    Group {
+        #[command(subcommand)]
+        what: GroupCommand,
+    },
     /// Print a shell completion script (e.g. `tidemark completions bash >
     /// /etc/bash_completion.d/tidemark`)
     Completions {
@@ -169,6 +175,30 @@ pub enum Command {
         count: u32,
         #[arg(long)]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a restore point of one name on every member at once (all or none) and
+    /// record the mark in every member's repository
+    Mark {
+        /// The group (`[group.NAME]` in the config file)
+        group: String,
+        /// The restore point's name (letters, digits, _ . -); default GROUP-<UTC time>
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a group's marks, oldest first
+    List {
+        /// The group (`[group.NAME]` in the config file)
+        group: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -16,7 +16,8 @@ use tidemark_store::storage::S3Options;
 use tidemark_store::url::RepoUrl;
 
 use crate::cli::{
-    BackupArgs, Checkpoint, Cli, Command, ListWhat, ObjectsCommand, StatusArgs, StreamArgs,
+    BackupArgs, Checkpoint, Cli, Command, GroupCommand, ListWhat, ObjectsCommand, StatusArgs,
+    StreamArgs,
 };
 use crate::failure::Usage;
 use crate::output::{out, outln};
@@ -54,6 +55,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WalFetchEnd { prefetch_dir } => {
             return Ok(crate::fetch::wal_fetch_end(prefetch_dir.as_deref()))
         }
+        Command::Group {
+            what: GroupCommand::Mark { group, name, json },
+        } => crate::group::mark(&cli, group, name.as_deref(), *json).await,
+        Command::Group {
+            what: GroupCommand::List { group, json },
+        } => crate::group::list(&cli, group, *json).await,
         Command::Completions { shell } => crate::generate::completions(*shell),
         Command::Man { command } => crate::generate::man(command.as_deref()),
         Command::WalPrefetch { after, count, dir } => {

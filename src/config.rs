@@ -97,6 +97,19 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+    #[error("[group.{group}] in {} line {line} names cluster {cluster}, which has no [cluster.{cluster}]; HINT: add it, or fix the name", path.display())]
+    UnknownMember {
+        path: PathBuf,
+        line: usize,
+        group: String,
+        cluster: String,
+    },
+    #[error("[cluster.{cluster}] of [group.{group}] in {} needs both pg and repo; HINT: each member has its own server and repository", path.display())]
+    IncompleteMember {
+        path: PathBuf,
+        group: String,
+        cluster: String,
+    },
     #[error("{} has no [cluster.{name}] (it has: {known}); HINT: check --cluster or TIDEMARK_CLUSTER", path.display())]
     NoSuchCluster {
         path: PathBuf,
@@ -128,6 +141,8 @@ pub struct InUse {
     pub cluster: Option<String>,
     /// Variables the file set (they were not in the environment).
     pub exported: Vec<&'static str>,
+    /// The file's `[group.NAME]`s.
+    pub groups: BTreeMap<String, Group>,
 }
 
 /// What one layer (the top level or a cluster) says.
@@ -144,6 +159,24 @@ struct Layer {
 struct Document {
     top: Layer,
     clusters: BTreeMap<String, (Layer, bool)>,
+    /// `[group.NAME]`: its clusters and buckets, by name.
+    groups: BTreeMap<String, (Vec<String>, Vec<String>)>,
+}
+
+/// A `[group.NAME]`: clusters restored and marked together, and the buckets that go
+/// with them.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub members: Vec<Member>,
+    pub buckets: Vec<String>,
+}
+
+/// A group's cluster, with what its `[cluster.NAME]` (over the top level) says.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub pg: String,
+    pub repo: String,
 }
 
 /// Reads the file this invocation names (`given`: `--config`'s value, else
@@ -204,6 +237,24 @@ pub fn apply(
             exported.push(var);
         }
     }
+    let mut groups = BTreeMap::new();
+    for (name, (clusters, buckets)) in &doc.groups {
+        let members = clusters
+            .iter()
+            .map(|c| {
+                member(&doc, c).ok_or_else(|| ConfigError::IncompleteMember {
+                    path: path.clone(),
+                    group: name.clone(),
+                    cluster: c.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let group = Group {
+            members,
+            buckets: buckets.clone(),
+        };
+        groups.insert(name.clone(), group);
+    }
     let mut cli = cli;
     for ((commands, id), values) in layer.options {
         cli = with_default(cli, &commands, &id, values);
@@ -214,8 +265,27 @@ pub fn apply(
             path,
             cluster,
             exported,
+            groups,
         }),
     ))
+}
+
+/// Cluster `name` of a group: its global options over the top level's; `None` without
+/// both `pg` and `repo`.
+fn member(doc: &Document, name: &str) -> Option<Member> {
+    let global = |id: &str| {
+        let key = (Vec::new(), id.to_string());
+        doc.clusters
+            .get(name)
+            .and_then(|(layer, _)| layer.options.get(&key))
+            .or_else(|| doc.top.options.get(&key))
+            .and_then(|v| v.first().cloned())
+    };
+    Some(Member {
+        name: name.to_string(),
+        pg: global("pg")?,
+        repo: global("repo")?,
+    })
 }
 
 /// The cluster to use: the one named, else the default one, else the only one.
@@ -285,6 +355,7 @@ impl Reader<'_> {
         })?;
         let mut top = Layer::default();
         let mut clusters = BTreeMap::new();
+        let mut groups = BTreeMap::new();
         for (key, value) in root.get_ref() {
             match key.get_ref().as_ref() {
                 "cluster" => {
@@ -295,10 +366,66 @@ impl Reader<'_> {
                         clusters.insert(name.get_ref().to_string(), (layer, default));
                     }
                 }
+                "group" => {
+                    for (name, table) in self.table(key, value)? {
+                        let group = self.group(name, self.table(name, table)?)?;
+                        groups.insert(name.get_ref().to_string(), (group, name.span()));
+                    }
+                }
                 _ => self.entry(key, value, "", &mut top, false)?,
             }
         }
-        Ok(Document { top, clusters })
+        let mut checked = BTreeMap::new();
+        for (name, ((members, buckets), span)) in groups {
+            if let Some(unknown) = members.iter().find(|m| !clusters.contains_key(*m)) {
+                return Err(ConfigError::UnknownMember {
+                    path: self.path.to_path_buf(),
+                    line: self.line(span),
+                    group: name,
+                    cluster: unknown.clone(),
+                });
+            }
+            checked.insert(name, (members, buckets));
+        }
+        Ok(Document {
+            top,
+            clusters,
+            groups: checked,
+        })
+    }
+
+    /// A `[group.NAME]` table: its `clusters` and `buckets` (arrays of names).
+    fn group(
+        &self,
+        name: &Spanned<toml::de::DeString>,
+        table: &DeTable,
+    ) -> Result<(Vec<String>, Vec<String>), ConfigError> {
+        let (mut clusters, mut buckets) = (Vec::new(), Vec::new());
+        for (key, value) in table {
+            let into = match key.get_ref().as_ref() {
+                "clusters" => &mut clusters,
+                "buckets" => &mut buckets,
+                _ => return Err(self.unknown(key, &format!("group.{}", name.get_ref()))),
+            };
+            let names = value
+                .get_ref()
+                .as_array()
+                .ok_or_else(|| self.bad(key, "an array of names"))?;
+            for n in names {
+                let text = n
+                    .get_ref()
+                    .as_str()
+                    .ok_or_else(|| self.bad(key, "an array of names"))?;
+                into.push(text.to_string());
+            }
+        }
+        if clusters.is_empty() {
+            return Err(self.bad(
+                name,
+                "a table with clusters = [...] naming at least one cluster",
+            ));
+        }
+        Ok((clusters, buckets))
     }
 
     /// A cluster's table; returns its `default`.

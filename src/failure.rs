@@ -105,37 +105,45 @@ pub fn describe(err: &anyhow::Error) -> (u8, String) {
     (code(err), line)
 }
 
+/// The exit code of an archiver error (a group member's is its own error's).
+fn archiver_code(e: &ArchiverError) -> u8 {
+    match e {
+        ArchiverError::Postgres(_) => POSTGRES,
+        ArchiverError::NotAStandby | ArchiverError::MetricsListen { .. } => USAGE,
+        ArchiverError::Repository(e) => repo_code(e),
+        ArchiverError::Catalog(e) => catalog_code(e),
+        ArchiverError::Lease(LeaseError::Repository(e)) => repo_code(e),
+        ArchiverError::Lease(LeaseError::Lapsed { .. }) => STORAGE,
+        ArchiverError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. }) => REFUSED,
+        ArchiverError::Spool(_) | ArchiverError::LocalLock { .. } => LOCAL,
+        ArchiverError::NotInitialised { .. }
+        | ArchiverError::Append(_)
+        | ArchiverError::WalRemoved { .. }
+        | ArchiverError::WalNotArchived { .. }
+        | ArchiverError::StandbyPromoted { .. }
+        | ArchiverError::BackupIdsExhausted { .. }
+        | ArchiverError::Tar(_)
+        | ArchiverError::DivergentTimeline { .. }
+        | ArchiverError::OldTimeline { .. }
+        | ArchiverError::BadHistory { .. }
+        | ArchiverError::VersioningOff { .. }
+        | ArchiverError::SecondArchiver { .. }
+        | ArchiverError::GroupWrongCluster { .. }
+        | ArchiverError::MarkExists { .. }
+        | ArchiverError::SynchronousStandby { .. } => REFUSED,
+        ArchiverError::Bucket { .. } => STORAGE,
+        ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
+        ArchiverError::GroupMember { source, .. } => archiver_code(source),
+    }
+}
+
 fn code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<Usage>() || cause.is::<ParseRepoUrlError>() || cause.is::<ConnInfoError>() {
             return USAGE;
         }
         if let Some(e) = cause.downcast_ref::<ArchiverError>() {
-            return match e {
-                ArchiverError::Postgres(_) => POSTGRES,
-                ArchiverError::NotAStandby | ArchiverError::MetricsListen { .. } => USAGE,
-                ArchiverError::Repository(e) => repo_code(e),
-                ArchiverError::Catalog(e) => catalog_code(e),
-                ArchiverError::Lease(LeaseError::Repository(e)) => repo_code(e),
-                ArchiverError::Lease(LeaseError::Lapsed { .. }) => STORAGE,
-                ArchiverError::Lease(LeaseError::Held { .. } | LeaseError::Lost { .. }) => REFUSED,
-                ArchiverError::Spool(_) | ArchiverError::LocalLock { .. } => LOCAL,
-                ArchiverError::NotInitialised { .. }
-                | ArchiverError::Append(_)
-                | ArchiverError::WalRemoved { .. }
-                | ArchiverError::WalNotArchived { .. }
-                | ArchiverError::StandbyPromoted { .. }
-                | ArchiverError::BackupIdsExhausted { .. }
-                | ArchiverError::Tar(_)
-                | ArchiverError::DivergentTimeline { .. }
-                | ArchiverError::OldTimeline { .. }
-                | ArchiverError::BadHistory { .. }
-                | ArchiverError::VersioningOff { .. }
-                | ArchiverError::SecondArchiver { .. }
-                | ArchiverError::SynchronousStandby { .. } => REFUSED,
-                ArchiverError::Bucket { .. } => STORAGE,
-                ArchiverError::Interrupted { .. } | ArchiverError::Task(_) => INTERNAL,
-            };
+            return archiver_code(e);
         }
         if cause.is::<ReplicationError>() {
             return POSTGRES;

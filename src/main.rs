@@ -10,6 +10,7 @@ mod expire;
 mod failure;
 mod fetch;
 mod generate;
+mod group;
 mod objects;
 mod output;
 mod paths;

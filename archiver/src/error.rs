@@ -118,6 +118,16 @@ pub enum ArchiverError {
         source: std::io::Error,
     },
 
+    #[error("group member {cluster}: {source}")]
+    GroupMember {
+        cluster: String,
+        source: Box<ArchiverError>,
+    },
+    #[error("the server is cluster {server}, but its repository holds cluster {repository}; nothing was marked; HINT: check the member's pg and repo in the config file")]
+    GroupWrongCluster { server: u64, repository: u64 },
+    #[error("group {group} already has a mark named {name}; nothing was marked; HINT: choose another --name (`tidemark group list {group}` shows the marks)")]
+    MarkExists { group: String, name: String },
+
     #[error("internal task failed: {0}")]
     Task(String),
 }

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod error;
 mod events;
 pub mod expire;
+pub mod group_mark;
 pub mod init;
 pub mod metrics;
 pub mod objects_track;

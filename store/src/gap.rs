@@ -42,16 +42,7 @@ impl Repository {
 
     /// Every recorded gap, oldest first.
     pub async fn gaps(&self) -> Result<Vec<WalGap>, RepoError> {
-        let mut out = Vec::new();
-        for info in self.list(GAPS_PREFIX).await? {
-            let bytes = self.read_document(&info.key).await?;
-            let gap: WalGap =
-                serde_json::from_slice(&bytes).map_err(|e| RepoError::BadDocument {
-                    key: info.key.clone(),
-                    reason: e.to_string(),
-                })?;
-            out.push(gap);
-        }
+        let mut out: Vec<WalGap> = self.json_documents(GAPS_PREFIX).await?;
         out.sort_by_key(|g| (g.timeline, g.from));
         Ok(out)
     }

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod crashsafe;
 pub mod envelope;
 pub mod gap;
+pub mod group;
 pub mod identity;
 pub mod layout;
 pub mod lease;

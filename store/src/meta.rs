@@ -27,6 +27,8 @@ pub const KIND_OBJECT_PASS: &str = "object-pass";
 pub const KIND_OBJECT_BLOB: &str = "object-blob";
 /// A known gap in the archive under `gaps/`.
 pub const KIND_WAL_GAP: &str = "wal-gap";
+/// A group mark under `groups/`.
+pub const KIND_GROUP_MARK: &str = "group-mark";
 /// A lease under `locks/`.
 pub const KIND_LEASE: &str = "lease";
 /// The short-lived object `init` writes to check conditional puts (`locks/probe-…`).

@@ -717,6 +717,24 @@ impl Repository {
         Ok(out)
     }
 
+    /// Every JSON document under `prefix`, in key order; one that does not parse as `T`
+    /// is an error naming it.
+    pub(crate) async fn json_documents<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, RepoError> {
+        let mut out = Vec::new();
+        for info in self.list(prefix).await? {
+            let bytes = self.read_document(&info.key).await?;
+            let value = serde_json::from_slice(&bytes).map_err(|e| RepoError::BadDocument {
+                key: info.key.clone(),
+                reason: e.to_string(),
+            })?;
+            out.push(value);
+        }
+        Ok(out)
+    }
+
     /// A small object read whole (at most `MAX_DOCUMENT_BYTES`) and checked against the
     /// CRC-32 in its metadata.
     pub(crate) async fn read_document(&self, key: &str) -> Result<Vec<u8>, RepoError> {

@@ -1,0 +1,191 @@
+//! `tidemark group mark|list`: a `[group.NAME]` of two clusters of different majors is
+//! marked with one restore point on both, and each cluster restored to the mark holds
+//! exactly the operations committed before it; a mark's name is taken once; a member
+//! that cannot be reached leaves no mark anywhere.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tidemark_fixtures::{Cluster, ClusterOptions};
+use tidemark_protocol::WalSegmentSize;
+
+/// One logical operation: a row in each cluster.
+fn operation(clusters: &[&Cluster], i: u32) {
+    for c in clusters {
+        c.psql(&format!("INSERT INTO ops VALUES ({i})")).unwrap();
+    }
+}
+
+fn ops(cluster: &Cluster) -> String {
+    cluster
+        .psql("SELECT string_agg(i::text, ',' ORDER BY i) FROM ops")
+        .unwrap()
+}
+
+/// `tidemark --config CONFIG group ARGS`.
+fn group(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    cmd.arg("--config").arg(config).arg("group").args(args);
+    run(cmd)
+}
+
+fn write_config(path: &Path, members: &[(&str, String, String)]) {
+    let mut text = String::new();
+    for (name, pg, repo) in members {
+        text.push_str(&format!(
+            "[cluster.{name}]\npg = \"{pg}\"\nrepo = \"{repo}\"\n\n"
+        ));
+    }
+    let names: Vec<String> = members.iter().map(|(n, _, _)| format!("\"{n}\"")).collect();
+    text.push_str(&format!(
+        "[group.platform]\nclusters = [{}]\n",
+        names.join(", ")
+    ));
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_group_mark_restores_two_clusters_of_different_majors_to_the_same_operation() {
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let newer = ClusterOptions {
+        major: 17,
+        ..one_mb()
+    };
+    let a = Cluster::start(one_mb()).expect("cluster (15)");
+    let b = Cluster::start(newer.clone()).expect("cluster (17)");
+    let (repo_a, repo_b) = (Repo::file(), Repo::file());
+    let mut archivers = Vec::new();
+    for (cluster, repo) in [(&a, &repo_a), (&b, &repo_b)] {
+        let mut archiver = Archiver::new(cluster, repo, &["--partial-interval", "1"]);
+        archiver.init();
+        archiver.start();
+        cluster.psql("CREATE TABLE ops(i int)").unwrap();
+        backup(&archiver, &[]);
+        archivers.push(archiver);
+    }
+    let etc = tidemark_fixtures::test_dir("etc");
+    let config = etc.path().join("tidemark.toml");
+    write_config(
+        &config,
+        &[
+            ("identity", a.conninfo(), repo_a.url()),
+            ("users", b.conninfo(), repo_b.url()),
+        ],
+    );
+
+    for i in 1..=5 {
+        operation(&[&a, &b], i);
+    }
+    let out = group(
+        &config,
+        &["mark", "platform", "--name", "before-migration", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let marks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mark = &marks[0];
+    assert_eq!(mark["name"], "before-migration", "{marks:#}");
+    let members: Vec<&str> = mark["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["cluster"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["identity", "users"], "{marks:#}");
+    assert!(mark["skew_bound_ms"].as_i64().unwrap() >= 0, "{marks:#}");
+    for i in 6..=10 {
+        operation(&[&a, &b], i);
+    }
+
+    // The name is taken.
+    let again = group(&config, &["mark", "platform", "--name", "before-migration"]);
+    assert_eq!(again.status.code(), Some(5), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already has a mark"),
+        "{}",
+        stderr(&again)
+    );
+
+    for ((cluster, archiver), opts) in [&a, &b]
+        .into_iter()
+        .zip(&mut archivers)
+        .zip([one_mb(), newer])
+    {
+        let end = switch_wal(cluster);
+        archiver.wait_contiguous_through(end, seg, Duration::from_secs(60));
+        let restored = start_recovered(
+            restore_into(archiver, &["--target-name", "before-migration"]),
+            opts,
+        );
+        assert_eq!(ops(&restored), "1,2,3,4,5");
+        assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    }
+
+    let out = group(&config, &["list", "platform", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed, marks);
+    let text = group(&config, &["list", "platform"]);
+    let line = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        line.starts_with("before-migration (") && line.contains("identity at "),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_member_that_cannot_be_reached_leaves_no_mark_anywhere() {
+    let a = Cluster::start(one_mb()).expect("cluster");
+    let (repo_a, repo_b) = (Repo::file(), Repo::file());
+    let b = Cluster::start(one_mb()).expect("second cluster");
+    Archiver::new(&a, &repo_a, &[]).init();
+    Archiver::new(&b, &repo_b, &[]).init();
+    // The second member's server is then out of reach.
+    let etc = tidemark_fixtures::test_dir("etc");
+    let config = etc.path().join("tidemark.toml");
+    let gone = format!(
+        "host=127.0.0.1 port={} user=postgres connect_timeout=2",
+        tidemark_fixtures::free_port()
+    );
+    write_config(
+        &config,
+        &[
+            ("identity", a.conninfo(), repo_a.url()),
+            ("users", gone, repo_b.url()),
+        ],
+    );
+    let out = group(&config, &["mark", "platform"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("group member users"),
+        "{}",
+        stderr(&out)
+    );
+    let marks: Vec<String> = repo_a
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("groups/"))
+        .collect();
+    assert!(marks.is_empty(), "{marks:?}");
+
+    // A group naming a cluster the file lacks is refused with its line.
+    fs::write(
+        &config,
+        format!(
+            "[cluster.identity]\npg = \"{}\"\nrepo = \"{}\"\n\n[group.platform]\nclusters = [\"identity\", \"nosuch\"]\n",
+            a.conninfo(),
+            repo_a.url()
+        ),
+    )
+    .unwrap();
+    let out = group(&config, &["list", "platform"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("names cluster nosuch") && stderr(&out).contains("line 5"),
+        "{}",
+        stderr(&out)
+    );
+}
