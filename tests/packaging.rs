@@ -1,6 +1,6 @@
 //! What ships beside the binary: the systemd units in `packaging/systemd` pass
 //! `systemd-analyze verify` and their commands, run as written with only the config
-//! file, archive, back up and expire a real cluster and stop cleanly on their
+//! file, archive, back up, mark and expire a real cluster and stop cleanly on their
 //! `KillSignal`; the completion script and the man pages are generated from the options.
 
 mod common;
@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use tidemark_fixtures::Cluster;
 
-const UNITS: [&str; 5] = [
+const UNITS: [&str; 7] = [
     "tidemark-stream@.service",
     "tidemark-backup@.service",
     "tidemark-backup@.timer",
     "tidemark-expire@.service",
     "tidemark-expire@.timer",
+    "tidemark-group-mark@.service",
+    "tidemark-group-mark@.timer",
 ];
 
 fn unit_path(name: &str) -> PathBuf {
@@ -39,7 +41,12 @@ fn service_key(name: &str, key: &str) -> String {
 /// The unit's `ExecStart` for instance `main`, with the built binary in place of the
 /// installed one.
 fn exec_start(name: &str) -> Command {
-    let line = service_key(name, "ExecStart").replace("%i", "main");
+    exec_start_for(name, "main")
+}
+
+/// The unit's `ExecStart` for `instance`.
+fn exec_start_for(name: &str, instance: &str) -> Command {
+    let line = service_key(name, "ExecStart").replace("%i", instance);
     let mut words = line.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/tidemark"), "{line}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
@@ -76,7 +83,7 @@ fn the_shipped_systemd_units_pass_systemd_analyze_verify() {
     // The pages their Documentation= names, as `tidemark man` writes them.
     let man1 = r.join("man/man1");
     fs::create_dir_all(&man1).unwrap();
-    for command in ["stream", "backup", "expire"] {
+    for command in ["stream", "backup", "expire", "group"] {
         let page = Command::new(exe).args(["man", command]).output().unwrap();
         assert!(page.status.success());
         fs::write(man1.join(format!("tidemark-{command}.1")), page.stdout).unwrap();
@@ -106,7 +113,8 @@ fn the_units_commands_archive_back_up_and_expire_with_only_the_config_file() {
         format!(
             "[cluster.main]\npg = \"{}\"\nrepo = \"{}\"\ncatalog = \"{}\"\n\n\
              [cluster.main.stream]\npartial_interval = 1\n\n\
-             [cluster.main.expire]\nretention = \"14d\"\n",
+             [cluster.main.expire]\nretention = \"14d\"\n\n\
+             [group.all]\nclusters = [\"main\"]\n",
             cluster.conninfo(),
             repo.url(),
             catalog.display()
@@ -136,6 +144,11 @@ fn the_units_commands_archive_back_up_and_expire_with_only_the_config_file() {
     cluster
         .psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
         .unwrap();
+    let mark = run(unit_env(exec_start_for(
+        "tidemark-group-mark@.service",
+        "all",
+    )));
+    assert!(mark.status.success(), "group mark: {}", stderr(&mark));
     let backup = run(unit_env(exec_start("tidemark-backup@.service")));
     assert!(backup.status.success(), "backup: {}", stderr(&backup));
     let expire = run(unit_env(exec_start("tidemark-expire@.service")));
