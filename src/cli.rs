@@ -192,6 +192,25 @@ pub enum GroupCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Restore every member of the group to a mark: all members planned first (if one
+    /// cannot reach the mark, nothing is written), then restored side by side into
+    /// INTO/<cluster>
+    Restore {
+        /// The group (`[group.NAME]` in the config file)
+        group: String,
+        /// The mark (`tidemark group list GROUP`)
+        #[arg(long, value_name = "NAME")]
+        target_mark: String,
+        /// Where the members' data directories go: INTO/<cluster> (absent or empty)
+        #[arg(long, value_name = "DIR")]
+        into: PathBuf,
+        /// Start each restored server once it is written (as `restore --start`)
+        #[arg(long)]
+        start: bool,
+        /// Members restored at once
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+    },
     /// List a group's marks, oldest first
     List {
         /// The group (`[group.NAME]` in the config file)

@@ -59,6 +59,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: GroupCommand::Mark { group, name, json },
         } => crate::group::mark(&cli, group, name.as_deref(), *json).await,
         Command::Group {
+            what:
+                GroupCommand::Restore {
+                    group,
+                    target_mark,
+                    into,
+                    start,
+                    parallel,
+                },
+        } => {
+            let how = crate::group::RestoreHow {
+                mark: target_mark,
+                into,
+                start: *start,
+                parallel: usize::from(*parallel),
+            };
+            return crate::group::restore(&cli, group, &how).await;
+        }
+        Command::Group {
             what: GroupCommand::List { group, json },
         } => crate::group::list(&cli, group, *json).await,
         Command::Completions { shell } => crate::generate::completions(*shell),

@@ -1,7 +1,8 @@
-//! `tidemark group mark|list`: a `[group.NAME]` of two clusters of different majors is
-//! marked with one restore point on both, and each cluster restored to the mark holds
-//! exactly the operations committed before it; a mark's name is taken once; a member
-//! that cannot be reached leaves no mark anywhere.
+//! `tidemark group mark|restore|list`: a `[group.NAME]` of two clusters of different
+//! majors is marked with one restore point on both, and `group restore` to the mark
+//! brings back each cluster with exactly the operations committed before it; a mark's
+//! name is taken once; a member that cannot be reached leaves no mark anywhere, and a
+//! restore to a mark a member lacks writes nothing.
 
 mod common;
 
@@ -109,19 +110,40 @@ fn a_group_mark_restores_two_clusters_of_different_majors_to_the_same_operation(
         stderr(&again)
     );
 
-    for ((cluster, archiver), opts) in [&a, &b]
-        .into_iter()
-        .zip(&mut archivers)
-        .zip([one_mb(), newer])
-    {
+    for (cluster, archiver) in [&a, &b].into_iter().zip(&mut archivers) {
         let end = switch_wal(cluster);
         archiver.wait_contiguous_through(end, seg, Duration::from_secs(60));
-        let restored = start_recovered(
-            restore_into(archiver, &["--target-name", "before-migration"]),
-            opts,
-        );
-        assert_eq!(ops(&restored), "1,2,3,4,5");
         assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+        share_with_postgres(&archiver.repo_dir_for_postgres());
+    }
+    // The restored servers' restore_command reads the config file as postgres.
+    share_with_postgres(etc.path());
+
+    // The whole group back to the mark, each member into INTO/<cluster>.
+    let into = tidemark_fixtures::test_dir("group-restore");
+    let target = into.path().join("platform");
+    let out = group(
+        &config,
+        &[
+            "restore",
+            "platform",
+            "--target-mark",
+            "before-migration",
+            "--into",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    for (name, opts) in [("identity", one_mb()), ("users", newer)] {
+        assert!(
+            said.contains(&format!("{name}: restored to mark before-migration")),
+            "{said}"
+        );
+        let dir = tidemark_fixtures::test_dir("member");
+        fs::rename(target.join(name), dir.path().join("data")).unwrap();
+        let restored = start_recovered(dir, opts);
+        assert_eq!(ops(&restored), "1,2,3,4,5", "{name}");
     }
 
     let out = group(&config, &["list", "platform", "--json"]);
@@ -170,6 +192,27 @@ fn a_member_that_cannot_be_reached_leaves_no_mark_anywhere() {
         .filter(|k| k.starts_with("groups/"))
         .collect();
     assert!(marks.is_empty(), "{marks:?}");
+
+    // Nor can the group be restored to a mark it does not have: refused, nothing written.
+    let into = tidemark_fixtures::test_dir("group-restore");
+    let out = group(
+        &config,
+        &[
+            "restore",
+            "platform",
+            "--target-mark",
+            "nosuch",
+            "--into",
+            into.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no mark nosuch"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read_dir(into.path()).unwrap().count(), 0);
 
     // A group naming a cluster the file lacks is refused with its line.
     fs::write(
