@@ -192,15 +192,23 @@ pub enum GroupCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Restore every member of the group to a mark: all members planned first (if one
-    /// cannot reach the mark, nothing is written), then restored side by side into
-    /// INTO/<cluster>
+    /// Restore every member of the group to a mark or a time: all members planned first
+    /// (if one cannot reach the target, nothing is written), then restored side by side
+    /// into INTO/<cluster>
     Restore {
         /// The group (`[group.NAME]` in the config file)
         group: String,
         /// The mark (`tidemark group list GROUP`)
-        #[arg(long, value_name = "NAME")]
-        target_mark: String,
+        #[arg(
+            long,
+            value_name = "NAME",
+            required_unless_present = "target_time",
+            conflicts_with = "target_time"
+        )]
+        target_mark: Option<String>,
+        /// A time (as `restore --target-time`), reached by each member on its own clock
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        target_time: Option<chrono::DateTime<chrono::FixedOffset>>,
         /// Where the members' data directories go: INTO/<cluster> (absent or empty)
         #[arg(long, value_name = "DIR")]
         into: PathBuf,

@@ -63,13 +63,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 GroupCommand::Restore {
                     group,
                     target_mark,
+                    target_time,
                     into,
                     start,
                     parallel,
                 },
         } => {
+            let target = match (target_mark, target_time) {
+                (Some(mark), _) => crate::group::GroupTarget::Mark(mark),
+                (None, Some(time)) => crate::group::GroupTarget::Time(*time),
+                (None, None) => return Err(Usage("give --target-mark or --target-time").into()),
+            };
             let how = crate::group::RestoreHow {
-                mark: target_mark,
+                target,
                 into,
                 start: *start,
                 parallel: usize::from(*parallel),

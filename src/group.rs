@@ -44,9 +44,17 @@ pub async fn mark(cli: &Cli, group: &str, name: Option<&str>, json: bool) -> any
     print(&[mark], json)
 }
 
+/// Where `group restore` takes the members.
+pub enum GroupTarget<'a> {
+    /// A group mark: each member to its restore point.
+    Mark(&'a str),
+    /// An instant, on each member's own clock.
+    Time(chrono::DateTime<chrono::FixedOffset>),
+}
+
 /// How `group restore` runs.
 pub struct RestoreHow<'a> {
-    pub mark: &'a str,
+    pub target: GroupTarget<'a>,
     pub into: &'a Path,
     pub start: bool,
     pub parallel: usize,
@@ -60,8 +68,20 @@ pub async fn restore(cli: &Cli, group: &str, how: &RestoreHow<'_>) -> anyhow::Re
         .as_ref()
         .map(|c| c.path.clone())
         .context("groups need the config file")?;
+    let (target, args, what) = match &how.target {
+        GroupTarget::Mark(mark) => (
+            RecoveryTarget::Name(mark.to_string()),
+            ["--target-name".to_string(), mark.to_string()],
+            format!("mark {mark}"),
+        ),
+        GroupTarget::Time(t) => (
+            RecoveryTarget::Time(*t),
+            ["--target-time".to_string(), t.to_rfc3339()],
+            t.to_rfc3339(),
+        ),
+    };
     let request = PlanRequest {
-        target: RecoveryTarget::Name(how.mark.to_string()),
+        target,
         timeline: TimelineTarget::Latest,
         inclusive: true,
         action: TargetAction::Promote,
@@ -71,21 +91,23 @@ pub async fn restore(cli: &Cli, group: &str, how: &RestoreHow<'_>) -> anyhow::Re
     // Every member first: its mark, its plan, its directory.
     for m in &members {
         let in_member = || format!("group member {}", m.cluster);
-        let marks = m.repo.group_marks(group).await.with_context(in_member)?;
-        if !marks.iter().any(|k| k.name == how.mark) {
-            return Err(anyhow::Error::new(tidemark_restorer::plan::PlanError::NotInArchive(
-                request.target.clone(),
-            ))
-            .context(format!(
-                "group member {}: its repository has no mark {} of group {group}; nothing was written",
-                m.cluster, how.mark
-            )));
+        if let GroupTarget::Mark(mark) = how.target {
+            let marks = m.repo.group_marks(group).await.with_context(in_member)?;
+            if !marks.iter().any(|k| k.name == mark) {
+                return Err(anyhow::Error::new(
+                    tidemark_restorer::plan::PlanError::NotInArchive(request.target.clone()),
+                )
+                .context(format!(
+                    "group member {}: its repository has no mark {mark} of group {group}; nothing was written",
+                    m.cluster
+                )));
+            }
         }
         let seg = segment_size(&m.repo).await.with_context(in_member)?;
         plan(&m.repo, seg, &request).await.with_context(|| {
             format!(
-                "group member {} cannot be restored to mark {}; nothing was written",
-                m.cluster, how.mark
+                "group member {} cannot be restored to {what}; nothing was written",
+                m.cluster
             )
         })?;
         let dir = how.into.join(&m.cluster);
@@ -110,8 +132,7 @@ pub async fn restore(cli: &Cli, group: &str, how: &RestoreHow<'_>) -> anyhow::Re
             .arg("restore")
             .arg("--pgdata")
             .arg(how.into.join(&m.cluster))
-            .arg("--target-name")
-            .arg(how.mark)
+            .args(&args)
             .stdin(Stdio::null());
         if how.start {
             child.arg("--start");
@@ -133,7 +154,7 @@ pub async fn restore(cli: &Cli, group: &str, how: &RestoreHow<'_>) -> anyhow::Re
             eprintln!("{cluster}: {line}");
         }
         match out.status.code() {
-            Some(0) => outln!("{cluster}: restored to mark {}", how.mark),
+            Some(0) => outln!("{cluster}: restored to {what}"),
             code => {
                 let code = code.and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
                 eprintln!("{cluster}: restore failed (exit {code})");

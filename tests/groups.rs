@@ -81,6 +81,10 @@ fn a_group_mark_restores_two_clusters_of_different_majors_to_the_same_operation(
     for i in 1..=5 {
         operation(&[&a, &b], i);
     }
+    // An instant between operations 5 and 6, on the first member's clock.
+    std::thread::sleep(Duration::from_millis(1500));
+    let instant = common::app::pg_now(&a);
+    std::thread::sleep(Duration::from_millis(1500));
     let out = group(
         &config,
         &["mark", "platform", "--name", "before-migration", "--json"],
@@ -135,7 +139,7 @@ fn a_group_mark_restores_two_clusters_of_different_majors_to_the_same_operation(
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    for (name, opts) in [("identity", one_mb()), ("users", newer)] {
+    for (name, opts) in [("identity", one_mb()), ("users", newer.clone())] {
         assert!(
             said.contains(&format!("{name}: restored to mark before-migration")),
             "{said}"
@@ -144,6 +148,27 @@ fn a_group_mark_restores_two_clusters_of_different_majors_to_the_same_operation(
         fs::rename(target.join(name), dir.path().join("data")).unwrap();
         let restored = start_recovered(dir, opts);
         assert_eq!(ops(&restored), "1,2,3,4,5", "{name}");
+    }
+
+    // And to a time: each member on its own clock.
+    let target = into.path().join("at-time");
+    let out = group(
+        &config,
+        &[
+            "restore",
+            "platform",
+            "--target-time",
+            &instant,
+            "--into",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, opts) in [("identity", one_mb()), ("users", newer)] {
+        let dir = tidemark_fixtures::test_dir("member");
+        fs::rename(target.join(name), dir.path().join("data")).unwrap();
+        let restored = start_recovered(dir, opts);
+        assert_eq!(ops(&restored), "1,2,3,4,5", "{name} at {instant}");
     }
 
     let out = group(&config, &["list", "platform", "--json"]);
