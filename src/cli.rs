@@ -218,6 +218,10 @@ pub enum GroupCommand {
         /// Members restored at once
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
         parallel: u16,
+        /// Also restore the group's buckets, each into URL/<bucket> (s3://bucket[/prefix],
+        /// an empty prefix), to the same instant
+        #[arg(long, value_name = "URL")]
+        objects_to: Option<String>,
     },
     /// List a group's marks, oldest first
     List {

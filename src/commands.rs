@@ -67,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     into,
                     start,
                     parallel,
+                    objects_to,
                 },
         } => {
             let target = match (target_mark, target_time) {
@@ -79,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 into,
                 start: *start,
                 parallel: usize::from(*parallel),
+                objects_to: objects_to.as_deref(),
             };
             return crate::group::restore(&cli, group, &how).await;
         }

@@ -29,8 +29,17 @@ fn ops(cluster: &Cluster) -> String {
 
 /// `tidemark --config CONFIG group ARGS`.
 fn group(config: &Path, args: &[&str]) -> std::process::Output {
+    group_with(config, Vec::new(), args)
+}
+
+/// `group`, with `env` (the application bucket's S3 settings) set.
+fn group_with(config: &Path, env: Vec<(String, String)>, args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"));
-    cmd.arg("--config").arg(config).arg("group").args(args);
+    cmd.envs(env)
+        .arg("--config")
+        .arg(config)
+        .arg("group")
+        .args(args);
     run(cmd)
 }
 
@@ -256,4 +265,82 @@ fn a_member_that_cannot_be_reached_leaves_no_mark_anywhere() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_group_restore_brings_the_groups_bucket_to_the_marks_instant() {
+    let seg = WalSegmentSize::new(1 << 20).unwrap();
+    let a = Cluster::start(one_mb()).expect("cluster");
+    let s3 = tidemark_fixtures::s3().expect("S3 test server");
+    let repo = Repo::file();
+    let (mut archiver, bucket) = common::app::tracked_archiver(&a, &s3, &repo);
+    a.psql("CREATE TABLE ops(i int)").unwrap();
+    backup(&archiver, &[]);
+    let etc = tidemark_fixtures::test_dir("etc");
+    let config = etc.path().join("tidemark.toml");
+    fs::write(
+        &config,
+        format!(
+            "[cluster.identity]\npg = \"{}\"\nrepo = \"{}\"\ncatalog = \"{}\"\n\n[group.platform]\nclusters = [\"identity\"]\nbuckets = [\"{bucket}\"]\n",
+            a.conninfo(),
+            repo.url(),
+            archiver.catalog.display()
+        ),
+    )
+    .unwrap();
+    // The application writes the object, then the row naming it.
+    let op = |i: u32| {
+        s3.put_object(&bucket, &format!("op-{i}"), format!("body {i}").as_bytes())
+            .unwrap();
+        a.psql(&format!("INSERT INTO ops VALUES ({i})")).unwrap();
+    };
+    (1..=3).for_each(op);
+    // S3 stamps whole seconds: the mark stands clear of the writes on either side.
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = group_with(&config, s3.env(), &["mark", "platform", "--name", "m1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(2100));
+    (4..=6).for_each(op);
+    let passes = common::app::pass_count(&archiver, &bucket);
+    common::app::wait_for_tracking(&archiver, &bucket, passes + 1);
+    let end = switch_wal(&a);
+    archiver.wait_contiguous_through(end, seg, Duration::from_secs(60));
+    assert_eq!(archiver.terminate(), 0, "{}", archiver.log());
+    share_with_postgres(&archiver.repo_dir_for_postgres());
+    share_with_postgres(etc.path());
+
+    let dest = s3.create_bucket("dest", false).unwrap();
+    let into = tidemark_fixtures::test_dir("group-restore");
+    let target = into.path().join("platform");
+    let out = group_with(
+        &config,
+        s3.env(),
+        &[
+            "restore",
+            "platform",
+            "--target-mark",
+            "m1",
+            "--into",
+            target.to_str().unwrap(),
+            "--objects-to",
+            &format!("s3://{dest}/restored"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains(&format!("(bucket {bucket}): bucket restored")),
+        "{said}"
+    );
+    let mut restored: Vec<String> = s3
+        .list_keys(&dest)
+        .unwrap()
+        .into_iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .collect();
+    restored.sort();
+    assert_eq!(restored, ["op-1", "op-2", "op-3"], "{said}");
+    let dir = tidemark_fixtures::test_dir("member");
+    fs::rename(target.join("identity"), dir.path().join("data")).unwrap();
+    assert_eq!(ops(&start_recovered(dir, one_mb())), "1,2,3");
 }

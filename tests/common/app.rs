@@ -22,8 +22,8 @@ pub struct App<'a> {
     pub files: Files,
 }
 
-/// A cluster with a `files` table, archived into `repo` by `stream`, which also tracks a
-/// new versioned bucket (one pass a second). Returns the running archiver and the bucket.
+/// A cluster with a `files` table, archived into `repo` (S3 or `file://`) by `stream`,
+/// which also tracks a new versioned bucket (one pass a second). Returns the running archiver and the bucket.
 pub fn tracked_archiver(cluster: &Cluster, s3: &S3, repo: &Repo) -> (Archiver, String) {
     let bucket = s3.create_bucket("app", true).unwrap();
     let mut archiver = Archiver::new(
@@ -37,7 +37,8 @@ pub fn tracked_archiver(cluster: &Cluster, s3: &S3, repo: &Repo) -> (Archiver, S
             "--track-interval",
             "1",
         ],
-    );
+    )
+    .with_env(s3.env());
     archiver.init();
     archiver.start();
     cluster
