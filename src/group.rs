@@ -124,6 +124,14 @@ pub async fn restore(cli: &Cli, group: &str, how: &RestoreHow<'_>) -> anyhow::Re
         let code = report_child(cluster, done?, &format!("restored to {what}"));
         worst = if worst == 0 { code } else { worst };
     }
+    if let (0, Some(mark)) = (worst, &mark) {
+        outln!(
+            "group {group}: every member at mark {} (made {}); the members' clocks agreed within {} ms",
+            mark.name,
+            mark.made_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            mark.skew_bound_ms
+        );
+    }
     // The buckets once every member is back, each through the member that tracks it.
     if worst == 0 {
         for (cluster, bucket, words) in bucket_runs {

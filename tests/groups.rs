@@ -148,6 +148,12 @@ fn a_group_mark_restores_two_clusters_of_different_majors_to_the_same_operation(
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let skew = mark["skew_bound_ms"].as_i64().unwrap();
+    assert!(
+        said.contains("group platform: every member at mark before-migration (made ")
+            && said.contains(&format!("clocks agreed within {skew} ms")),
+        "{said}"
+    );
     for (name, opts) in [("identity", one_mb()), ("users", newer.clone())] {
         assert!(
             said.contains(&format!("{name}: restored to mark before-migration")),
