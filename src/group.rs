@@ -226,14 +226,8 @@ async fn bucket_runs(
                 .context("the mark does not name the member that tracks the bucket")?,
             (GroupTarget::Mark(_), None) => anyhow::bail!("the mark was not read"),
         };
-        let (first, last) = passes.iter().fold((None, None), |(lo, hi), p| {
-            let at = p.clock.at;
-            (
-                Some(lo.map_or(at, |l: chrono::DateTime<chrono::Utc>| l.min(at))),
-                Some(hi.map_or(at, |h: chrono::DateTime<chrono::Utc>| h.max(at))),
-            )
-        });
-        let (Some(first), Some(last)) = (first, last) else {
+        let times = passes.iter().map(|p| p.clock.at);
+        let (Some(first), Some(last)) = (times.clone().min(), times.max()) else {
             continue;
         };
         let outside = if instant < first {

@@ -50,9 +50,7 @@ pub async fn mark(
         .zip(members)
         .map(|((session, _), m)| async move {
             let before = Utc::now();
-            let at = server_clock(session)
-                .await
-                .map_err(|e| in_member(m)(e.into()))?;
+            let at = session.now().await.map_err(|e| in_member(m)(e.into()))?;
             Ok::<_, ArchiverError>((before, at, Utc::now()))
         });
     let readings = try_join_all(readings).await?;
@@ -140,18 +138,6 @@ async fn open(m: &Member, group: &str, name: &str) -> Result<(SqlSession, u64), 
         });
     }
     Ok((session, system))
-}
-
-/// The member's `clock_timestamp()`.
-async fn server_clock(session: &mut SqlSession) -> Result<DateTime<Utc>, ReplicationError> {
-    const SQL: &str =
-        "SELECT ((extract(epoch FROM clock_timestamp()) - 946684800) * 1000000)::bigint";
-    let rows = session.first_column(SQL).await?;
-    rows.first()
-        .and_then(|v| v.as_deref())
-        .and_then(|v| v.parse::<i64>().ok())
-        .and_then(pgtime::from_postgres)
-        .ok_or_else(|| ReplicationError::Protocol(format!("{SQL} returned {rows:?}")))
 }
 
 /// `0/3000028 757382400000000`: the restore point's LSN and the server's clock.

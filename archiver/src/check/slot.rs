@@ -130,16 +130,12 @@ async fn by_sql(conninfo: &ConnInfo, slot: &str) -> Result<Option<Slot>, Replica
             "{slot:?} is not a valid slot name"
         )));
     }
-    let mut session = SqlSession::connect(&stream_target(conninfo)).await?;
     let sql = format!(
         "SELECT concat_ws(' ', active, coalesce(restart_lsn::text, '-'), coalesce(wal_status, '-')) \
          FROM pg_replication_slots WHERE slot_name = '{slot}'"
     );
-    let rows = session.first_column(&sql).await;
-    if let Err(e) = session.close().await {
-        tracing::debug!(error = %e, "closing the SQL session");
-    }
-    let Some(row) = rows?.into_iter().next() else {
+    let rows = SqlSession::ask(&stream_target(conninfo), &sql).await?;
+    let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
     parse_row(row.as_deref().unwrap_or_default())

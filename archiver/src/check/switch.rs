@@ -78,12 +78,7 @@ pub async fn switch(
 /// `pg_switch_wal()` on the primary: the end of the segment it finished.
 async fn switch_wal(conninfo: &ConnInfo) -> Result<Lsn, ReplicationError> {
     const SQL: &str = "SELECT pg_switch_wal()";
-    let mut session = SqlSession::connect(&stream_target(conninfo)).await?;
-    let rows = session.first_column(SQL).await;
-    if let Err(e) = session.close().await {
-        tracing::debug!(error = %e, "closing the SQL session");
-    }
-    let rows = rows?;
+    let rows = SqlSession::ask(&stream_target(conninfo), SQL).await?;
     rows.first()
         .and_then(|v| v.as_deref())
         .and_then(|v| v.parse().ok())

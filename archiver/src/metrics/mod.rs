@@ -181,7 +181,7 @@ impl Metrics {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// The spool is `dir`: its size is reported.
@@ -313,7 +313,10 @@ struct Gauges(Arc<Mutex<State>>);
 
 impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // The spool is measured before the state is locked: streaming waits on that lock.
+        let spool_dir = lock(&self.0).spool_dir.clone();
+        let spool = spool_dir.map(|d| dir_bytes(&d) as f64);
+        let s = lock(&self.0);
         let now = Instant::now();
         let lsn = |l: Option<Lsn>| l.map(|l| l.0 as f64);
         let since = |a: Option<Lsn>, b: Option<Lsn>| match (a, b) {
@@ -339,7 +342,7 @@ impl Collector for Gauges {
             ("tidemark_archive_lag", "How long the oldest received WAL not yet stored has waited; 0 when all received WAL is stored", seconds, Some(waited)),
             ("tidemark_rpo", "Data a loss of the server now would lose, in seconds: the wait of the oldest WAL not stored, or the time without a replication connection, whichever is longer", seconds, Some(waited.max(disconnected))),
             ("tidemark_server_connected", "1 while a replication connection streams, else 0", None, Some(f64::from(u8::from(s.disconnected_since.is_none())))),
-            ("tidemark_spool", "Bytes in the spool (received WAL waiting to be stored, and the segment being received)", bytes, s.spool_dir.as_deref().map(|d| dir_bytes(d) as f64)),
+            ("tidemark_spool", "Bytes in the spool (received WAL waiting to be stored, and the segment being received)", bytes, spool),
             ("tidemark_backup_newest_age", "Time since the newest complete base backup ended", seconds, s.newest_backup.map(age)),
         ];
         for (name, help, unit, value) in plain {
@@ -387,6 +390,11 @@ impl Collector for Gauges {
         }
         Ok(())
     }
+}
+
+/// The state, even if a panic elsewhere poisoned its lock (the values stay usable).
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Seconds from `from` to `to`, 0 when `to` is earlier.

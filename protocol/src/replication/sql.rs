@@ -26,6 +26,17 @@ impl SqlSession {
         Ok(SqlSession { conn: session.conn })
     }
 
+    /// Connect, run `sql` as [`SqlSession::first_column`] does, and say goodbye: one
+    /// question on a session of its own.
+    pub async fn ask(info: &ConnInfo, sql: &str) -> Result<Vec<Option<String>>, ReplicationError> {
+        let mut session = SqlSession::connect(info).await?;
+        let rows = session.first_column(sql).await;
+        if let Err(e) = session.close().await {
+            tracing::debug!(error = %e, "closing the SQL session");
+        }
+        rows
+    }
+
     /// Run `sql` (one statement, simple protocol) and return the first column of every
     /// row as text, `None` for NULL. A statement without a result set gives no rows.
     pub async fn first_column(
