@@ -192,6 +192,11 @@ impl Tidemark {
         Ok(self
             .command(cluster, group, wrap)
             .args(["stream", "--slot", self.slot])
+            .args(
+                std::env::var("BENCH_STREAM_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .spawn()?)
     }
 
@@ -375,7 +380,13 @@ fn main() -> Result<()> {
         let mut cmd = group.command(&wrap, cluster.bin().tool("pg_receivewal"));
         cmd.arg("-D")
             .arg(dir)
-            .args(["--slot", "bench_receivewal", "--no-loop"])
+            .args([
+                "--slot",
+                "bench_receivewal",
+                "--no-loop",
+                "--status-interval",
+                "1",
+            ])
             .arg(format!("--dbname={}", cluster.conninfo()))
             .stderr(Stdio::null());
         if let Some(end) = endpos {
@@ -439,7 +450,27 @@ fn main() -> Result<()> {
         .map(|(g, before)| Ok(g.seconds()? - before))
         .collect::<Result<_>>()?;
     set_archive_command(&cluster, "exit 1")?;
+    // Its slot past the steady WAL too, so that the backlog starts after it for everyone.
+    let steady_end = Lsn((last + 1) * seg.bytes());
+    wait_until("pg_receivewal reporting the steady WAL flushed", || {
+        Ok(lsn(
+            &cluster,
+            "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'bench_receivewal'",
+        )? >= steady_end)
+    })?;
     stop(rw, libc::SIGINT, "pg_receivewal")?;
+    // The floor for this WAL: the zstd CLI over the same segments.
+    let floor = CpuGroup::new("steady-zstd")?;
+    let status = floor
+        .command(&wrap, "zstd")
+        .args(["-q", "-3", "--rm"])
+        .args(names.iter().map(|n| steady_dir.join(n)))
+        .status()?;
+    if !status.success() {
+        bail!("zstd failed: {status}");
+    }
+    let steady_floor =
+        floor.seconds()? * (steady_bytes as f64 / (names.len() as u64 * seg.bytes()) as f64);
     for (t, child) in tidemarks.iter().zip(streams) {
         stop(child, libc::SIGTERM, t.name)?;
     }
@@ -564,6 +595,8 @@ fn main() -> Result<()> {
         });
     }
 
+    let mut steady_cpu = steady_cpu;
+    steady_cpu.push(steady_floor);
     report(
         steady_bytes,
         steady_secs,
@@ -583,6 +616,7 @@ fn report(steady_bytes: u64, secs: u64, tps: u64, cpu: &[f64], backlog: u64, dra
         "pgBackRest async zst",
         "tidemark file://",
         "tidemark s3://",
+        "zstd -3 (floor)",
     ];
     println!(
         "\nsteady load: pgbench {tps} tps for {secs} s, {:.0} MB of WAL ({:.1} MB/s), every contender at once",

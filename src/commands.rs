@@ -203,16 +203,31 @@ async fn stream(cli: &Cli, args: &StreamArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Count SIGINT/SIGTERM into the shutdown channel.
-pub(crate) async fn forward_signals(tx: tokio::sync::watch::Sender<u32>) {
+/// Count SIGINT/SIGTERM into the shutdown channel. The handlers are installed when this
+/// is called, not when the returned future is first polled: on `stream`'s one-thread
+/// runtime a spawned task may wait, and a signal before then would kill the process.
+pub(crate) fn forward_signals(
+    tx: tokio::sync::watch::Sender<u32>,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL only");
-        return;
-    };
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL only");
+            return;
+        };
+        forward(&tx, &mut int, &mut term).await;
+    }
+}
+
+async fn forward(
+    tx: &tokio::sync::watch::Sender<u32>,
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+) {
     loop {
         tokio::select! {
             _ = int.recv() => {}

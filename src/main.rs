@@ -37,10 +37,7 @@ fn main() -> ExitCode {
     if matches!(cli.command, cli::Command::WalFetch(_)) {
         fetch::exit_on_panic();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -55,6 +52,19 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `stream` runs on one thread: its receive loop is one task, and on a multi-threaded
+/// runtime every wake-up also woke idle workers to look for work (context switches were a
+/// fifth of steady streaming's CPU). Compression and file I/O still go to the blocking
+/// pool. Every other command gets a worker per core.
+fn runtime_for(command: &cli::Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        cli::Command::Stream(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
 }
 
 /// The command line, with the config file's values as defaults (`config.rs`); the exit

@@ -165,11 +165,29 @@ pub fn compress_prefix(
 /// path), the fastest way it has. The frame is the same as the streaming functions write:
 /// content size and checksum included.
 pub fn compress_bytes(data: &[u8], level: i32) -> Result<(Vec<u8>, Sealed), EnvelopeError> {
+    compress_bytes_after(&[], 0, data, level)
+}
+
+/// [`compress_bytes`] for `data` whose first `prefix_raw` bytes are already compressed, as
+/// the frames `prefix`: the object is those frames followed by one frame of the rest, so
+/// only the rest is compressed. `zstd -d` reads the frames as one stream. The caller
+/// vouches that `prefix` decodes to `data[..prefix_raw]`.
+pub fn compress_bytes_after(
+    prefix: &[u8],
+    prefix_raw: usize,
+    data: &[u8],
+    level: i32,
+) -> Result<(Vec<u8>, Sealed), EnvelopeError> {
+    let rest = &data[prefix_raw.min(data.len())..];
     let compress = || {
         let mut c = zstd::bulk::Compressor::new(level)?;
         c.include_checksum(true)?;
         c.include_contentsize(true)?;
-        c.compress(data)
+        let frame = c.compress(rest)?;
+        Ok::<_, io::Error>(match prefix.is_empty() {
+            true => frame,
+            false => [prefix, &frame[..]].concat(),
+        })
     };
     let out = compress().map_err(|source| EnvelopeError::Compress { source })?;
     let sealed = Sealed {

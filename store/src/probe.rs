@@ -148,6 +148,7 @@ mod tests {
                 path: dir.to_path_buf(),
             },
             reads: None,
+            last_partial: Default::default(),
         }
     }
 

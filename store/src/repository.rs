@@ -24,7 +24,7 @@ use crate::identity::{RepoIdentity, FORMAT_VERSION};
 use crate::layout::{self, IDENTITY_KEY};
 use crate::meta;
 use crate::retry::RetryPolicy;
-use crate::staged::{self, Staged};
+use crate::staged::{self, Compressed, CompressedPrefix, Staged};
 use crate::storage::{
     Body, FsStorage, GetObject, Metadata, ObjectHead, ObjectInfo, PutOutcome, S3Options, S3Storage,
     Storage, StorageError,
@@ -43,6 +43,9 @@ pub struct Repository {
     /// Set by [`Repository::open_for_reads`]: reads (listings, heads, documents, verified
     /// fetches) are retried under this policy, each call on its own budget.
     pub(crate) reads: Option<RetryPolicy>,
+    /// The newest partial segment this handle compressed and stored, so that the complete
+    /// segment compresses only what follows it (`archive_segment`).
+    pub(crate) last_partial: Arc<std::sync::Mutex<Option<(SegmentName, CompressedPrefix)>>>,
 }
 
 /// `wal/<TLI>.complete`: as of `server_time` (the server's clock), every byte of the
@@ -234,6 +237,7 @@ impl Repository {
             storage,
             url: url.clone(),
             reads: None,
+            last_partial: Default::default(),
         })
     }
 
@@ -363,7 +367,8 @@ impl Repository {
         let staged = Staged::read(&file, spool_file, actual).await?;
         self.agrees_with_stored_partial(name, seg, &staged, actual)
             .await?;
-        let (sealed, compressed) = staged.compress(level, &key).await?;
+        let prefix = self.take_last_partial(name);
+        let (sealed, compressed) = staged.compress_after(prefix, level, &key).await?;
         drop(staged);
         let metadata = wal_metadata(
             extra_meta,
@@ -436,11 +441,41 @@ impl Repository {
             .put(&key, compressed.body(), &metadata)
             .await
             .map_err(RepoError::storage(&key))?;
+        if let Compressed::Memory(frames) = &compressed {
+            let prefix = CompressedPrefix {
+                raw_len: len,
+                crc32: sealed.crc32,
+                frames: frames.clone(),
+            };
+            *self.last_partial_slot() = Some((name, prefix));
+        }
         Ok(Some(ArchivedObject {
             key,
             sealed,
             outcome: ArchiveOutcome::Replaced,
         }))
+    }
+
+    /// The frames of the newest partial of `name` stored through this handle, if that is
+    /// the newest partial it stored; a later segment's partial replaces it.
+    fn take_last_partial(&self, name: SegmentName) -> Option<CompressedPrefix> {
+        let mut slot = self.last_partial_slot();
+        match slot.take() {
+            Some((n, prefix)) if n == name => Some(prefix),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    fn last_partial_slot(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(SegmentName, CompressedPrefix)>> {
+        // A panic while holding it left at worst a stale prefix, which is checked anyway.
+        self.last_partial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The length of the stored partial of segment `name`, if there is one, once it is
@@ -1110,6 +1145,7 @@ mod tests {
             )),
             url: written.url.clone(),
             reads,
+            last_partial: Default::default(),
         };
         let dst = dir.path().join("fetched");
         // Without a read policy the cut surfaces as a transient read error...
@@ -1348,6 +1384,61 @@ mod tests {
             .await
             .unwrap();
         assert!(late.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_complete_segment_compresses_only_what_follows_its_stored_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let name = SegmentName::new(TimelineId(1), 5);
+        let spool = dir.path().join("000000010000000000000005");
+        std::fs::write(&spool, segment_bytes(3)).unwrap();
+        let file = std::fs::File::open(&spool).unwrap();
+        let half = SEG / 2;
+        let partial = repo
+            .archive_partial(name, seg(), &file, &spool, half, 3, Metadata::new())
+            .await
+            .unwrap()
+            .expect("stored");
+        let whole = repo
+            .archive_segment(name, seg(), &spool, 3, Metadata::new())
+            .await
+            .unwrap();
+        let stored = std::fs::read(stored_path(dir.path(), &whole.key)).unwrap();
+        let partial_frames = std::fs::read(stored_path(dir.path(), &partial.key)).unwrap();
+        // The partial's frame, then one frame of the second half.
+        assert!(stored.starts_with(&partial_frames));
+        let first = zstd::zstd_safe::find_frame_compressed_size(&stored).unwrap();
+        assert_eq!(first, partial_frames.len());
+        assert_eq!(
+            zstd::decode_all(&stored[first..]).unwrap(),
+            &segment_bytes(3)[half as usize..]
+        );
+        // Read whole, checked against the segment's CRC-32, by us and by the zstd CLI.
+        let dst = dir.path().join("fetched");
+        let sealed = repo.fetch_verified(&whole.key, &dst).await.unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), segment_bytes(3));
+        assert_eq!(sealed.crc32, crc32fast::hash(&segment_bytes(3)));
+        let cli = std::process::Command::new("zstd")
+            .arg("-dc")
+            .arg(stored_path(dir.path(), &whole.key))
+            .output()
+            .expect("the zstd CLI (scripts/setup.sh installs it)");
+        assert!(cli.status.success());
+        assert_eq!(cli.stdout, segment_bytes(3));
+        // The next segment has no partial: one frame of its own.
+        let next = name.next();
+        let spool = dir.path().join("000000010000000000000006");
+        std::fs::write(&spool, segment_bytes(4)).unwrap();
+        let whole = repo
+            .archive_segment(next, seg(), &spool, 3, Metadata::new())
+            .await
+            .unwrap();
+        let stored = std::fs::read(stored_path(dir.path(), &whole.key)).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::find_frame_compressed_size(&stored).unwrap(),
+            stored.len()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,26 @@ pub(crate) enum Staged {
     File { file: File, path: PathBuf, len: u64 },
 }
 
+/// The compressed frames of a segment's first `raw_len` bytes, whose CRC-32 is `crc32`:
+/// what a partial upload compressed, kept so that the complete segment compresses only
+/// the bytes after it.
+#[derive(Clone)]
+pub(crate) struct CompressedPrefix {
+    pub(crate) raw_len: u64,
+    pub(crate) crc32: u32,
+    pub(crate) frames: Bytes,
+}
+
+impl std::fmt::Debug for CompressedPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompressedPrefix")
+            .field("raw_len", &self.raw_len)
+            .field("crc32", &self.crc32)
+            .field("stored", &self.frames.len())
+            .finish()
+    }
+}
+
 /// A compressed object ready to upload, and what keeps its bytes alive until then.
 pub(crate) enum Compressed {
     Memory(Bytes),
@@ -79,12 +99,37 @@ impl Staged {
         level: i32,
         key: &str,
     ) -> Result<(Sealed, Compressed), RepoError> {
+        self.compress_after(None, level, key).await
+    }
+
+    /// [`Staged::compress`], reusing `prefix` when given: frames already compressed from
+    /// the staged bytes' first `prefix.raw_len` (checked here by their CRC-32), so that
+    /// only the rest is compressed. A prefix that does not match is not used.
+    pub(crate) async fn compress_after(
+        &self,
+        prefix: Option<CompressedPrefix>,
+        level: i32,
+        key: &str,
+    ) -> Result<(Sealed, Compressed), RepoError> {
+        let prefix = match (prefix, self) {
+            (Some(p), Staged::Memory(bytes))
+                if p.raw_len <= bytes.len() as u64
+                    && self.prefix_crc32(p.raw_len).await? == p.crc32 =>
+            {
+                Some(p)
+            }
+            _ => None,
+        };
         match self {
             Staged::Memory(bytes) => {
                 let (bytes, key) = (bytes.clone(), key.to_string());
                 let task = tokio::task::spawn_blocking(move || {
-                    let (out, sealed) = envelope::compress_bytes(&bytes, level)
-                        .map_err(|source| RepoError::Envelope { key, source })?;
+                    let (frames, raw_len) = prefix
+                        .as_ref()
+                        .map_or((&[][..], 0), |p| (&p.frames[..], p.raw_len));
+                    let (out, sealed) =
+                        envelope::compress_bytes_after(frames, raw_len as usize, &bytes, level)
+                            .map_err(|source| RepoError::Envelope { key, source })?;
                     Ok((sealed, Compressed::Memory(Bytes::from(out))))
                 });
                 task.await.map_err(task_failed)?
@@ -145,4 +190,34 @@ async fn file_prefix_crc32(data: &File, path: &Path, len: u64) -> Result<u32, Re
         Ok(hasher.finalize())
     });
     task.await.map_err(task_failed)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prefix_that_no_longer_matches_the_staged_bytes_is_not_reused() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut other = data.clone();
+        other[10] ^= 1;
+        let (frames, sealed) = envelope::compress_bytes(&other[..50_000], 3).unwrap();
+        let stale = CompressedPrefix {
+            raw_len: 50_000,
+            crc32: sealed.crc32,
+            frames: Bytes::from(frames),
+        };
+        let staged = Staged::Memory(Bytes::from(data.clone()));
+        let (sealed, compressed) = staged.compress_after(Some(stale), 3, "k").await.unwrap();
+        let Compressed::Memory(out) = compressed else {
+            panic!("staged in memory, compressed in memory")
+        };
+        assert_eq!(zstd::decode_all(&out[..]).unwrap(), data);
+        assert_eq!(sealed.crc32, crc32fast::hash(&data));
+        assert_eq!(
+            zstd::zstd_safe::find_frame_compressed_size(&out).unwrap(),
+            out.len(),
+            "one frame: the stale prefix was not used"
+        );
+    }
 }

@@ -147,6 +147,12 @@ impl ReplicationStream {
         self.client.conn.flush().await
     }
 
+    /// Bytes to let queue in the socket before the reader is woken (1: every arrival);
+    /// see [`Connection::set_read_low_water`](super::connection::Connection).
+    pub fn set_read_low_water(&self, bytes: usize) -> Result<(), ReplicationError> {
+        Ok(self.client.conn.set_read_low_water(bytes)?)
+    }
+
     /// After `StreamMessage::EndOfTimeline`: the client, back in command mode. Before
     /// that the connection is still streaming and this fails with `Protocol`.
     pub fn into_client(self) -> Result<ReplicationClient, ReplicationError> {

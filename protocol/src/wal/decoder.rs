@@ -308,8 +308,18 @@ impl WalDecoder {
                         len: tot_len,
                     });
                 }
-                let partial = PartialHeader::new(self.input.pos, tot_len);
-                Ok((decoding(Step::RecordHeader(partial)), Progress::Continue))
+                let mut partial = PartialHeader::new(self.input.pos, tot_len);
+                let on_page = self.input.on_page();
+                let Some(whole) = on_page.get(..tot_len as usize) else {
+                    return Ok((decoding(Step::RecordHeader(partial)), Progress::Continue));
+                };
+                // The common case, the whole record on this page: read it in one go, no
+                // piece-by-piece assembly.
+                partial.absorb(whole);
+                let mut body = partial.into_body(self.last_record)?;
+                body.absorb(&whole[RECORD_HEADER_LEN..]);
+                self.input.consume(tot_len as usize);
+                self.after_body_progress(identity, body)
             }
             Step::RecordHeader(mut partial) => {
                 let used = partial.absorb(self.input.on_page());
@@ -320,7 +330,7 @@ impl WalDecoder {
                 if !partial.is_complete() {
                     return Ok((decoding(Step::RecordHeader(partial)), Progress::Continue));
                 }
-                let body = Box::new(partial.into_body(self.last_record)?);
+                let body = partial.into_body(self.last_record)?;
                 self.after_body_progress(identity, body)
             }
             Step::RecordBody(mut partial) => {
@@ -329,7 +339,7 @@ impl WalDecoder {
                     return Ok((decoding(Step::RecordBody(partial)), Progress::NeedInput));
                 }
                 self.input.consume(used);
-                self.after_body_progress(identity, partial)
+                self.after_body_progress(identity, *partial)
             }
         }
     }
@@ -340,10 +350,10 @@ impl WalDecoder {
     fn after_body_progress(
         &mut self,
         identity: StreamIdentity,
-        partial: Box<PartialBody>,
+        partial: PartialBody,
     ) -> Result<(State, Progress), WalDecodeError> {
         if !partial.is_complete() {
-            let step = Step::RecordBody(partial);
+            let step = Step::RecordBody(Box::new(partial));
             return Ok((State::Decoding { identity, step }, Progress::Continue));
         }
         let complete = partial.finish()?;
